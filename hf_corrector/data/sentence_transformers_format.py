@@ -1,0 +1,242 @@
+"""Load sentence-transformers style pair / triplet data into :class:`~hf_corrector.data.format.RetrievalData`.
+
+sentence-transformers reads training columns by position: the first is the anchor (query), the second the
+positive, any further columns are negatives. Columns named ``anchor``, ``positive``, ``negative`` and
+``negative_1``, ``negative_2``, ... are recognised by name; ``label`` / ``score`` columns are not texts and are
+ignored (with a warning). Named columns can also be given explicitly.
+
+Texts have no ids in this format, so ids are made from the text: ``doc_id = sha1(text)[:16]`` for every unique
+positive / negative text (the corpus), ``query_id = sha1(anchor)[:16]``. Rows with the same anchor merge into
+one query with all their positives (and negatives).
+
+Example:
+    >>> from hf_corrector.data.sentence_transformers_format import load_pairs
+    >>> rows = {"anchor": ["what is a cat", "what is a cat", "why is the sky blue"],
+    ...         "positive": ["A cat is a small animal.", "Cats purr.", "Rayleigh scattering."]}
+    >>> data = load_pairs(rows)
+    >>> data.num_queries, data.num_docs, len(data.queries[0]["positive_ids"])
+    (2, 3, 2)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import datasets
+
+from ..errors import ConfigError, DataFormatError
+from .beir import _json_type
+from .format import CORPUS_FEATURES, QUERY_FEATURES, RetrievalData
+from .tevatron import open_rows
+
+logger = logging.getLogger(__name__)
+
+LABEL_COLUMNS = ("label", "labels", "score", "scores")
+_NEGATIVE_N = re.compile(r"^negative_(\d+)$")
+
+
+def text_id(text: str) -> str:
+    """The stable id of a text: the first 16 hex digits of its UTF-8 SHA-1."""
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+
+
+def detect_columns(
+    columns: Sequence[str],
+    anchor_column: str | None = None,
+    positive_column: str | None = None,
+    negative_columns: Sequence[str] | str | None = None,
+) -> tuple[str, str, list[str]]:
+    """Pick ``(anchor, positive, negatives)`` among ``columns`` (see the module docstring).
+
+    Raises:
+        ConfigError: a named column is missing, or fewer than two text columns.
+    """
+    columns = list(columns)
+    if isinstance(negative_columns, str):
+        negative_columns = [negative_columns]
+    for given in [anchor_column, positive_column, *(negative_columns or [])]:
+        if given is not None and given not in columns:
+            raise ConfigError(f"column {given!r} is not in the data; columns: {columns}")
+    ignored = [c for c in columns if c.lower() in LABEL_COLUMNS and c not in (anchor_column, positive_column)]
+    if ignored:
+        logger.warning("ignoring non-text column(s) %s (pairs data uses anchor / positive / negative columns)", ignored)
+    free = [c for c in columns if c not in ignored]
+    if anchor_column is None:
+        taken = {positive_column, *(negative_columns or [])}
+        anchor_column = "anchor" if "anchor" in free else next((c for c in free if c not in taken), None)
+    if anchor_column is None:
+        raise ConfigError(f"no anchor column among {columns}")
+    free = [c for c in free if c != anchor_column]
+    if positive_column is None:
+        positive_column = "positive" if "positive" in free else next((c for c in free if c not in (negative_columns or [])), None)
+    if positive_column is None:
+        raise ConfigError(f"pairs data needs at least two text columns (anchor, positive); got {columns}")
+    if positive_column == anchor_column:
+        raise ConfigError(f"the anchor and positive columns are the same ({anchor_column!r})")
+    free = [c for c in free if c != positive_column]
+    if negative_columns is None:
+        named = [c for c in free if c == "negative" or _NEGATIVE_N.match(c)]
+        if named:
+            negative_columns = sorted(named, key=lambda c: -1 if c == "negative" else int(_NEGATIVE_N.match(c).group(1)))
+            rest = [c for c in free if c not in negative_columns]
+            if rest:
+                logger.warning("ignoring column(s) %s next to the named negative columns", rest)
+        else:
+            negative_columns = free
+    negatives = list(negative_columns)
+    clash = {anchor_column, positive_column} & set(negatives)
+    if clash:
+        raise ConfigError(f"column(s) {sorted(clash)} are used both as negatives and as anchor / positive")
+    return anchor_column, positive_column, negatives
+
+
+def load_pairs(
+    dataset: Any,
+    anchor_column: str | None = None,
+    positive_column: str | None = None,
+    negative_columns: Sequence[str] | str | None = None,
+    split: str = "train",
+    validate: bool = True,
+    name: str | None = None,
+) -> RetrievalData:
+    """Load (anchor, positive[, negatives...]) rows as :class:`RetrievalData`.
+
+    Args:
+        dataset: a Dataset / DatasetDict, a dict of columns, a list of dicts, a local file or folder, or a Hub id.
+        anchor_column, positive_column, negative_columns: column names (default: detected, see
+            :func:`detect_columns`).
+        split: the split to read (DatasetDicts, folders, Hub ids).
+        validate: run :meth:`RetrievalData.validate` on the result.
+        name: the result's name (default: the input's label).
+
+    Raises:
+        DataFormatError: an anchor or positive that is missing, not a string or empty (naming the row and
+            column), or no rows.
+        ConfigError: bad column names.
+    """
+    rows = open_rows(dataset, split=split, label="pairs" if isinstance(dataset, (list, tuple, Mapping)) else None)
+    columns = rows.columns
+    if columns is None:
+        first = next(iter(rows), None)
+        if first is None:
+            raise DataFormatError(f"{rows.label}: no rows")
+        if not isinstance(first[1], Mapping):
+            raise DataFormatError(f"{first[0]}: expected an object/dict row, got {_json_type(first[1])}")
+        columns = list(first[1].keys())
+    anchor_col, pos_col, neg_cols = detect_columns(columns, anchor_column, positive_column, negative_columns)
+    _check_feature_types(rows.dataset, [anchor_col, pos_col, *neg_cols], rows.label)
+
+    docs: dict[str, str] = {}
+    queries: dict[str, str] = {}
+    positives: dict[str, dict[str, None]] = {}
+    negatives: dict[str, dict[str, None]] = {}
+    skipped_neg = merged_rows = n_rows = 0
+
+    def doc(text: str, where: str) -> str:
+        did = _hash(text, where)
+        old = docs.setdefault(did, text)
+        if old != text:
+            raise DataFormatError(f"{where}: two different texts share the hash id {did!r}")
+        return did
+
+    for where, row in rows.iter([anchor_col, pos_col, *neg_cols]):
+        if not isinstance(row, Mapping):
+            raise DataFormatError(f"{where}: expected an object/dict row, got {_json_type(row)}")
+        n_rows += 1
+        anchor = _required_text(row, anchor_col, where)
+        positive = _required_text(row, pos_col, where)
+        qid = _hash(anchor, f"{where} column {anchor_col!r}")
+        old = queries.setdefault(qid, anchor)
+        if old != anchor:
+            raise DataFormatError(f"{where}: two different anchors share the hash id {qid!r}")
+        if qid in positives:
+            merged_rows += 1
+        positives.setdefault(qid, {})[doc(positive, f"{where} column {pos_col!r}")] = None
+        negs = negatives.setdefault(qid, {})
+        for col in neg_cols:
+            value = row.get(col)
+            if value is None or (isinstance(value, str) and not value.strip()):
+                skipped_neg += 1
+                continue
+            if not isinstance(value, str):
+                raise DataFormatError(f"{where}: column {col!r} must be a string, got {_json_type(value)}")
+            negs[doc(value, f"{where} column {col!r}")] = None
+
+    label = rows.label
+    if not queries:
+        raise DataFormatError(f"{label}: no rows")
+    if skipped_neg:
+        logger.warning("%s: skipped %d missing or empty negative value(s)", label, skipped_neg)
+    if merged_rows:
+        logger.info("%s: merged %d row(s) repeating an earlier anchor into its query", label, merged_rows)
+    neg_lists: list[list[str]] = []
+    dropped = 0
+    for qid in queries:
+        pos = positives[qid]
+        kept = [d for d in negatives[qid] if d not in pos]
+        dropped += len(negatives[qid]) - len(kept)
+        neg_lists.append(kept)
+    if dropped:
+        logger.warning("%s: dropped %d negative(s) equal to a positive of the same anchor", label, dropped)
+
+    qids = list(queries)
+    qds = datasets.Dataset.from_dict(
+        {
+            "query_id": qids,
+            "query": [queries[q] for q in qids],
+            "positive_ids": [list(positives[q]) for q in qids],
+            "negative_ids": neg_lists,
+        },
+        features=QUERY_FEATURES,
+    )
+    cds = datasets.Dataset.from_dict({"doc_id": list(docs), "text": list(docs.values())}, features=CORPUS_FEATURES)
+    data = RetrievalData(queries=qds, corpus=cds, name=name or label)
+    if validate:
+        data.validate()
+    logger.info(
+        "loaded pairs %s (anchor=%r, positive=%r, negatives=%s): %d rows -> %d queries, %d unique docs",
+        label,
+        anchor_col,
+        pos_col,
+        neg_cols,
+        n_rows,
+        len(qds),
+        len(cds),
+    )
+    return data
+
+
+def _required_text(row: Mapping[str, Any], column: str, where: str) -> str:
+    if column not in row or row[column] is None:
+        raise DataFormatError(f"{where}: column {column!r} is missing or null")
+    value = row[column]
+    if not isinstance(value, str):
+        raise DataFormatError(f"{where}: column {column!r} must be a string, got {_json_type(value)}")
+    if not value.strip():
+        raise DataFormatError(f"{where}: column {column!r} is empty")
+    return value
+
+
+def _hash(text: str, where: str) -> str:
+    try:
+        return text_id(text)
+    except UnicodeEncodeError:
+        raise DataFormatError(f"{where}: the text holds an unpaired UTF-16 surrogate") from None
+
+
+def _check_feature_types(ds: datasets.Dataset | None, columns: list[str], label: str) -> None:
+    """With a Dataset, reject non-string text columns up front (naming the column and its type)."""
+    if ds is None:
+        return
+    for col in columns:
+        feature = ds.features.get(col)
+        if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
+            continue
+        raise DataFormatError(f"{label}: column {col!r} must hold strings, its type is {feature}")
+
+
+__all__ = ["load_pairs", "detect_columns", "text_id"]

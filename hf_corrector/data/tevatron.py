@@ -1,0 +1,544 @@
+"""Load Tevatron-format training data into :class:`~hf_corrector.data.format.RetrievalData`.
+
+Two layouts are read:
+
+* the passage layout (``Tevatron/wikipedia-nq``, ``Tevatron/msmarco-passage``): each row has ``query_id``,
+  ``query``, ``positive_passages`` and ``negative_passages``, lists of ``{"docid", "title", "text"}``. The
+  corpus is every passage seen (deduplicated by ``docid``; one docid with two different texts is an error),
+  plus the rows of ``corpus=`` when one is given;
+* the id layout (newer Tevatron): each row has ``query_id``, ``query`` or ``query_text``,
+  ``positive_document_ids`` and ``negative_document_ids``, and the texts come from a separate corpus
+  (``corpus=``, rows with ``docid``, ``text`` and optional ``title``, e.g. ``Tevatron/msmarco-passage-corpus``).
+
+The input (and ``corpus=``) may be a :class:`datasets.Dataset` / ``DatasetDict``, a list of dicts, a local
+``.jsonl`` / ``.json`` / ``.parquet`` file, a local folder (data files or a ``save_to_disk`` folder) or a Hub
+repository id, loaded with ``datasets.load_dataset(repo, split=split)``. A malformed row raises
+:class:`~hf_corrector.errors.DataFormatError` naming the file and line (or row index), the query id and the
+field.
+
+Example:
+    >>> from hf_corrector.data.tevatron import load_tevatron
+    >>> rows = [{"query_id": "1", "query": "who wrote hamlet",
+    ...          "positive_passages": [{"docid": "7", "title": "Hamlet", "text": "A play by Shakespeare."}],
+    ...          "negative_passages": [{"docid": "9", "title": "Macbeth", "text": "Another play."}]}]
+    >>> data = load_tevatron(rows)
+    >>> data.num_queries, data.num_docs, data.queries[0]["negative_ids"]
+    (1, 2, ['9'])
+    >>> data.corpus[0]["text"]
+    'Hamlet A play by Shakespeare.'
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from ..errors import ConfigError, DataFormatError
+from .beir import _json_type, iter_jsonl, join_title
+from .format import CORPUS_FEATURES, QUERY_FEATURES, RetrievalData
+
+logger = logging.getLogger(__name__)
+
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".arrow")
+PASSAGE_COLUMNS = ("positive_passages", "negative_passages")
+ID_COLUMNS = ("positive_document_ids", "negative_document_ids")
+QUERY_TEXT_COLUMNS = ("query", "query_text")
+CORPUS_ID_COLUMNS = ("docid", "doc_id", "_id", "id")
+CORPUS_TEXT_COLUMNS = ("text", "contents", "document_text")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Row sources: one way to walk Datasets, lists, local files and Hub datasets with a location for every row.
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RowSource:
+    """Rows to read, each with a location string for error messages (``"file.jsonl:3"``, ``"... row 3"``)."""
+
+    label: str
+    columns: list[str] | None
+    _make_iter: Callable[[list[str] | None], Iterator[tuple[str, Any]]] = field(repr=False)
+    dataset: datasets.Dataset | None = field(default=None, repr=False)
+
+    def __iter__(self) -> Iterator[tuple[str, Any]]:
+        return self._make_iter(None)
+
+    def iter(self, columns: list[str] | None = None) -> Iterator[tuple[str, Any]]:
+        """Iterate, reading only ``columns`` where the backing store allows it (a Dataset)."""
+        return self._make_iter(columns)
+
+
+def _dataset_source(ds: datasets.Dataset, label: str, batch_size: int = 1000) -> RowSource:
+    def make(columns: list[str] | None) -> Iterator[tuple[str, Any]]:
+        view = ds.with_format(None)
+        cols = [c for c in (columns or view.column_names) if c in view.column_names]
+        if cols != view.column_names:
+            view = view.select_columns(cols)
+        n = len(view)
+        for start in range(0, n, batch_size):
+            batch = view[start : start + batch_size]
+            size = len(batch[cols[0]]) if cols else min(batch_size, n - start)
+            for j in range(size):
+                yield f"{label} row {start + j}", {c: batch[c][j] for c in cols}
+
+    return RowSource(label=label, columns=list(ds.column_names), _make_iter=make, dataset=ds)
+
+
+def _list_source(rows: list[tuple[str, Any]], label: str) -> RowSource:
+    columns = list(rows[0][1].keys()) if rows and isinstance(rows[0][1], Mapping) else None
+    return RowSource(label=label, columns=columns, _make_iter=lambda _cols: iter(rows))
+
+
+def _iterable_dataset_source(ds: Any, label: str) -> RowSource:
+    def make(_cols: list[str] | None) -> Iterator[tuple[str, Any]]:
+        try:
+            for i, row in enumerate(ds):
+                yield f"{label} row {i}", row
+        except (OSError, ValueError, TypeError, KeyError) as err:  # streaming read errors
+            raise DataFormatError(f"{label}: could not read the streamed dataset ({type(err).__name__}: {err})") from err
+
+    columns = getattr(ds, "column_names", None)
+    return RowSource(label=label, columns=list(columns) if columns else None, _make_iter=make)
+
+
+def _pick_split(dd: Mapping[str, Any], split: str, label: str) -> Any:
+    if split not in dd:
+        raise DataFormatError(f"{label}: no split {split!r}; available splits: {', '.join(map(repr, dd)) or 'none'}")
+    return dd[split]
+
+
+def _read_json_file(path: Path) -> list[tuple[str, Any]]:
+    """A ``.json`` file: one JSON array of objects, or JSON lines."""
+    label = str(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise DataFormatError(f"{label}: cannot read the file ({err.strerror or err})") from None
+    head = raw.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
+    if head != b"[":
+        return [(f"{label}:{lineno}", obj) for lineno, obj in iter_jsonl(path, label)]
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        lineno = raw.count(b"\n", 0, err.start) + 1
+        raise DataFormatError(f"{label}:{lineno}: not valid UTF-8") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataFormatError(f"{label}:{err.lineno}: not valid JSON ({err.msg})") from None
+    except (ValueError, RecursionError) as err:
+        raise DataFormatError(f"{label}: not valid JSON ({type(err).__name__})") from None
+    return [(f"{label}[{i}]", obj) for i, obj in enumerate(value)]
+
+
+def _read_data_file(path: Path) -> RowSource:
+    label = str(path)
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return _list_source([(f"{label}:{n}", obj) for n, obj in iter_jsonl(path, label)], label)
+    if suffix == ".json":
+        return _list_source(_read_json_file(path), label)
+    try:
+        if suffix == ".parquet":
+            ds = datasets.Dataset.from_parquet(str(path))
+        elif suffix == ".arrow":
+            ds = datasets.Dataset.from_file(str(path))
+        else:
+            raise DataFormatError(f"{label}: unsupported file type {suffix!r} (use {', '.join(DATA_SUFFIXES)})")
+    except DataFormatError:
+        raise
+    except Exception as err:  # noqa: BLE001 - pyarrow / datasets raise many types; re-raise as ours
+        raise DataFormatError(f"{label}: could not read the file ({type(err).__name__}: {err})") from err
+    return _dataset_source(ds, label)
+
+
+def _concat_sources(sources: list[RowSource], label: str) -> RowSource:
+    if len(sources) == 1:
+        return sources[0]
+
+    def make(cols: list[str] | None) -> Iterator[tuple[str, Any]]:
+        for s in sources:
+            yield from s.iter(cols)
+
+    return RowSource(label=label, columns=sources[0].columns, _make_iter=make)
+
+
+def _folder_source(root: Path, split: str) -> RowSource:
+    label = str(root)
+    if (root / "dataset_dict.json").is_file() or (root / "state.json").is_file():
+        try:
+            loaded = datasets.load_from_disk(str(root))
+        except Exception as err:  # noqa: BLE001
+            raise DataFormatError(f"{label}: could not load the saved dataset ({type(err).__name__}: {err})") from err
+        return open_rows(loaded, split=split, label=label)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in DATA_SUFFIXES)
+    files = [p for p in files if not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    if not files:
+        raise DataFormatError(f"{label}: the folder holds no data file ({', '.join(DATA_SUFFIXES)})")
+
+    def in_split(p: Path) -> bool:
+        stem = p.name.split(".")[0].lower()
+        parts = [q.lower() for q in p.relative_to(root).parts[:-1]]
+        return stem == split.lower() or stem.startswith((f"{split.lower()}-", f"{split.lower()}_")) or split.lower() in parts
+
+    chosen = [p for p in files if in_split(p)]
+    if not chosen:
+        if len(files) == 1:
+            logger.info("%s: no file named for split %r; reading its only data file %s", label, split, files[0])
+            chosen = files
+        else:
+            names = ", ".join(str(p.relative_to(root)) for p in files[:10])
+            raise DataFormatError(f"{label}: no data file for split {split!r} among: {names}")
+    return _concat_sources([_read_data_file(p) for p in chosen], label)
+
+
+def open_rows(source: Any, split: str = "train", label: str | None = None) -> RowSource:
+    """Wrap any supported input as a :class:`RowSource` (see the module docstring for the inputs)."""
+    if isinstance(source, RowSource):
+        return source
+    if isinstance(source, datasets.Dataset):
+        name = label or (f"dataset {source.info.dataset_name!r}" if source.info.dataset_name else "dataset")
+        return _dataset_source(source, name)
+    if isinstance(source, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        name = label or "dataset"
+        return open_rows(_pick_split(source, split, name), split=split, label=f"{name}[{split!r}]")
+    if isinstance(source, datasets.IterableDataset):
+        return _iterable_dataset_source(source, label or "streamed dataset")
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if path.exists():
+            if path.is_dir():
+                return _folder_source(path, split)
+            return _read_data_file(path)
+        text = str(source)
+        if isinstance(source, os.PathLike) or text.startswith((".", "/", "~")) or text.lower().endswith(DATA_SUFFIXES):
+            raise DataFormatError(f"{text}: no such file or folder")
+        return _hub_source(text, split)
+    if isinstance(source, Mapping):
+        return _columns_source(source, label or "dict of columns")
+    if isinstance(source, Iterable):
+        name = label or "rows"
+        return _list_source([(f"{name} row {i}", row) for i, row in enumerate(source)], name)
+    raise ConfigError(
+        f"cannot read data from a {type(source).__name__}: pass a datasets.Dataset, a list of dicts, a local "
+        "file or folder, or a Hub repository id"
+    )
+
+
+def _columns_source(columns: Mapping[str, Any], label: str) -> RowSource:
+    names = list(columns)
+    cols: dict[str, list[Any]] = {}
+    for name in names:
+        value = columns[name]
+        if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+            raise DataFormatError(f"{label}: column {name!r} is not a list")
+        cols[name] = list(value)
+    lengths = {len(v) for v in cols.values()}
+    if len(lengths) > 1:
+        raise DataFormatError(f"{label}: columns have different lengths ({sorted(lengths)})")
+    n = lengths.pop() if lengths else 0
+    rows = [(f"{label} row {i}", {name: cols[name][i] for name in names}) for i in range(n)]
+    src = _list_source(rows, label)
+    src.columns = names
+    return src
+
+
+def _hub_source(repo: str, split: str) -> RowSource:
+    label = f"{repo}[{split!r}]"
+    try:
+        ds = datasets.load_dataset(repo, split=split)
+    except Exception as err:  # noqa: BLE001 - network, auth and missing-repo errors come in many types
+        raise DataFormatError(
+            f"{repo}: not a local file or folder, and loading it from the Hugging Face Hub "
+            f"(split {split!r}) failed: {type(err).__name__}: {err}"
+        ) from err
+    return open_rows(ds, split=split, label=label)
+
+
+def iter_tevatron_rows(dataset_or_path: Any, split: str = "train") -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """Yield ``(location, row)`` for every raw row of a Tevatron dataset (any input :func:`load_tevatron` takes).
+
+    A row that is not a mapping raises :class:`DataFormatError` naming its location.
+    """
+    for where, row in open_rows(dataset_or_path, split=split):
+        if not isinstance(row, Mapping):
+            raise DataFormatError(f"{where}: expected an object/dict row, got {_json_type(row)}")
+        yield where, row
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Field checks
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _as_id(value: Any, where: str, what: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise DataFormatError(f"{where}: {what} must be a string or an integer, got {_json_type(value)}")
+    text = str(value)
+    if not text.strip():
+        raise DataFormatError(f"{where}: {what} is empty")
+    return text
+
+
+def _as_text(value: Any, where: str, what: str, required: bool = True) -> str:
+    if value is None:
+        if required:
+            raise DataFormatError(f"{where}: {what} is missing or null")
+        return ""
+    if not isinstance(value, str):
+        raise DataFormatError(f"{where}: {what} must be a string, got {_json_type(value)}")
+    return value
+
+
+def _as_list(value: Any, where: str, what: str, required: bool) -> list[Any]:
+    if value is None:
+        if required:
+            raise DataFormatError(f"{where}: field {what!r} is missing or null")
+        return []
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+        raise DataFormatError(f"{where}: field {what!r} must be a list, got {_json_type(value)}")
+    return list(value)
+
+
+class _Corpus:
+    """Doc id -> text with conflict detection; remembers where each doc was first seen."""
+
+    def __init__(self) -> None:
+        self.index: dict[str, int] = {}
+        self.ids: list[str] = []
+        self.texts: list[str] = []
+        self.first_seen: list[str] = []
+        self.repeats = 0
+
+    def add(self, doc_id: str, text: str, where: str) -> None:
+        i = self.index.get(doc_id)
+        if i is None:
+            self.index[doc_id] = len(self.ids)
+            self.ids.append(doc_id)
+            self.texts.append(text)
+            self.first_seen.append(where)
+            return
+        if self.texts[i] != text:
+            raise DataFormatError(
+                f"{where}: docid {doc_id!r} has a different text than at {self.first_seen[i]} "
+                f"({_clip(text)!r} vs {_clip(self.texts[i])!r})"
+            )
+        self.repeats += 1
+
+    def __contains__(self, doc_id: str) -> bool:
+        return doc_id in self.index
+
+    def dataset(self) -> datasets.Dataset:
+        return datasets.Dataset.from_dict({"doc_id": self.ids, "text": self.texts}, features=CORPUS_FEATURES)
+
+
+def _clip(text: str, n: int = 60) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def _read_corpus_rows(source: RowSource, store: _Corpus, title_sep: str) -> None:
+    id_col = next((c for c in CORPUS_ID_COLUMNS if source.columns and c in source.columns), "docid")
+    text_col = next((c for c in CORPUS_TEXT_COLUMNS if source.columns and c in source.columns), "text")
+    wanted = [id_col, text_col, "title"]
+    before = store.repeats
+    for where, row in source.iter(wanted):
+        if not isinstance(row, Mapping):
+            raise DataFormatError(f"{where}: expected an object/dict corpus row, got {_json_type(row)}")
+        if id_col not in row:
+            raise DataFormatError(f"{where}: missing field {id_col!r} in the corpus row")
+        doc_id = _as_id(row[id_col], where, f"field {id_col!r}")
+        here = f"{where} (docid {doc_id!r})"
+        if text_col not in row:
+            raise DataFormatError(f"{here}: missing field {text_col!r}")
+        text = join_title(
+            _as_text(row.get("title"), here, "field 'title'", required=False),
+            _as_text(row[text_col], here, f"field {text_col!r}"),
+            title_sep,
+        )
+        if not text:
+            raise DataFormatError(f"{here}: empty text (and title)")
+        store.add(doc_id, text, where)
+    if store.repeats > before:
+        logger.warning("%s: %d repeated corpus row(s) with identical text merged", source.label, store.repeats - before)
+    if not store.ids:
+        raise DataFormatError(f"{source.label}: the corpus is empty")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The loader
+# --------------------------------------------------------------------------------------------------------------
+
+
+def load_tevatron(
+    dataset_or_path: Any,
+    corpus: Any = None,
+    split: str = "train",
+    validate: bool = True,
+    title_sep: str = " ",
+    corpus_split: str = "train",
+    name: str | None = None,
+) -> RetrievalData:
+    """Load Tevatron training rows (passage layout or id layout) as :class:`RetrievalData`.
+
+    Args:
+        dataset_or_path: a Dataset / DatasetDict, a list of dicts, a local file or folder, or a Hub repo id.
+        corpus: the corpus for the id layout (required there; optional for the passage layout, whose passages
+            are added to it): same kinds of input, rows with ``docid``, ``text`` and optional ``title``.
+        split: the split of ``dataset_or_path`` to read (Hub ids, DatasetDicts, folders).
+        validate: run :meth:`RetrievalData.validate` on the result.
+        title_sep: put between a passage's title and its text.
+        corpus_split: the split of ``corpus`` to read (Tevatron corpora have one split, ``train``).
+        name: the name of the result (default: the input's label).
+
+    Raises:
+        DataFormatError: a malformed row (naming its location, query id and field), a docid with two texts,
+            an unknown doc id, an empty query set or corpus.
+        ConfigError: id-layout rows without ``corpus=``.
+    """
+    rows = open_rows(dataset_or_path, split=split)
+    columns = rows.columns
+    if columns is None:
+        first = next(iter(rows), None)
+        if first is None:
+            raise DataFormatError(f"{rows.label}: the query set is empty (no rows)")
+        if not isinstance(first[1], Mapping):
+            raise DataFormatError(f"{first[0]}: expected an object/dict row, got {_json_type(first[1])}")
+        columns = list(first[1].keys())
+    if "positive_passages" in columns:
+        layout = "passages"
+    elif "positive_document_ids" in columns:
+        layout = "ids"
+    else:
+        raise DataFormatError(
+            f"{rows.label}: not Tevatron data: expected a 'positive_passages' or 'positive_document_ids' column, "
+            f"got columns {columns}"
+        )
+    if layout == "ids" and corpus is None:
+        raise ConfigError(
+            f"{rows.label}: rows name documents by id ('positive_document_ids'); pass the corpus with corpus=... "
+            "(e.g. 'Tevatron/msmarco-passage-corpus')"
+        )
+
+    store = _Corpus()
+    corpus_label = None
+    if corpus is not None:
+        corpus_rows = open_rows(corpus, split=corpus_split)
+        corpus_label = corpus_rows.label
+        _read_corpus_rows(corpus_rows, store, title_sep)
+    given_docs = len(store.ids)
+
+    q_ids: list[str] = []
+    q_texts: list[str] = []
+    q_pos: list[list[str]] = []
+    q_neg: list[list[str]] = []
+    q_seen: dict[str, str] = {}
+    dup_pos = dup_neg = neg_also_pos = 0
+    query_col = next((c for c in QUERY_TEXT_COLUMNS if c in columns), "query")
+    pos_col, neg_col = PASSAGE_COLUMNS if layout == "passages" else ID_COLUMNS
+    wanted = ["query_id", query_col, pos_col, neg_col]
+
+    for where, row in rows.iter(wanted):
+        if not isinstance(row, Mapping):
+            raise DataFormatError(f"{where}: expected an object/dict row, got {_json_type(row)}")
+        if "query_id" not in row:
+            raise DataFormatError(f"{where}: missing field 'query_id'")
+        qid = _as_id(row["query_id"], where, "field 'query_id'")
+        here = f"{where} (query_id {qid!r})"
+        if qid in q_seen:
+            raise DataFormatError(f"{here}: duplicate query id (first at {q_seen[qid]})")
+        q_seen[qid] = where
+        qcol = query_col if query_col in row else next((c for c in QUERY_TEXT_COLUMNS if c in row), query_col)
+        if qcol not in row:
+            raise DataFormatError(f"{here}: missing field {query_col!r}")
+        query = _as_text(row[qcol], here, f"field {qcol!r}").strip()
+        if not query:
+            raise DataFormatError(f"{here}: field {qcol!r} is empty")
+        if pos_col not in row:
+            raise DataFormatError(f"{here}: missing field {pos_col!r}")
+        raw_pos = _as_list(row[pos_col], here, pos_col, required=True)
+        raw_neg = _as_list(row.get(neg_col), here, neg_col, required=False)
+        if layout == "passages":
+            pos = [_passage(p, f"{here} {pos_col}[{k}]", store, title_sep) for k, p in enumerate(raw_pos)]
+            neg = [_passage(p, f"{here} {neg_col}[{k}]", store, title_sep) for k, p in enumerate(raw_neg)]
+        else:
+            pos = [_known_id(d, f"{here} {pos_col}[{k}]", store, corpus_label) for k, d in enumerate(raw_pos)]
+            neg = [_known_id(d, f"{here} {neg_col}[{k}]", store, corpus_label) for k, d in enumerate(raw_neg)]
+        if not pos:
+            raise DataFormatError(f"{here}: field {pos_col!r} is empty (a query needs a positive document)")
+        upos = list(dict.fromkeys(pos))
+        dup_pos += len(pos) - len(upos)
+        uneg = list(dict.fromkeys(neg))
+        dup_neg += len(neg) - len(uneg)
+        pos_set = set(upos)
+        kept_neg = [d for d in uneg if d not in pos_set]
+        neg_also_pos += len(uneg) - len(kept_neg)
+        q_ids.append(qid)
+        q_texts.append(query)
+        q_pos.append(upos)
+        q_neg.append(kept_neg)
+
+    label = rows.label
+    if not q_ids:
+        raise DataFormatError(f"{label}: the query set is empty (no rows)")
+    if dup_pos:
+        logger.info("%s: merged %d repeated positive doc id(s) within rows", label, dup_pos)
+    if dup_neg:
+        logger.info("%s: merged %d repeated negative doc id(s) within rows", label, dup_neg)
+    if neg_also_pos:
+        logger.warning("%s: dropped %d negative(s) that are also positives of the same query", label, neg_also_pos)
+    if layout == "passages" and store.repeats:
+        logger.info("%s: %d passage occurrence(s) repeat an already-seen docid (same text)", label, store.repeats)
+
+    qds = datasets.Dataset.from_dict(
+        {"query_id": q_ids, "query": q_texts, "positive_ids": q_pos, "negative_ids": q_neg}, features=QUERY_FEATURES
+    )
+    data = RetrievalData(queries=qds, corpus=store.dataset(), name=name or label)
+    if validate:
+        data.validate()
+    logger.info(
+        "loaded Tevatron %s (%s layout): %d queries, %d docs (%d from corpus=)",
+        label,
+        layout,
+        len(qds),
+        len(store.ids),
+        given_docs,
+    )
+    return data
+
+
+def _passage(value: Any, where: str, store: _Corpus, title_sep: str) -> str:
+    if not isinstance(value, Mapping):
+        raise DataFormatError(f"{where}: a passage must be an object with 'docid', 'title', 'text', got {_json_type(value)}")
+    if "docid" not in value:
+        raise DataFormatError(f"{where}: missing field 'docid'")
+    doc_id = _as_id(value["docid"], where, "field 'docid'")
+    here = f"{where} (docid {doc_id!r})"
+    if "text" not in value:
+        raise DataFormatError(f"{here}: missing field 'text'")
+    text = join_title(
+        _as_text(value.get("title"), here, "field 'title'", required=False),
+        _as_text(value["text"], here, "field 'text'"),
+        title_sep,
+    )
+    if not text:
+        raise DataFormatError(f"{here}: empty text (and title)")
+    store.add(doc_id, text, where)
+    return doc_id
+
+
+def _known_id(value: Any, where: str, store: _Corpus, corpus_label: str | None) -> str:
+    doc_id = _as_id(value, where, "doc id")
+    if doc_id not in store:
+        raise DataFormatError(f"{where}: doc id {doc_id!r} is not in the corpus {corpus_label or ''}".rstrip())
+    return doc_id
+
+
+__all__ = ["load_tevatron", "iter_tevatron_rows", "open_rows", "RowSource"]

@@ -1,0 +1,323 @@
+"""The dual encoder: a query tower f and a target tower g over any ``AutoModel`` backbone.
+
+Shared towers by default (one encoder module used for both sides, so there is nothing to alias and safetensors
+saves cleanly); separate towers hold a second, independent encoder. Pooling ``mean | cls | last``, optional L2
+normalisation and a softmax temperature live in :class:`RetrieverConfig`.
+
+Example:
+    >>> from hf_corrector import RetrieverModel
+    >>> retriever = RetrieverModel.from_backbone("sentence-transformers/all-MiniLM-L6-v2")  # doctest: +SKIP
+    >>> q = retriever.encode_queries(["what is a stale embedding?"])  # doctest: +SKIP
+    >>> d = retriever.encode_targets(["A cached vector written by an older encoder."])  # doctest: +SKIP
+    >>> (q @ d.T).item()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedConfig, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from ..errors import ConfigError
+from .pooling import check_pooling, pool
+
+logger = logging.getLogger(__name__)
+
+Side = Literal["query", "target"]
+
+
+class RetrieverConfig(PreTrainedConfig):
+    """Configuration of a :class:`RetrieverModel`.
+
+    Args:
+        encoder_config: the backbone's config as a dict (``AutoConfig.for_model(**encoder_config)`` rebuilds it).
+        pooling: ``mean``, ``cls`` or ``last``.
+        normalize: L2-normalise embeddings.
+        softmax_temperature: temperature of the training softmax (scores are divided by it; 0.05 = ST's scale 20).
+            (Not called ``temperature``: transformers reserves that name for generation settings.)
+        shared_towers: one encoder for queries and targets (default) or two separate ones.
+        query_max_length / target_max_length: tokenizer truncation lengths.
+        query_prefix / target_prefix: strings prepended before tokenising (e.g. ``"query: "`` for E5 models).
+        base_model_name_or_path: where the backbone came from (provenance, model cards, cache checks).
+    """
+
+    model_type = "hfc_retriever"
+
+    def __init__(
+        self,
+        encoder_config: dict | None = None,
+        pooling: str = "mean",
+        normalize: bool = True,
+        softmax_temperature: float = 0.05,
+        shared_towers: bool = True,
+        query_max_length: int = 64,
+        target_max_length: int = 256,
+        query_prefix: str = "",
+        target_prefix: str = "",
+        base_model_name_or_path: str | None = None,
+        **kwargs,
+    ):
+        check_pooling(pooling)
+        if softmax_temperature <= 0:
+            raise ConfigError(f"softmax_temperature must be > 0, got {softmax_temperature}")
+        if isinstance(encoder_config, PreTrainedConfig):
+            encoder_config = encoder_config.to_dict()
+        self.encoder_config = encoder_config or {}
+        self.pooling = pooling
+        self.normalize = bool(normalize)
+        self.softmax_temperature = float(softmax_temperature)
+        self.shared_towers = bool(shared_towers)
+        self.query_max_length = int(query_max_length)
+        self.target_max_length = int(target_max_length)
+        self.query_prefix = query_prefix
+        self.target_prefix = target_prefix
+        self.base_model_name_or_path = base_model_name_or_path
+        super().__init__(**kwargs)
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.encoder_config.get("hidden_size", self.encoder_config.get("d_model", 0)))
+
+    def backbone_config(self) -> PreTrainedConfig:
+        """The backbone's config object."""
+        cfg = dict(self.encoder_config)
+        model_type = cfg.pop("model_type", None)
+        if model_type is None:
+            raise ConfigError("encoder_config has no model_type")
+        return AutoConfig.for_model(model_type, **cfg)
+
+
+@dataclass
+class RetrieverOutput(ModelOutput):
+    """Output of :meth:`RetrieverModel.forward`: pooled (and maybe normalised) embeddings of each side."""
+
+    query_embeddings: torch.Tensor | None = None
+    target_embeddings: torch.Tensor | None = None
+
+
+class RetrieverModel(PreTrainedModel):
+    """Dual encoder f (queries) / g (targets) as a :class:`~transformers.PreTrainedModel`."""
+
+    config_class = RetrieverConfig
+    base_model_prefix = "retriever"
+    main_input_name = "query_input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules: list[str] = []
+
+    def __init__(self, config: RetrieverConfig, encoder: nn.Module | None = None, query_encoder: nn.Module | None = None):
+        super().__init__(config)
+        if encoder is None:
+            encoder = AutoModel.from_config(config.backbone_config())
+        self.encoder = encoder
+        if config.shared_towers:
+            self.query_encoder = None
+        else:
+            self.query_encoder = query_encoder if query_encoder is not None else copy.deepcopy(encoder)
+        self.tokenizer = None
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:  # the backbones initialise themselves
+        return
+
+    # -- construction ------------------------------------------------------------------------------------------
+    @classmethod
+    def from_backbone(
+        cls,
+        name_or_path: str | os.PathLike,
+        pooling: str | None = None,
+        normalize: bool | None = None,
+        softmax_temperature: float = 0.05,
+        shared_towers: bool = True,
+        query_max_length: int | None = None,
+        target_max_length: int | None = None,
+        **model_kwargs,
+    ) -> RetrieverModel:
+        """Wrap a pretrained ``AutoModel`` backbone (a Hub id or local folder) as a dual encoder.
+
+        A sentence-transformers folder (``modules.json``) gives its pooling, normalisation and max length unless
+        overridden. Extra keyword arguments go to ``AutoModel.from_pretrained`` (e.g. ``num_hidden_layers=2``).
+        """
+        st = read_sentence_transformers_settings(name_or_path)
+        pooling = pooling or st.get("pooling", "mean")
+        normalize = st.get("normalize", False) if normalize is None else normalize
+        max_len = st.get("max_seq_length", 256)
+        encoder = AutoModel.from_pretrained(name_or_path, **model_kwargs)
+        config = RetrieverConfig(
+            encoder_config=encoder.config.to_dict(),
+            pooling=pooling,
+            normalize=normalize,
+            softmax_temperature=softmax_temperature,
+            shared_towers=shared_towers,
+            query_max_length=query_max_length or min(64, max_len),
+            target_max_length=target_max_length or max_len,
+            base_model_name_or_path=str(name_or_path),
+        )
+        model = cls(config, encoder=encoder)
+        try:
+            model.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        except (OSError, ValueError) as err:
+            logger.warning("no tokenizer found at %s (%s); set retriever.tokenizer before encoding", name_or_path, err)
+        return model
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Load a saved retriever (and its tokenizer, when saved alongside)."""
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        tok_kwargs = {k: kwargs[k] for k in ("subfolder", "revision", "token", "cache_dir", "local_files_only") if k in kwargs}
+        try:
+            model.tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **tok_kwargs)
+        except (OSError, ValueError):
+            logger.info("no tokenizer saved with %s", pretrained_model_name_or_path)
+        return model
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save weights (safetensors), config and the tokenizer."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if self.tokenizer is not None and kwargs.get("is_main_process", True):
+            self.tokenizer.save_pretrained(save_directory)
+
+    # -- encoding ----------------------------------------------------------------------------------------------
+    @property
+    def embedding_dim(self) -> int:
+        return self.config.embedding_dim
+
+    def tower(self, side: Side) -> nn.Module:
+        """The encoder module used for ``side``."""
+        return self.query_encoder if (side == "query" and self.query_encoder is not None) else self.encoder
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, side: Side = "target", **extra) -> torch.Tensor:
+        """Pooled (and, if configured, L2-normalised) embeddings of tokenised texts."""
+        out = self.tower(side)(input_ids=input_ids, attention_mask=attention_mask, **extra)
+        emb = pool(out.last_hidden_state, attention_mask, self.config.pooling)
+        return F.normalize(emb, dim=-1) if self.config.normalize else emb
+
+    def forward(
+        self,
+        query_input_ids: torch.Tensor | None = None,
+        query_attention_mask: torch.Tensor | None = None,
+        target_input_ids: torch.Tensor | None = None,
+        target_attention_mask: torch.Tensor | None = None,
+    ) -> RetrieverOutput:
+        q = t = None
+        if query_input_ids is not None:
+            q = self.embed(query_input_ids, query_attention_mask, "query")
+        if target_input_ids is not None:
+            t = self.embed(target_input_ids, target_attention_mask, "target")
+        return RetrieverOutput(query_embeddings=q, target_embeddings=t)
+
+    def tokenize(self, texts: Sequence[str], side: Side, max_length: int | None = None) -> dict[str, torch.Tensor]:
+        """Tokenise texts for ``side`` with the configured prefix and truncation length."""
+        if self.tokenizer is None:
+            raise ConfigError("this retriever has no tokenizer; set `retriever.tokenizer = AutoTokenizer...`")
+        prefix = self.config.query_prefix if side == "query" else self.config.target_prefix
+        length = max_length or (self.config.query_max_length if side == "query" else self.config.target_max_length)
+        batch = self.tokenizer(
+            [prefix + t for t in texts], padding=True, truncation=True, max_length=length, return_tensors="pt"
+        )
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+    @torch.no_grad()
+    def encode(
+        self,
+        texts: Sequence[str],
+        side: Side = "target",
+        batch_size: int = 64,
+        max_length: int | None = None,
+        show_progress_bar: bool | None = None,
+        device: str | torch.device | None = None,
+    ) -> torch.Tensor:
+        """Encode texts in batches without gradients; returns a float32 CPU tensor of shape (len(texts), d).
+
+        Texts are sorted by length to save padding; the output is in input order.
+        """
+        device = torch.device(device) if device is not None else self.device
+        was_training = self.training
+        self.eval()
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        out = torch.empty(len(texts), self.embedding_dim, dtype=torch.float32)
+        show = len(texts) > 4 * batch_size if show_progress_bar is None else show_progress_bar
+        try:
+            for start in tqdm(range(0, len(texts), batch_size), desc=f"encode {side}s", disable=not show):
+                idx = order[start : start + batch_size]
+                batch = self.tokenize([texts[i] for i in idx], side, max_length)
+                batch = {k: v.to(device) for k, v in batch.items()}
+                out[idx] = self.embed(batch["input_ids"], batch["attention_mask"], side).float().cpu()
+        finally:
+            self.train(was_training)
+        return out
+
+    def encode_queries(self, texts: Sequence[str], **kwargs) -> torch.Tensor:
+        """Encode queries with f. See :meth:`encode`."""
+        return self.encode(texts, side="query", **kwargs)
+
+    def encode_targets(self, texts: Sequence[str], **kwargs) -> torch.Tensor:
+        """Encode targets (passages, documents) with g. See :meth:`encode`."""
+        return self.encode(texts, side="target", **kwargs)
+
+    def provenance(self) -> dict:
+        """What a cache built by this retriever records about its encoder."""
+        return {
+            "encoder": self.config.base_model_name_or_path or self.config.name_or_path or "unknown",
+            "embedding_dim": self.embedding_dim,
+            "pooling": self.config.pooling,
+            "normalize": self.config.normalize,
+            "target_max_length": self.config.target_max_length,
+        }
+
+
+def read_sentence_transformers_settings(path: str | os.PathLike) -> dict:
+    """Read pooling, normalisation and max length from a local sentence-transformers folder ({} if not one)."""
+    root = Path(path)
+    modules_file = root / "modules.json"
+    if not modules_file.is_file():
+        return {}
+    settings: dict = {}
+    modules = json.loads(modules_file.read_text())
+    for module in modules:
+        kind = module.get("type", "")
+        if kind.endswith("Normalize"):
+            settings["normalize"] = True
+        if kind.endswith("Pooling"):
+            cfg_file = root / module.get("path", "") / "config.json"
+            if cfg_file.is_file():
+                cfg = json.loads(cfg_file.read_text())
+                if cfg.get("pooling_mode_cls_token"):
+                    settings["pooling"] = "cls"
+                elif cfg.get("pooling_mode_lasttoken"):
+                    settings["pooling"] = "last"
+                elif cfg.get("pooling_mode_mean_tokens"):
+                    settings["pooling"] = "mean"
+                else:
+                    raise ConfigError(f"{cfg_file}: pooling mode not supported (only mean, cls, last)")
+    settings.setdefault("normalize", False)
+    bert_cfg = root / "sentence_bert_config.json"
+    if bert_cfg.is_file():
+        settings["max_seq_length"] = int(json.loads(bert_cfg.read_text()).get("max_seq_length", 256))
+    return settings
+
+
+def load_retriever(name_or_path: str | os.PathLike, **kwargs) -> RetrieverModel:
+    """Load a saved :class:`RetrieverModel`, or wrap any other backbone with :meth:`RetrieverModel.from_backbone`."""
+    cfg_file = Path(name_or_path) / "config.json"
+    if cfg_file.is_file():
+        is_retriever = json.loads(cfg_file.read_text()).get("model_type") == RetrieverConfig.model_type
+    else:
+        try:
+            is_retriever = AutoConfig.from_pretrained(name_or_path).model_type == RetrieverConfig.model_type
+        except (OSError, ValueError):
+            is_retriever = False
+    if is_retriever:
+        return RetrieverModel.from_pretrained(name_or_path)
+    return RetrieverModel.from_backbone(name_or_path, **kwargs)
