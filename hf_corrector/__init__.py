@@ -16,7 +16,10 @@ from .errors import (
     HFCorrectorError,
     NonFiniteError,
 )
+from .cache import StaleCache
+from .data.format import RetrievalData
 from .models import CorrectorConfig, CorrectorModel, RetrieverConfig, RetrieverModel, load_retriever
+from .training import CorrectorTrainer, CorrectorTrainingArguments
 
 __all__ = [
     "__version__",
@@ -25,6 +28,10 @@ __all__ = [
     "RetrieverConfig",
     "RetrieverModel",
     "load_retriever",
+    "StaleCache",
+    "RetrievalData",
+    "CorrectorTrainer",
+    "CorrectorTrainingArguments",
     "HFCorrectorError",
     "DataFormatError",
     "CacheMismatchError",

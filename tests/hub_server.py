@@ -98,9 +98,9 @@ class Repo:
 
 
 class HubError(Exception):
-    def __init__(self, status: int, message: str, code: str | None = None, headers: dict | None = None):
+    def __init__(self, status: int, message: str, code: str | None = None, headers: dict | None = None, **extra):
         super().__init__(message)
-        self.status, self.code, self.headers = status, code, headers or {}
+        self.status, self.code, self.headers, self.extra = status, code, headers or {}, extra
 
 
 _API = r"^/api/(?P<t>models|datasets|spaces)/(?P<repo>[^/]+/[^/]+)"
@@ -199,11 +199,12 @@ class FakeHub:
             if blob.lfs:
                 entry["lfs"] = {"oid": blob.sha256, "size": len(blob.data), "pointerSize": len(blob.pointer)}
         entry["path"] = path
-        if expand:
+        if expand:  # last commit that changed this file (or anything under this folder)
+            def state(c: Commit):
+                return c.files.get(path) or {k: v for k, v in c.files.items() if k.startswith(path + "/")}
             last = commit
             for older in repo.history(commit.oid)[1:]:
-                same = older.files.get(path) == blob if blob else any(p.startswith(path + "/") for p in older.files)
-                if not same:
+                if state(older) != state(commit):
                     break
                 last = older
             entry["lastCommit"] = {"id": last.oid, "title": last.title, "date": last.date}
@@ -220,8 +221,8 @@ class FakeHub:
         repo_id = f"{data.get('organization') or USER}/{data['name']}"
         t = data.get("type") or "model"
         with self.lock:
-            if (t, repo_id) in self.repos:
-                raise HubError(409, "You already created this repo", headers={"X-Error-Message": "repo exists"})
+            if (t, repo_id) in self.repos:  # the client reads "url" from this 409 body when exist_ok=True
+                raise HubError(409, f"You already created this {t} repo", url=self.repos[(t, repo_id)].url(self.url))
             repo = self.create_repo(repo_id, t)
         return 200, {"url": repo.url(self.url), "name": repo_id, "id": repo_id}
 
@@ -428,7 +429,7 @@ class _Handler(BaseHTTPRequestHandler):
                     status, payload, *extra = getattr(hub, name)(params, parse_qs(split.query), body, self.headers)
                     headers = extra[0] if extra else {}
                 except HubError as err:
-                    status, payload, headers = err.status, {"error": str(err)}, dict(err.headers)
+                    status, payload, headers = err.status, {"error": str(err), **err.extra}, dict(err.headers)
                     headers["X-Error-Message"] = str(err)
                     if err.code:
                         headers["X-Error-Code"] = err.code

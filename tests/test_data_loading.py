@@ -416,7 +416,9 @@ def test_pairs_explicit_columns_and_dispatch(tmp_path):
     path = _write_jsonl(tmp_path / "pairs.jsonl", [{"anchor": r["q"], "positive": r["d"]} for r in rows])
     auto = load_retrieval_data(path)
     assert auto.corpus["text"] == ["doc one", "doc two"]
-    assert load_retrieval_data(rows, format="sentence-transformers").num_docs == 2
+    positional = load_retrieval_data(rows, format="sentence-transformers")  # x=anchor, q=positive, d=negative
+    assert positional.queries["query"] == ["n", "m"]
+    assert positional.num_docs == 4
 
 
 def test_pairs_triplets_from_parquet(tmp_path):

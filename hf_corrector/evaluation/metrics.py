@@ -1,0 +1,94 @@
+"""Retrieval metrics over a full corpus, computed with ``pytrec_eval`` (trec_eval's definitions).
+
+Example:
+    >>> import torch
+    >>> q = torch.eye(2); docs = torch.eye(2)
+    >>> m = retrieval_metrics(q, docs, ["q1", "q2"], ["d1", "d2"], {"q1": {"d1": 1}, "q2": {"d2": 1}})
+    >>> round(m["ndcg@10"], 3), round(m["mrr@10"], 3)
+    (1.0, 1.0)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+import pytrec_eval
+import torch
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
+
+
+def exact_search(queries: torch.Tensor, corpus: torch.Tensor, k: int, chunk_size: int = 65536,
+                 query_batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact maximum-inner-product top-k (scores, indices), streaming over corpus chunks."""
+    k = min(k, corpus.shape[0])
+    all_scores, all_idx = [], []
+    for qs in range(0, queries.shape[0], query_batch):
+        q = queries[qs : qs + query_batch].float()
+        best_s = torch.full((q.shape[0], 0), float("-inf"))
+        best_i = torch.zeros((q.shape[0], 0), dtype=torch.long)
+        for start in range(0, corpus.shape[0], chunk_size):
+            chunk = corpus[start : start + chunk_size].float()
+            s = q @ chunk.T
+            ts, ti = s.topk(min(k, s.shape[1]), dim=1)
+            best_s, order = torch.cat([best_s, ts], 1).topk(min(k, best_s.shape[1] + ts.shape[1]), dim=1)
+            best_i = torch.cat([best_i, ti + start], 1).gather(1, order)
+        all_scores.append(best_s)
+        all_idx.append(best_i)
+    return torch.cat(all_scores), torch.cat(all_idx)
+
+
+def evaluate_run(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]],
+                 metrics: Sequence[str] = DEFAULT_METRICS) -> dict[str, float]:
+    """Mean of ``metrics`` (``ndcg@k``, ``recall@k``, ``mrr@k``, ``map``) over the queries of ``qrels``.
+
+    Queries with no retrieved documents count as zero (trec_eval would drop them; we keep the denominator honest).
+    """
+    measures, wanted = set(), {}
+    for name in metrics:
+        kind, _, cut = name.partition("@")
+        if kind == "ndcg":
+            measures.add(f"ndcg_cut.{cut}"); wanted[name] = f"ndcg_cut_{cut}"
+        elif kind == "recall":
+            measures.add(f"recall.{cut}"); wanted[name] = f"recall_{cut}"
+        elif kind == "mrr":
+            measures.add("recip_rank"); wanted[name] = "recip_rank"
+        elif kind == "map":
+            measures.add("map"); wanted[name] = "map"
+        else:
+            raise ValueError(f"unknown metric {name!r}")
+    qrels = {q: {d: int(r) for d, r in docs.items()} for q, docs in qrels.items()}
+    results: dict[str, float] = {}
+    for name, key in wanted.items():
+        kind, _, cut = name.partition("@")
+        this_run = run
+        if kind == "mrr" and cut:  # MRR@k = reciprocal rank over the top-k only
+            this_run = {q: dict(sorted(docs.items(), key=lambda kv: -kv[1])[: int(cut)]) for q, docs in run.items()}
+        measure = {"recip_rank"} if kind == "mrr" else {m for m in measures if m.replace(".", "_") == key or m == key}
+        evaluator = pytrec_eval.RelevanceEvaluator(qrels, measure)
+        per_query = evaluator.evaluate({q: dict(d) for q, d in this_run.items() if q in qrels})
+        total = sum(v[key] for v in per_query.values())
+        results[name] = total / max(len(qrels), 1)
+    return results
+
+
+def retrieval_metrics(
+    query_embeddings: torch.Tensor,
+    corpus_embeddings: torch.Tensor,
+    query_ids: Sequence[str],
+    doc_ids: Sequence[str],
+    qrels: Mapping[str, Mapping[str, int]],
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    depth: int = 100,
+) -> dict[str, float]:
+    """Exact search of every query over the whole corpus, then ``metrics`` from ``pytrec_eval``."""
+    needed = max([depth] + [int(m.split("@")[1]) for m in metrics if "@" in m])
+    scores, idx = exact_search(query_embeddings, corpus_embeddings, needed)
+    run = {
+        qid: {doc_ids[j]: float(s) for s, j in zip(srow.tolist(), irow.tolist())}
+        for qid, srow, irow in zip(query_ids, scores, idx)
+    }
+    return evaluate_run(run, qrels, metrics)
