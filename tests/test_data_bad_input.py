@@ -26,7 +26,9 @@ def _lines(rows: list[dict]) -> bytes:
     return "".join(json.dumps(r) + "\n" for r in rows).encode("utf-8")
 
 
-def make_beir(root: Path, corpus: bytes | None = None, queries: bytes | None = None, qrels: bytes | None = None) -> Path:
+def make_beir(
+    root: Path, corpus: bytes | None = None, queries: bytes | None = None, qrels: bytes | None = None
+) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     (root / "corpus.jsonl").write_bytes(_lines(CORPUS) if corpus is None else corpus)
     (root / "queries.jsonl").write_bytes(_lines(QUERIES) if queries is None else queries)
@@ -77,7 +79,9 @@ def test_truncated_last_line(tmp_path):
     assert f"{root / 'corpus.jsonl'}:3:" in raised_by(ei)
 
 
-@pytest.mark.parametrize("line,kind", [(b"[1, 2]", "an array"), (b'"text"', "a string"), (b"3", "a number"), (b"null", "null")])
+@pytest.mark.parametrize(
+    "line,kind", [(b"[1, 2]", "an array"), (b'"text"', "a string"), (b"3", "a number"), (b"null", "null")]
+)
 def test_non_object_line(tmp_path, line, kind):
     root = make_beir(tmp_path, corpus=_lines(CORPUS[:1]) + line + b"\n")
     with pytest.raises(DataFormatError) as ei:
@@ -208,7 +212,15 @@ def test_qrels_wrong_number_of_columns(tmp_path, line, count):
     assert f"got {count}" in str(ei.value)
 
 
-@pytest.mark.parametrize("score,why", [("high", "is not a number"), ("nan", "is not a finite number"), ("inf", "is not a finite number"), ("", "is not a number")])
+@pytest.mark.parametrize(
+    "score,why",
+    [
+        ("high", "is not a number"),
+        ("nan", "is not a finite number"),
+        ("inf", "is not a finite number"),
+        ("", "is not a number"),
+    ],
+)
 def test_qrels_bad_score(tmp_path, score, why):
     root = make_beir(tmp_path, qrels=f"query-id\tcorpus-id\tscore\nq1\td1\t{score}\n".encode())
     with pytest.raises(DataFormatError) as ei:
@@ -339,9 +351,18 @@ def test_tevatron_missing_query_id_names_the_row():
         ({"positive_passages": None}, "(query_id '1'): field 'positive_passages' is missing or null"),
         ({"positive_passages": [5]}, "positive_passages[0]: a passage must be an object"),
         ({"positive_passages": [{"title": "t", "text": "x"}]}, "positive_passages[0]: missing field 'docid'"),
-        ({"positive_passages": [{"docid": "a", "title": "t"}]}, "positive_passages[0] (docid 'a'): missing field 'text'"),
-        ({"negative_passages": [{"docid": "a", "title": "", "text": " "}]}, "negative_passages[0] (docid 'a'): empty text"),
-        ({"negative_passages": [{"docid": "a", "title": 3, "text": "x"}]}, "(docid 'a'): field 'title' must be a string"),
+        (
+            {"positive_passages": [{"docid": "a", "title": "t"}]},
+            "positive_passages[0] (docid 'a'): missing field 'text'",
+        ),
+        (
+            {"negative_passages": [{"docid": "a", "title": "", "text": " "}]},
+            "negative_passages[0] (docid 'a'): empty text",
+        ),
+        (
+            {"negative_passages": [{"docid": "a", "title": 3, "text": "x"}]},
+            "(docid 'a'): field 'title' must be a string",
+        ),
         ({"negative_passages": {"docid": "a"}}, "field 'negative_passages' must be a list, got dict"),
         ({"query": None}, "(query_id '1'): field 'query' is missing or null"),
         ({"query": "  "}, "(query_id '1'): field 'query' is empty"),
@@ -386,7 +407,10 @@ def test_tevatron_bad_field_in_file_names_file_and_line(tmp_path):
     path.write_text(json.dumps(_row("1")) + "\n" + json.dumps(_row("2", pos=[{"docid": None, "text": "x"}])) + "\n")
     with pytest.raises(DataFormatError) as ei:
         load_tevatron(path)
-    assert f"{path}:2 (query_id '2') positive_passages[0]: field 'docid' must be a string or an integer, got null" in raised_by(ei)
+    assert (
+        f"{path}:2 (query_id '2') positive_passages[0]: field 'docid' must be a string or an integer, got null"
+        in raised_by(ei)
+    )
 
 
 def test_tevatron_bad_json_array_names_line(tmp_path):
@@ -451,12 +475,21 @@ def test_bad_parquet_file(tmp_path):
 @pytest.mark.parametrize(
     "rows,message",
     [
-        ([{"anchor": "a", "positive": "p"}, {"anchor": None, "positive": "p"}], "pairs row 1: column 'anchor' is missing or null"),
+        (
+            [{"anchor": "a", "positive": "p"}, {"anchor": None, "positive": "p"}],
+            "pairs row 1: column 'anchor' is missing or null",
+        ),
         ([{"anchor": "a", "positive": 3}], "pairs row 0: column 'positive' must be a string, got a number"),
         ([{"anchor": "a", "positive": " "}], "pairs row 0: column 'positive' is empty"),
-        ([{"anchor": "a", "positive": "p", "negative": ["x"]}], "pairs row 0: column 'negative' must be a string, got an array"),
+        (
+            [{"anchor": "a", "positive": "p", "negative": ["x", ["y"]]}],
+            "pairs row 0 column 'negative'[1]: a negative must be a string, got an array",
+        ),
         ([{"anchor": "a", "positive": "p"}, {"anchor": "b"}], "pairs row 1: column 'positive' is missing or null"),
-        ([{"anchor": "a\ud800", "positive": "p"}], "pairs row 0 column 'anchor': the text holds an unpaired UTF-16 surrogate"),
+        (
+            [{"anchor": "a\ud800", "positive": "p"}],
+            "pairs row 0 column 'anchor': the text holds an unpaired UTF-16 surrogate",
+        ),
     ],
 )
 def test_pairs_bad_values(rows, message):
@@ -493,3 +526,15 @@ def test_dispatcher_unknown_format():
 def test_dispatcher_corpus_with_pairs_is_a_config_error():
     with pytest.raises(ConfigError, match="corpus= is only used"):
         load_retrieval_data([{"anchor": "a", "positive": "p"}], corpus=[{"docid": "1", "text": "x"}])
+
+
+def test_tevatron_unpaired_surrogate_names_the_query_id():
+    with pytest.raises(DataFormatError) as ei:
+        load_tevatron([_row("1"), dict(_row("2"), query="bad \ud800 text")])
+    assert "query_id '2': column 'query' holds a value that is not valid text" in raised_by(ei)
+
+
+def test_tevatron_unpaired_surrogate_in_a_passage_names_the_doc_id():
+    with pytest.raises(DataFormatError) as ei:
+        load_tevatron([_row("1", pos=[{"docid": "p9", "text": "bad \udfff"}])])
+    assert "doc_id 'p9': column 'text' holds a value that is not valid text" in raised_by(ei)

@@ -22,10 +22,15 @@ from hf_corrector.data import tevatron as tevatron_module
 from hf_corrector.errors import ConfigError, DataFormatError
 
 SCIFACT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scifact"
-needs_scifact = pytest.mark.skipif(
+_skip_without_scifact = pytest.mark.skipif(
     not (SCIFACT / "corpus.jsonl").is_file(),
     reason=f"SciFact is not available at {SCIFACT} (expected ../shared/data/scifact next to the repository)",
 )
+
+
+def needs_scifact(test):
+    """Mark a test as reading SciFact in place (``-m scifact``), skipped when the folder is absent."""
+    return pytest.mark.scifact(_skip_without_scifact(test))
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -88,7 +93,7 @@ def test_scifact_texts_match_the_files(scifact):
     q0 = data.queries[0]
     assert q0["query"] == queries[q0["query_id"]].strip()
     # the qrels say query 0 -> doc 31715818 (first judgement line)
-    by_id = dict(zip(data.queries["query_id"], data.queries["positive_ids"]))
+    by_id = dict(zip(data.queries["query_id"], data.queries["positive_ids"], strict=True))
     assert by_id["0"] == ["31715818"]
     assert all(isinstance(p, str) for ps in data.queries["positive_ids"] for p in ps)
 
@@ -202,7 +207,10 @@ TEVATRON_ROWS = [
         "query": " who wrote faust ",
         "answers": ["Goethe"],
         "positive_passages": [_passage("p3", "Faust is a play."), _passage("p4", "Goethe wrote Faust.", "Goethe")],
-        "negative_passages": [_passage("p1", "Hamlet is a tragedy by Shakespeare.", "Hamlet"), _passage("p4", "Goethe wrote Faust.", "Goethe")],
+        "negative_passages": [
+            _passage("p1", "Hamlet is a tragedy by Shakespeare.", "Hamlet"),
+            _passage("p4", "Goethe wrote Faust.", "Goethe"),
+        ],
     },
     {
         "query_id": "102",
@@ -268,7 +276,12 @@ def test_tevatron_dispatcher_detects_the_format(tmp_path):
 
 
 ID_ROWS = [
-    {"query_id": "q1", "query_text": "who wrote hamlet", "positive_document_ids": ["d1"], "negative_document_ids": ["d2", "d3"]},
+    {
+        "query_id": "q1",
+        "query_text": "who wrote hamlet",
+        "positive_document_ids": ["d1"],
+        "negative_document_ids": ["d2", "d3"],
+    },
     {"query_id": "q2", "query_text": "faust", "positive_document_ids": ["d3", 4], "negative_document_ids": []},
 ]
 ID_CORPUS = [
@@ -302,8 +315,15 @@ def test_tevatron_id_layout_files(tmp_path):
 
 
 def test_tevatron_id_layout_datasets_with_query_column(tmp_path):
-    rows = [{"query_id": r["query_id"], "query": r["query_text"], "positive_document_ids": [str(d) for d in r["positive_document_ids"]],
-             "negative_document_ids": r["negative_document_ids"]} for r in ID_ROWS]
+    rows = [
+        {
+            "query_id": r["query_id"],
+            "query": r["query_text"],
+            "positive_document_ids": [str(d) for d in r["positive_document_ids"]],
+            "negative_document_ids": r["negative_document_ids"],
+        }
+        for r in ID_ROWS
+    ]
     corpus = datasets.Dataset.from_list([dict({"title": ""}, **c) for c in ID_CORPUS])
     _check_id_result(load_tevatron(datasets.Dataset.from_list(rows), corpus=corpus))
 
@@ -385,7 +405,7 @@ def test_pairs_positional_columns_and_merging():
             "negative_ids": [],
         },
     ]
-    assert dict(zip(data.corpus["doc_id"], data.corpus["text"]))[_sha("Cats purr.")] == "Cats purr."
+    assert dict(zip(data.corpus["doc_id"], data.corpus["text"], strict=True))[_sha("Cats purr.")] == "Cats purr."
 
 
 def test_pairs_named_negative_columns_and_label_ignored(caplog):
@@ -428,6 +448,16 @@ def test_pairs_triplets_from_parquet(tmp_path):
     assert data.queries["positive_ids"] == [[_sha("p")], [_sha("q")]]
     assert data.queries["negative_ids"] == [[_sha("q")], [_sha("p")]]
     assert data.num_docs == 2
+
+
+def test_pairs_list_of_negatives_column():
+    ds = datasets.Dataset.from_dict(
+        {"query": ["a", "b"], "positive": ["p", "q"], "negatives": [["n1", "n2", "p"], ["n2", ""]]}
+    )
+    data = load_pairs(ds)
+    # "p" is a positive of "a" (dropped as its negative), "" is skipped
+    assert data.queries["negative_ids"] == [[_sha("n1"), _sha("n2")], [_sha("n2")]]
+    assert data.num_docs == 4
 
 
 def test_retrieval_data_passes_through():

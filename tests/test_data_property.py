@@ -24,7 +24,10 @@ nonblank = texts.filter(lambda t: t.strip() != "")
 json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=False), texts)
 json_values = st.recursive(
     json_scalars,
-    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(["docid", "title", "text", "x"]), inner, max_size=3)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(st.sampled_from(["docid", "title", "text", "x"]), inner, max_size=3),
+    ),
     max_leaves=6,
 )
 
@@ -41,7 +44,7 @@ def check_invariants(data: RetrievalData) -> None:
     assert len(set(doc_ids)) == len(doc_ids) > 0
     assert data.num_queries > 0
     known = set(doc_ids)
-    for pos, neg in zip(data.queries["positive_ids"], data.queries["negative_ids"]):
+    for pos, neg in zip(data.queries["positive_ids"], data.queries["negative_ids"], strict=True):
         assert pos and set(pos) <= known and set(neg) <= known
         assert not set(pos) & set(neg)
         assert len(set(pos)) == len(pos)
@@ -63,11 +66,19 @@ def beir_folders(draw: st.DrawFn) -> dict[str, Any]:
     queries = draw(st.dictionaries(ids, nonblank, min_size=1, max_size=5))
     doc_list, q_list = list(docs), list(queries)
     qrels = draw(
-        st.lists(st.tuples(st.sampled_from(q_list), st.sampled_from(doc_list), st.integers(-1, 3)), min_size=0, max_size=10)
+        st.lists(
+            st.tuples(st.sampled_from(q_list), st.sampled_from(doc_list), st.integers(-1, 3)), min_size=0, max_size=10
+        )
     )
     forced = (draw(st.sampled_from(q_list)), draw(st.sampled_from(doc_list)), 1)
     qrels.insert(draw(st.integers(0, len(qrels))), forced)  # at least one positive
-    return {"docs": docs, "queries": queries, "qrels": qrels, "crlf": draw(st.booleans()), "header": draw(st.booleans())}
+    return {
+        "docs": docs,
+        "queries": queries,
+        "qrels": qrels,
+        "crlf": draw(st.booleans()),
+        "header": draw(st.booleans()),
+    }
 
 
 def beir_files(spec: dict[str, Any]) -> dict[str, bytes]:
@@ -79,7 +90,9 @@ def beir_files(spec: dict[str, Any]) -> dict[str, bytes]:
             row["title"] = title
         corpus.append(json.dumps(row, ensure_ascii=False))
     queries = [json.dumps({"_id": q, "text": t}, ensure_ascii=False) for q, t in spec["queries"].items()]
-    qrels = (["query-id\tcorpus-id\tscore"] if spec["header"] else []) + [f"{q}\t{d}\t{s}" for q, d, s in spec["qrels"]]
+    qrels = (["query-id\tcorpus-id\tscore"] if spec["header"] else []) + [
+        f"{q}\t{d}\t{s}" for q, d, s in spec["qrels"]
+    ]
     return {
         "corpus.jsonl": (nl.join(corpus) + nl).encode("utf-8"),
         "queries.jsonl": (nl.join(queries) + nl).encode("utf-8"),
@@ -123,14 +136,67 @@ def test_valid_beir_round_trips_exactly(spec):
 
 
 mutations = st.one_of(
-    st.tuples(st.just("replace_line"), st.sampled_from(["corpus.jsonl", "queries.jsonl", "qrels/train.tsv"]), st.integers(0, 20), st.binary(max_size=40)),
-    st.tuples(st.just("garble_line"), st.sampled_from(["corpus.jsonl", "queries.jsonl"]), st.integers(0, 20), st.integers(0, 60)),
-    st.tuples(st.just("drop_field"), st.sampled_from(["corpus.jsonl", "queries.jsonl"]), st.integers(0, 20), st.sampled_from(["_id", "text", "title"])),
-    st.tuples(st.just("set_field"), st.sampled_from(["corpus.jsonl", "queries.jsonl"]), st.integers(0, 20), st.tuples(st.sampled_from(["_id", "text", "title"]), json_values)),
-    st.tuples(st.just("duplicate_line"), st.sampled_from(["corpus.jsonl", "queries.jsonl", "qrels/train.tsv"]), st.integers(0, 20), st.none()),
-    st.tuples(st.just("add_qrels"), st.just("qrels/train.tsv"), st.integers(0, 20), st.lists(st.one_of(ids, st.text(max_size=5), st.sampled_from(["1", "0", "-1", "nan", "x"])), max_size=5)),
-    st.tuples(st.just("random_file"), st.sampled_from(["corpus.jsonl", "queries.jsonl", "qrels/train.tsv"]), st.just(0), st.binary(max_size=80)),
-    st.tuples(st.just("delete_file"), st.sampled_from(["corpus.jsonl", "queries.jsonl", "qrels/train.tsv"]), st.just(0), st.none()),
+    st.tuples(
+        st.just("replace_line"),
+        st.sampled_from(["corpus.jsonl", "queries.jsonl", "qrels/train.tsv"]),
+        st.integers(0, 20),
+        st.binary(max_size=40),
+    ),
+    st.tuples(
+        st.just("garble_line"),
+        st.sampled_from(["corpus.jsonl", "queries.jsonl"]),
+        st.integers(0, 20),
+        st.integers(0, 60),
+    ),
+    st.tuples(
+        st.just("drop_field"),
+        st.sampled_from(["corpus.jsonl", "queries.jsonl"]),
+        st.integers(0, 20),
+        st.sampled_from(["_id", "text", "title"]),
+    ),
+    st.tuples(
+        st.just("set_field"),
+        st.sampled_from(["corpus.jsonl", "queries.jsonl"]),
+        st.integers(0, 20),
+        st.tuples(st.sampled_from(["_id", "text", "title"]), json_values),
+    ),
+    st.tuples(
+        st.just("duplicate_line"),
+        st.sampled_from(["corpus.jsonl", "queries.jsonl", "qrels/train.tsv"]),
+        st.integers(0, 20),
+        st.none(),
+    ),
+    st.tuples(
+        st.just("add_qrels"),
+        st.just("qrels/train.tsv"),
+        st.integers(0, 20),
+        st.lists(st.one_of(ids, st.text(max_size=5), st.sampled_from(["1", "0", "-1", "nan", "x"])), max_size=5),
+    ),
+    st.tuples(
+        st.just("random_file"),
+        st.sampled_from(["corpus.jsonl", "queries.jsonl", "qrels/train.tsv"]),
+        st.just(0),
+        st.binary(max_size=80),
+    ),
+    st.tuples(
+        st.just("delete_file"),
+        st.sampled_from(["corpus.jsonl", "queries.jsonl", "qrels/train.tsv"]),
+        st.just(0),
+        st.none(),
+    ),
+    # harmless ones: the folder must still load
+    st.tuples(
+        st.just("replace_line"),
+        st.sampled_from(["corpus.jsonl", "queries.jsonl", "qrels/train.tsv"]),
+        st.integers(0, 20),
+        st.sampled_from([b"", b"  ", b"\r"]),
+    ),
+    st.tuples(
+        st.just("set_field"),
+        st.sampled_from(["corpus.jsonl", "queries.jsonl"]),
+        st.integers(0, 20),
+        st.tuples(st.sampled_from(["metadata", "extra"]), json_values),
+    ),
 )
 
 
@@ -171,8 +237,12 @@ def mutate(files: dict[str, bytes | None], mutation: tuple) -> None:
 
 
 @SETTINGS
-@given(spec=beir_folders(), muts=st.lists(mutations, min_size=1, max_size=3), split=st.sampled_from(["train", "train", "test"]))
-def test_malformed_beir_loads_or_raises_our_error(spec, muts, split):
+@given(
+    spec=beir_folders(),
+    muts=st.lists(mutations, min_size=1, max_size=3),
+    split=st.sampled_from(["train", "train", "test"]),
+)
+def test_malformed_beir_load_or_raise_our_error(spec, muts, split):
     files: dict[str, bytes | None] = dict(beir_files(spec))
     for m in muts:
         mutate(files, m)
@@ -210,27 +280,41 @@ def test_duplicated_line_always_raises_naming_both_lines(spec, which, data):
 # --------------------------------------------------------------------------------------------------- Tevatron
 
 
-passages = st.fixed_dictionaries(
-    {"docid": st.sampled_from(["a", "b", "c", "d", 1, 2]), "title": st.sampled_from(["", "T"]), "text": st.sampled_from(["x", "y", "z"])}
+# a docid's text is a function of the docid (so rows agree), except for the rare conflicting "b" passage
+passages = st.sampled_from(["a", "b", "c", "d", 1, 2]).flatmap(
+    lambda d: st.fixed_dictionaries(
+        {"docid": st.just(d), "title": st.just("T" if d in ("a", 1) else ""), "text": st.just(f"text of {d}")}
+    )
 )
-maybe_bad_passage = st.one_of(passages, passages, json_values)
+conflicting = st.just({"docid": "b", "title": "", "text": "another text of b"})
 
 
 @st.composite
 def tevatron_rows(draw: st.DrawFn) -> Any:
-    def field(good: st.SearchStrategy) -> Any:
-        return draw(st.one_of(good, good, good, json_values))
-
+    """Mostly well-formed rows; about one in three has one broken field, a missing field or is not a dict."""
     row: dict[str, Any] = {
-        "query_id": field(st.one_of(ids, st.integers(0, 100))),
-        "query": field(nonblank),
-        "positive_passages": field(st.lists(maybe_bad_passage, min_size=1, max_size=3)),
-        "negative_passages": field(st.lists(maybe_bad_passage, max_size=3)),
+        "query_id": draw(st.one_of(ids, st.integers(0, 10**6))),
+        "query": draw(nonblank),
+        "positive_passages": draw(st.lists(passages, min_size=1, max_size=3)),
+        "negative_passages": draw(st.lists(passages, max_size=3)),
     }
-    for key in list(row):
-        if key != "positive_passages" and draw(st.integers(0, 9)) == 0:
-            del row[key]
-    return row if draw(st.integers(0, 19)) else draw(json_values)
+    damage = draw(st.integers(0, 14))
+    key = draw(st.sampled_from(sorted(row)))
+    if damage == 0:
+        row[key] = draw(json_values)
+    elif damage == 1:
+        del row[key]
+    elif damage == 2:
+        row[draw(st.sampled_from(["positive_passages", "negative_passages"]))].append(
+            draw(st.one_of(json_values, conflicting))
+        )
+    elif damage == 3:
+        row["positive_passages"] = [
+            dict(row["positive_passages"][0], **{draw(st.sampled_from(["docid", "title", "text"])): draw(json_values)})
+        ]
+    elif damage == 4:
+        return draw(json_values)
+    return row
 
 
 @SETTINGS
@@ -250,35 +334,55 @@ def test_random_tevatron_rows_load_or_raise_our_error(rows, as_file):
     assert set(data.queries["query_id"]) == {str(r["query_id"]) for r in rows}
 
 
+@st.composite
+def id_layout(draw: st.DrawFn) -> tuple[list[Any], list[Any]]:
+    """Tevatron id-layout rows and a corpus, mostly consistent; sometimes one value is broken."""
+    corpus: list[Any] = [
+        {"docid": d, "title": draw(st.sampled_from(["", "T"])), "text": f"text of {d}"} for d in ["a", "b", "c", "1"]
+    ]
+    doc_ids = st.sampled_from(["a", "b", "c", 1, "1"])
+    rows: list[Any] = [
+        {
+            "query_id": qid,
+            "query_text": draw(nonblank),
+            "positive_document_ids": draw(st.lists(doc_ids, min_size=1, max_size=3)),
+            "negative_document_ids": draw(st.lists(doc_ids, max_size=3)),
+        }
+        for qid in draw(st.lists(ids, min_size=1, max_size=4, unique=True))
+    ]
+    damage = draw(st.integers(0, 7))
+    if damage == 0:
+        row = draw(st.sampled_from(rows))
+        row[draw(st.sampled_from(sorted(row)))] = draw(json_values)
+    elif damage == 1:
+        doc = draw(st.sampled_from(corpus))
+        doc[draw(st.sampled_from(["docid", "title", "text"]))] = draw(json_values)
+    elif damage == 2:
+        draw(st.sampled_from(rows))["negative_document_ids"].append(draw(st.sampled_from(["zz", "", None, 2.5])))
+    elif damage == 3:
+        corpus.append(draw(st.one_of(json_values, st.just({"docid": "a", "text": "a different text"}))))
+    elif damage == 4:
+        rows.append(dict(rows[0]))  # a repeated query id
+    return rows, corpus
+
+
 @SETTINGS
-@given(
-    rows=st.lists(
-        st.fixed_dictionaries(
-            {
-                "query_id": st.one_of(ids, json_values),
-                "query_text": st.one_of(nonblank, json_values),
-                "positive_document_ids": st.one_of(st.lists(st.sampled_from(["a", "b", "c", "zz", 1]), max_size=3), json_values),
-                "negative_document_ids": st.one_of(st.lists(st.sampled_from(["a", "b", "c", "zz"]), max_size=3), json_values),
-            }
-        ),
-        max_size=4,
-    ),
-    corpus=st.lists(
-        st.fixed_dictionaries({"docid": st.one_of(st.sampled_from(["a", "b", "c", "1"]), json_values), "text": st.one_of(nonblank, json_values)}),
-        max_size=5,
-    ),
-)
-def test_random_tevatron_id_layout_loads_or_raises_our_error(rows, corpus):
+@given(case=id_layout())
+def test_random_tevatron_id_layout_load_or_raise_our_error(case):
+    rows, corpus = case
     try:
         data = load_retrieval_data(rows, corpus=corpus, format="tevatron")
     except HFCorrectorError:
         return
     check_invariants(data)
     assert data.num_queries == len(rows)
+    assert data.num_docs == len({str(d["docid"]) for d in corpus})
 
 
 @SETTINGS
-@given(content=st.one_of(st.binary(max_size=200), st.text(max_size=200).map(lambda t: t.encode("utf-8", "surrogatepass"))))
+@given(
+    content=st.one_of(st.binary(max_size=200), st.text(max_size=200).map(lambda t: t.encode("utf-8", "surrogatepass")))
+)
 def test_random_bytes_as_a_tevatron_file(content):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "train.jsonl"
@@ -294,14 +398,33 @@ def test_random_bytes_as_a_tevatron_file(content):
 # --------------------------------------------------------------------------------------------- pairs columns
 
 
-@SETTINGS
-@given(
-    columns=st.dictionaries(
-        st.sampled_from(["anchor", "positive", "negative", "negative_1", "negative_2", "label", "q", "d"]),
-        st.lists(st.one_of(nonblank, nonblank, json_values), min_size=3, max_size=3),
-        max_size=5,
+@st.composite
+def pair_columns(draw: st.DrawFn) -> dict[str, list[Any]]:
+    """A dict of 3-row columns: mostly texts under ST names (or positional names), sometimes broken values."""
+    names = draw(
+        st.one_of(
+            st.just(["anchor", "positive"]),
+            st.just(["anchor", "positive", "negative"]),
+            st.just(["negative_2", "anchor", "negative_1", "positive"]),
+            st.just(["q", "d", "label"]),
+            st.lists(
+                st.sampled_from(["anchor", "positive", "negative", "negative_1", "label", "q", "d"]),
+                max_size=4,
+                unique=True,
+            ),
+        )
     )
-)
+    pool = draw(st.lists(nonblank, min_size=1, max_size=4))  # repeated texts merge queries / docs
+    columns: dict[str, list[Any]] = {
+        n: [1, 0, 1] if n == "label" else draw(st.lists(st.sampled_from(pool), min_size=3, max_size=3)) for n in names
+    }
+    if names and draw(st.integers(0, 3)) == 0:
+        columns[draw(st.sampled_from(names))][draw(st.integers(0, 2))] = draw(json_values)
+    return columns
+
+
+@SETTINGS
+@given(columns=pair_columns())
 def test_random_pair_columns_load_or_raise_our_error(columns):
     try:
         data = load_pairs(columns)
@@ -309,3 +432,5 @@ def test_random_pair_columns_load_or_raise_our_error(columns):
         return
     check_invariants(data)
     assert data.num_queries <= 3
+    text_values = {v for n, vs in columns.items() if n != "label" for v in vs if isinstance(v, str)}
+    assert set(data.corpus["text"]) <= text_values

@@ -29,11 +29,12 @@ def tiny_tokenizer(tmp_path: Path | None = None) -> PreTrainedTokenizerFast:
 
 
 def tiny_retriever(tmp_path: Path, seed: int = 0, shared_towers: bool = True, pooling: str = "mean",
-                   hidden: int = 32) -> RetrieverModel:
+                   hidden: int = 32, dropout: float = 0.1) -> RetrieverModel:
     torch.manual_seed(seed)
     tok = tiny_tokenizer(tmp_path)
     enc_cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=37, max_position_embeddings=64)
+                         intermediate_size=37, max_position_embeddings=64,
+                         hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     encoder = BertModel(enc_cfg)
     cfg = RetrieverConfig(encoder_config=enc_cfg.to_dict(), pooling=pooling, normalize=True, shared_towers=shared_towers,
                           query_max_length=16, target_max_length=32, base_model_name_or_path="tiny-bert")

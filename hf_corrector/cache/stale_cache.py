@@ -24,11 +24,14 @@ Example:
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 import warnings
@@ -68,15 +71,40 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
 def atomic_replace_dir(tmp_dir: Path, final_dir: Path) -> None:
-    """Move a finished ``tmp_dir`` to ``final_dir`` so that readers see either the old or the new folder."""
-    final_dir = Path(final_dir)
+    """Move a finished ``tmp_dir`` to ``final_dir`` so that readers see either the old or the new folder.
+
+    Replacing an existing folder is one atomic swap on Linux; elsewhere it is two renames, and a crash between
+    them leaves the old folder as ``.NAME.old-*`` next to the new one's ``.NAME.tmp-*``.
+    """
+    final_dir, tmp_dir = Path(final_dir), Path(tmp_dir)
     _fsync_dir(tmp_dir)
     if final_dir.exists():
-        trash = final_dir.with_name(f".{final_dir.name}.old-{uuid.uuid4().hex[:8]}")
-        os.rename(final_dir, trash)
-        os.rename(tmp_dir, final_dir)
-        shutil.rmtree(trash, ignore_errors=True)
+        if _exchange(tmp_dir, final_dir):  # tmp_dir now holds the old folder
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+        else:
+            trash = final_dir.with_name(f".{final_dir.name}.old-{uuid.uuid4().hex[:8]}")
+            os.rename(final_dir, trash)
+            os.rename(tmp_dir, final_dir)
+            shutil.rmtree(trash, ignore_errors=True)
     else:
         os.rename(tmp_dir, final_dir)
     _fsync_dir(final_dir.parent)
@@ -322,7 +350,10 @@ class StaleCache:
         """
         path_obj = Path(path)
         if not path_obj.exists():
-            return cls.from_hub(str(path), **hub_kwargs)
+            text = str(path)
+            if isinstance(path, os.PathLike) or path_obj.is_absolute() or text.startswith(".") or text.count("/") > 1:
+                raise CacheCorruptError(f"no saved cache at {path_obj} (the folder does not exist)")
+            return cls.from_hub(text, **hub_kwargs)
         info_file, data_file = path_obj / INFO_FILE, path_obj / CACHE_FILE
         if not info_file.is_file() or not data_file.is_file():
             raise CacheCorruptError(f"{path_obj} is not a complete cache folder (needs {CACHE_FILE} and {INFO_FILE})")

@@ -105,10 +105,10 @@ def load_retrieval_data(
 
 __all__ = [
     "RetrievalData",
+    "build_stdlib_codesearch",
+    "iter_tevatron_rows",
     "load_beir",
-    "load_tevatron",
     "load_pairs",
     "load_retrieval_data",
-    "iter_tevatron_rows",
-    "build_stdlib_codesearch",
+    "load_tevatron",
 ]

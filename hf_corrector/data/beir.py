@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import pyarrow as pa
 
 from ..errors import DataFormatError
 from .format import CORPUS_FEATURES, QUERY_FEATURES, RetrievalData
@@ -127,12 +128,46 @@ def _text_field(obj: Mapping[str, Any], key: str, where: str, required: bool = T
     """A string field; a missing or null optional field reads as ``""``."""
     if key not in obj or obj[key] is None:
         if required:
-            raise DataFormatError(f"{where}: missing field {key!r}" if key not in obj else f"{where}: field {key!r} is null")
+            raise DataFormatError(
+                f"{where}: missing field {key!r}" if key not in obj else f"{where}: field {key!r} is null"
+            )
         return ""
     value = obj[key]
     if not isinstance(value, str):
         raise DataFormatError(f"{where}: field {key!r} must be a string, got {_json_type(value)}")
     return value
+
+
+def to_dataset(columns: dict[str, list[Any]], features: datasets.Features, label: str) -> datasets.Dataset:
+    """Build a Dataset straight from Python lists through Arrow (much faster than ``Dataset.from_dict`` with
+    features); a value Arrow cannot store (text with an unpaired surrogate) raises :class:`DataFormatError`
+    naming the row's id and the column."""
+    try:
+        table = pa.Table.from_pydict(columns, schema=features.arrow_schema)
+    except (pa.ArrowException, UnicodeError, TypeError, ValueError) as err:
+        raise DataFormatError(f"{label}: {_locate_unstorable(columns)} ({type(err).__name__})") from None
+    return datasets.Dataset(table)
+
+
+def _locate_unstorable(columns: dict[str, list[Any]]) -> str:
+    id_column = next((c for c in ("query_id", "doc_id") if c in columns), None)
+    for name, values in columns.items():
+        for i, value in enumerate(values):
+            for item in value if isinstance(value, list) else [value]:
+                if not _is_storable_text(item):
+                    who = f"{id_column} {columns[id_column][i]!r}" if id_column and name != id_column else f"row {i}"
+                    return f"{who}: column {name!r} holds a value that is not valid text"
+    return "a value cannot be stored"
+
+
+def _is_storable_text(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def join_title(title: str, text: str, title_sep: str = " ") -> str:
@@ -222,8 +257,7 @@ def _read_qrels(
                     continue  # the header line
             if len(cols) != 3:
                 raise DataFormatError(
-                    f"{label}:{lineno}: expected 3 tab-separated columns (query-id, corpus-id, score), "
-                    f"got {len(cols)}"
+                    f"{label}:{lineno}: expected 3 tab-separated columns (query-id, corpus-id, score), got {len(cols)}"
                 )
             qid, did, score_text = cols
             if not qid or not did:
@@ -287,7 +321,12 @@ def is_beir_folder(path: Any) -> bool:
         return False
     try:
         p = Path(path)
-        return p.is_dir() and (p / "corpus.jsonl").is_file() and (p / "queries.jsonl").is_file() and (p / "qrels").is_dir()
+        return (
+            p.is_dir()
+            and (p / "corpus.jsonl").is_file()
+            and (p / "queries.jsonl").is_file()
+            and (p / "qrels").is_dir()
+        )
     except (OSError, ValueError):
         return False
 
@@ -310,7 +349,9 @@ def load_beir(
     if not root.exists():
         raise DataFormatError(f"{root}: no such BEIR folder")
     if not root.is_dir():
-        raise DataFormatError(f"{root}: is not a folder (a BEIR dataset is a folder with corpus.jsonl, queries.jsonl, qrels/)")
+        raise DataFormatError(
+            f"{root}: is not a folder (a BEIR dataset is a folder with corpus.jsonl, queries.jsonl, qrels/)"
+        )
     corpus_path = root / "corpus.jsonl"
     queries_path = root / "queries.jsonl"
     qrels_dir = root / "qrels"
@@ -332,17 +373,19 @@ def load_beir(
     positives = _read_qrels(qrels_path, queries, set(doc_ids), str(queries_path), str(corpus_path))
 
     q_ids = [qid for qid in queries if qid in positives]
-    corpus = datasets.Dataset.from_dict({"doc_id": doc_ids, "text": doc_texts}, features=CORPUS_FEATURES)
-    qds = datasets.Dataset.from_dict(
+    name = f"{root.name or root}:{split}"
+    corpus = to_dataset({"doc_id": doc_ids, "text": doc_texts}, CORPUS_FEATURES, name)
+    qds = to_dataset(
         {
             "query_id": q_ids,
             "query": [queries[q][0] for q in q_ids],
             "positive_ids": [positives[q] for q in q_ids],
             "negative_ids": [[] for _ in q_ids],
         },
-        features=QUERY_FEATURES,
+        QUERY_FEATURES,
+        name,
     )
-    data = RetrievalData(queries=qds, corpus=corpus, name=f"{root.name or root}:{split}")
+    data = RetrievalData(queries=qds, corpus=corpus, name=name)
     if validate:
         data.validate()
     logger.info(
@@ -356,4 +399,4 @@ def load_beir(
     return data
 
 
-__all__ = ["load_beir", "iter_jsonl", "available_splits", "is_beir_folder", "join_title"]
+__all__ = ["available_splits", "is_beir_folder", "iter_jsonl", "join_title", "load_beir", "to_dataset"]

@@ -83,7 +83,7 @@ class RetrievalData:
 
     def doc_index(self) -> dict[str, int]:
         """Map ``doc_id`` to its row in ``corpus``."""
-        return {d: i for i, d in enumerate(self.corpus["doc_id"])}
+        return {d: i for i, d in enumerate(self.corpus["doc_id"][:])}
 
     def validate(self) -> None:
         """Raise :class:`DataFormatError` naming the first problem found."""
@@ -92,7 +92,7 @@ class RetrievalData:
         if len(self.queries) == 0:
             raise DataFormatError(f"{self.name}: the query set is empty")
         seen: dict[str, int] = {}
-        for i, (doc_id, text) in enumerate(zip(self.corpus["doc_id"], self.corpus["text"])):
+        for i, (doc_id, text) in enumerate(zip(self.corpus["doc_id"][:], self.corpus["text"][:])):
             if doc_id in seen:
                 raise DataFormatError(f"{self.name}: duplicate doc id {doc_id!r} (corpus rows {seen[doc_id]} and {i})")
             seen[doc_id] = i
@@ -102,7 +102,10 @@ class RetrievalData:
                 raise DataFormatError(f"{self.name}: empty text for doc id {doc_id!r}")
         qseen: set[str] = set()
         for qid, text, pos, neg in zip(
-            self.queries["query_id"], self.queries["query"], self.queries["positive_ids"], self.queries["negative_ids"]
+            self.queries["query_id"][:],
+            self.queries["query"][:],
+            self.queries["positive_ids"][:],
+            self.queries["negative_ids"][:],
         ):
             if qid in qseen:
                 raise DataFormatError(f"{self.name}: duplicate query id {qid!r}")

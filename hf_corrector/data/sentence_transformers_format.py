@@ -3,7 +3,8 @@
 sentence-transformers reads training columns by position: the first is the anchor (query), the second the
 positive, any further columns are negatives. Columns named ``anchor``, ``positive``, ``negative`` and
 ``negative_1``, ``negative_2``, ... are recognised by name; ``label`` / ``score`` columns are not texts and are
-ignored (with a warning). Named columns can also be given explicitly.
+ignored (with a warning). A negative column may also hold a list of texts per row (several hard negatives).
+Named columns can also be given explicitly.
 
 Texts have no ids in this format, so ids are made from the text: ``doc_id = sha1(text)[:16]`` for every unique
 positive / negative text (the corpus), ``query_id = sha1(anchor)[:16]``. Rows with the same anchor merge into
@@ -29,7 +30,7 @@ from typing import Any
 import datasets
 
 from ..errors import ConfigError, DataFormatError
-from .beir import _json_type
+from .beir import _json_type, to_dataset
 from .format import CORPUS_FEATURES, QUERY_FEATURES, RetrievalData
 from .tevatron import open_rows
 
@@ -63,7 +64,9 @@ def detect_columns(
             raise ConfigError(f"column {given!r} is not in the data; columns: {columns}")
     ignored = [c for c in columns if c.lower() in LABEL_COLUMNS and c not in (anchor_column, positive_column)]
     if ignored:
-        logger.warning("ignoring non-text column(s) %s (pairs data uses anchor / positive / negative columns)", ignored)
+        logger.warning(
+            "ignoring non-text column(s) %s (pairs data uses anchor / positive / negative columns)", ignored
+        )
     free = [c for c in columns if c not in ignored]
     if anchor_column is None:
         taken = {positive_column, *(negative_columns or [])}
@@ -72,7 +75,9 @@ def detect_columns(
         raise ConfigError(f"no anchor column among {columns}")
     free = [c for c in free if c != anchor_column]
     if positive_column is None:
-        positive_column = "positive" if "positive" in free else next((c for c in free if c not in (negative_columns or [])), None)
+        positive_column = (
+            "positive" if "positive" in free else next((c for c in free if c not in (negative_columns or [])), None)
+        )
     if positive_column is None:
         raise ConfigError(f"pairs data needs at least two text columns (anchor, positive); got {columns}")
     if positive_column == anchor_column:
@@ -81,7 +86,9 @@ def detect_columns(
     if negative_columns is None:
         named = [c for c in free if c == "negative" or _NEGATIVE_N.match(c)]
         if named:
-            negative_columns = sorted(named, key=lambda c: -1 if c == "negative" else int(_NEGATIVE_N.match(c).group(1)))
+            negative_columns = sorted(
+                named, key=lambda c: -1 if c == "negative" else int(_NEGATIVE_N.match(c).group(1))
+            )
             rest = [c for c in free if c not in negative_columns]
             if rest:
                 logger.warning("ignoring column(s) %s next to the named negative columns", rest)
@@ -128,7 +135,7 @@ def load_pairs(
             raise DataFormatError(f"{first[0]}: expected an object/dict row, got {_json_type(first[1])}")
         columns = list(first[1].keys())
     anchor_col, pos_col, neg_cols = detect_columns(columns, anchor_column, positive_column, negative_columns)
-    _check_feature_types(rows.dataset, [anchor_col, pos_col, *neg_cols], rows.label)
+    _check_feature_types(rows.dataset, [anchor_col, pos_col, *neg_cols], neg_cols, rows.label)
 
     docs: dict[str, str] = {}
     queries: dict[str, str] = {}
@@ -159,12 +166,15 @@ def load_pairs(
         negs = negatives.setdefault(qid, {})
         for col in neg_cols:
             value = row.get(col)
-            if value is None or (isinstance(value, str) and not value.strip()):
-                skipped_neg += 1
-                continue
-            if not isinstance(value, str):
-                raise DataFormatError(f"{where}: column {col!r} must be a string, got {_json_type(value)}")
-            negs[doc(value, f"{where} column {col!r}")] = None
+            values = value if isinstance(value, list) else [value]  # a column may hold a list of negatives
+            for k, item in enumerate(values):
+                at = f"{where} column {col!r}" + (f"[{k}]" if isinstance(value, list) else "")
+                if item is None or (isinstance(item, str) and not item.strip()):
+                    skipped_neg += 1
+                    continue
+                if not isinstance(item, str):
+                    raise DataFormatError(f"{at}: a negative must be a string, got {_json_type(item)}")
+                negs[doc(item, at)] = None
 
     label = rows.label
     if not queries:
@@ -184,16 +194,17 @@ def load_pairs(
         logger.warning("%s: dropped %d negative(s) equal to a positive of the same anchor", label, dropped)
 
     qids = list(queries)
-    qds = datasets.Dataset.from_dict(
+    qds = to_dataset(
         {
             "query_id": qids,
             "query": [queries[q] for q in qids],
             "positive_ids": [list(positives[q]) for q in qids],
             "negative_ids": neg_lists,
         },
-        features=QUERY_FEATURES,
+        QUERY_FEATURES,
+        label,
     )
-    cds = datasets.Dataset.from_dict({"doc_id": list(docs), "text": list(docs.values())}, features=CORPUS_FEATURES)
+    cds = to_dataset({"doc_id": list(docs), "text": list(docs.values())}, CORPUS_FEATURES, label)
     data = RetrievalData(queries=qds, corpus=cds, name=name or label)
     if validate:
         data.validate()
@@ -228,15 +239,22 @@ def _hash(text: str, where: str) -> str:
         raise DataFormatError(f"{where}: the text holds an unpaired UTF-16 surrogate") from None
 
 
-def _check_feature_types(ds: datasets.Dataset | None, columns: list[str], label: str) -> None:
-    """With a Dataset, reject non-string text columns up front (naming the column and its type)."""
+def _is_string_feature(feature: Any) -> bool:
+    return isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")
+
+
+def _check_feature_types(ds: datasets.Dataset | None, columns: list[str], negatives: list[str], label: str) -> None:
+    """With a Dataset, reject non-string text columns up front (naming the column and its type); a negative
+    column may also hold lists of strings."""
     if ds is None:
         return
     for col in columns:
         feature = ds.features.get(col)
-        if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
+        if _is_string_feature(feature):
+            continue
+        if col in negatives and _is_string_feature(getattr(feature, "feature", None)):  # List(Value("string"))
             continue
         raise DataFormatError(f"{label}: column {col!r} must hold strings, its type is {feature}")
 
 
-__all__ = ["load_pairs", "detect_columns", "text_id"]
+__all__ = ["detect_columns", "load_pairs", "text_id"]

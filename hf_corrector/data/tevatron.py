@@ -41,7 +41,7 @@ from typing import Any
 import datasets
 
 from ..errors import ConfigError, DataFormatError
-from .beir import _json_type, iter_jsonl, join_title
+from .beir import _json_type, iter_jsonl, join_title, to_dataset
 from .format import CORPUS_FEATURES, QUERY_FEATURES, RetrievalData
 
 logger = logging.getLogger(__name__)
@@ -103,7 +103,9 @@ def _iterable_dataset_source(ds: Any, label: str) -> RowSource:
             for i, row in enumerate(ds):
                 yield f"{label} row {i}", row
         except (OSError, ValueError, TypeError, KeyError) as err:  # streaming read errors
-            raise DataFormatError(f"{label}: could not read the streamed dataset ({type(err).__name__}: {err})") from err
+            raise DataFormatError(
+                f"{label}: could not read the streamed dataset ({type(err).__name__}: {err})"
+            ) from err
 
     columns = getattr(ds, "column_names", None)
     return RowSource(label=label, columns=list(columns) if columns else None, _make_iter=make)
@@ -155,7 +157,7 @@ def _read_data_file(path: Path) -> RowSource:
             raise DataFormatError(f"{label}: unsupported file type {suffix!r} (use {', '.join(DATA_SUFFIXES)})")
     except DataFormatError:
         raise
-    except Exception as err:  # noqa: BLE001 - pyarrow / datasets raise many types; re-raise as ours
+    except Exception as err:
         raise DataFormatError(f"{label}: could not read the file ({type(err).__name__}: {err})") from err
     return _dataset_source(ds, label)
 
@@ -176,7 +178,7 @@ def _folder_source(root: Path, split: str) -> RowSource:
     if (root / "dataset_dict.json").is_file() or (root / "state.json").is_file():
         try:
             loaded = datasets.load_from_disk(str(root))
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             raise DataFormatError(f"{label}: could not load the saved dataset ({type(err).__name__}: {err})") from err
         return open_rows(loaded, split=split, label=label)
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in DATA_SUFFIXES)
@@ -187,7 +189,11 @@ def _folder_source(root: Path, split: str) -> RowSource:
     def in_split(p: Path) -> bool:
         stem = p.name.split(".")[0].lower()
         parts = [q.lower() for q in p.relative_to(root).parts[:-1]]
-        return stem == split.lower() or stem.startswith((f"{split.lower()}-", f"{split.lower()}_")) or split.lower() in parts
+        return (
+            stem == split.lower()
+            or stem.startswith((f"{split.lower()}-", f"{split.lower()}_"))
+            or split.lower() in parts
+        )
 
     chosen = [p for p in files if in_split(p)]
     if not chosen:
@@ -255,7 +261,7 @@ def _hub_source(repo: str, split: str) -> RowSource:
     label = f"{repo}[{split!r}]"
     try:
         ds = datasets.load_dataset(repo, split=split)
-    except Exception as err:  # noqa: BLE001 - network, auth and missing-repo errors come in many types
+    except Exception as err:
         raise DataFormatError(
             f"{repo}: not a local file or folder, and loading it from the Hugging Face Hub "
             f"(split {split!r}) failed: {type(err).__name__}: {err}"
@@ -336,8 +342,8 @@ class _Corpus:
     def __contains__(self, doc_id: str) -> bool:
         return doc_id in self.index
 
-    def dataset(self) -> datasets.Dataset:
-        return datasets.Dataset.from_dict({"doc_id": self.ids, "text": self.texts}, features=CORPUS_FEATURES)
+    def dataset(self, label: str) -> datasets.Dataset:
+        return to_dataset({"doc_id": self.ids, "text": self.texts}, CORPUS_FEATURES, label)
 
 
 def _clip(text: str, n: int = 60) -> str:
@@ -367,7 +373,9 @@ def _read_corpus_rows(source: RowSource, store: _Corpus, title_sep: str) -> None
             raise DataFormatError(f"{here}: empty text (and title)")
         store.add(doc_id, text, where)
     if store.repeats > before:
-        logger.warning("%s: %d repeated corpus row(s) with identical text merged", source.label, store.repeats - before)
+        logger.warning(
+            "%s: %d repeated corpus row(s) with identical text merged", source.label, store.repeats - before
+        )
     if not store.ids:
         raise DataFormatError(f"{source.label}: the corpus is empty")
 
@@ -430,7 +438,7 @@ def load_tevatron(
     store = _Corpus()
     corpus_label = None
     if corpus is not None:
-        corpus_rows = open_rows(corpus, split=corpus_split)
+        corpus_rows = open_rows(corpus, split=corpus_split, label="corpus")
         corpus_label = corpus_rows.label
         _read_corpus_rows(corpus_rows, store, title_sep)
     given_docs = len(store.ids)
@@ -497,10 +505,10 @@ def load_tevatron(
     if layout == "passages" and store.repeats:
         logger.info("%s: %d passage occurrence(s) repeat an already-seen docid (same text)", label, store.repeats)
 
-    qds = datasets.Dataset.from_dict(
-        {"query_id": q_ids, "query": q_texts, "positive_ids": q_pos, "negative_ids": q_neg}, features=QUERY_FEATURES
+    qds = to_dataset(
+        {"query_id": q_ids, "query": q_texts, "positive_ids": q_pos, "negative_ids": q_neg}, QUERY_FEATURES, label
     )
-    data = RetrievalData(queries=qds, corpus=store.dataset(), name=name or label)
+    data = RetrievalData(queries=qds, corpus=store.dataset(label), name=name or label)
     if validate:
         data.validate()
     logger.info(
@@ -516,7 +524,9 @@ def load_tevatron(
 
 def _passage(value: Any, where: str, store: _Corpus, title_sep: str) -> str:
     if not isinstance(value, Mapping):
-        raise DataFormatError(f"{where}: a passage must be an object with 'docid', 'title', 'text', got {_json_type(value)}")
+        raise DataFormatError(
+            f"{where}: a passage must be an object with 'docid', 'title', 'text', got {_json_type(value)}"
+        )
     if "docid" not in value:
         raise DataFormatError(f"{where}: missing field 'docid'")
     doc_id = _as_id(value["docid"], where, "field 'docid'")
@@ -537,8 +547,8 @@ def _passage(value: Any, where: str, store: _Corpus, title_sep: str) -> str:
 def _known_id(value: Any, where: str, store: _Corpus, corpus_label: str | None) -> str:
     doc_id = _as_id(value, where, "doc id")
     if doc_id not in store:
-        raise DataFormatError(f"{where}: doc id {doc_id!r} is not in the corpus {corpus_label or ''}".rstrip())
+        raise DataFormatError(f"{where}: doc id {doc_id!r} is not in the corpus ({corpus_label})")
     return doc_id
 
 
-__all__ = ["load_tevatron", "iter_tevatron_rows", "open_rows", "RowSource"]
+__all__ = ["RowSource", "iter_tevatron_rows", "load_tevatron", "open_rows"]

@@ -132,6 +132,11 @@ class CorrectorTrainingArguments(TrainingArguments):
     nystrom_ridge: float = field(default=1e-3, metadata={"help": "Ridge regularisation of the Nyström least squares."})
     nystrom_rank: int | None = field(default=None, metadata={"help": "Rank r of a low-rank Nyström map (None = full)."})
     nystrom_refit_steps: int = field(default=20, metadata={"help": "Refit the Nyström map every M steps."})
+    nystrom_residual: bool = field(
+        default=False,
+        metadata={"help": "Fit the Nyström map to the change, W = I + fit(S, G - S): directions no landmark spans stay "
+                          "as they are instead of being mapped to 0 (advisable when nystrom_landmarks < dim)."},
+    )
 
     # -- ANCE-Tele --------------------------------------------------------------------------------------------------------
     tele_negatives: bool = field(
@@ -156,6 +161,7 @@ class CorrectorTrainingArguments(TrainingArguments):
                           "candidate_pool_size candidates per query, which the corrector re-scores. 'none' = full pass."},
     )
     candidate_pool_size: int = field(default=1024, metadata={"help": "Candidates per query from the faiss index."})
+    candidate_nprobe: int = field(default=16, metadata={"help": "IVF lists searched per query (candidate_index='ivf')."})
 
     # -- evaluation and safety ----------------------------------------------------------------------------------------------
     eval_corpus_embeddings: str = field(
@@ -194,6 +200,8 @@ class CorrectorTrainingArguments(TrainingArguments):
             raise ConfigError(f"candidate_index must be one of {CANDIDATE_INDEXES}, got {self.candidate_index!r}")
         if self.candidate_index != "none" and self.candidate_pool_size < max(self.num_negatives, 1):
             raise ConfigError("candidate_pool_size must be at least num_negatives")
+        if self.candidate_nprobe < 1:
+            raise ConfigError(f"candidate_nprobe must be >= 1, got {self.candidate_nprobe}")
         if self.nystrom_landmark_selection not in NYSTROM_LANDMARKS:
             raise ConfigError(f"nystrom_landmark_selection must be one of {NYSTROM_LANDMARKS}")
         if self.correction == "nystrom" and (self.nystrom_landmarks < 1 or self.nystrom_refit_steps < 1):

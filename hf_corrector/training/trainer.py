@@ -29,6 +29,8 @@ import json
 import logging
 import math
 import os
+import shutil
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -39,14 +41,17 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import rotate_checkpoints
 
 from ..cache import StaleCache, atomic_replace_dir
 from ..data.format import RetrievalData
 from ..errors import CacheMismatchError, ConfigError, NonFiniteError
 from ..evaluation.metrics import retrieval_metrics
+from ..hub.callbacks import ModelCardCallback, push_checkpoint, write_model_cards
 from ..models.corrector import CorrectorConfig, CorrectorModel
 from ..models.retriever import RetrieverModel, load_retriever
+from .checkpoints import (last_complete_checkpoint, publish_dir, remove_checkpoint_marker, verify_checkpoint,
+                          write_checkpoint_marker)
 from .collator import CorrectorDataCollator, prepare_train_examples
 from .config import CorrectorTrainingArguments
 from .losses import corrector_loss, task_loss
@@ -148,6 +153,7 @@ class CorrectorTrainer(Trainer):
             retriever.tokenizer = processing_class
         if retriever.tokenizer is None:
             raise ConfigError("the retriever has no tokenizer; pass processing_class=AutoTokenizer.from_pretrained(...)")
+        _check_tokenizer_fits(retriever)
         if peft_config is not None:
             retriever = _apply_peft(retriever, peft_config)
         self.uses_peft = peft_config is not None
@@ -210,7 +216,7 @@ class CorrectorTrainer(Trainer):
             args=args,
             data_collator=data_collator,
             train_dataset=self.train_examples,
-            eval_dataset=None,
+            eval_dataset=self.eval_queries,  # evaluate() is ours; Trainer needs it set for eval_strategy != "no"
             processing_class=None,
             model_init=model_init,
             compute_metrics=compute_metrics,
@@ -220,6 +226,8 @@ class CorrectorTrainer(Trainer):
             preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         )
         self.add_callback(CacheRefreshCallback(self))
+        self.model_card_callback = ModelCardCallback(self, train_dataset, eval_dataset)  # fills the model card
+        self.add_callback(self.model_card_callback)
 
         # cache ----------------------------------------------------------------------------------------------------------
         if isinstance(cache, (str, os.PathLike)):
@@ -363,11 +371,20 @@ class CorrectorTrainer(Trainer):
     # ---------------------------------------------------------------------------------------------------------------
     # the training step
     def choose_negatives(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(B, k) cache rows of the chosen negatives for the batch's queries."""
+        """(B, k) cache rows of the chosen negatives for the batch's queries.
+
+        Queries are encoded without dropout (eval mode) for this choice, so it depends on the model alone, not on
+        the dropout RNG: the same on every process and after a resume.
+        """
         args = self.args
         retriever = self.retriever
-        with torch.no_grad(), self.autocast_smart_context_manager():
-            q = retriever.embed(inputs["query_input_ids"], inputs["query_attention_mask"], "query").float()
+        was_training = retriever.training
+        retriever.eval()
+        try:
+            with torch.no_grad(), self.autocast_smart_context_manager():
+                q = retriever.embed(inputs["query_input_ids"], inputs["query_attention_mask"], "query").float()
+        finally:
+            retriever.train(was_training)
         exclude = [[int(r) for r in row if r >= 0] for row in inputs["exclude_rows"].tolist()]
         keys = [str(int(e)) for e in inputs["example_ids"].tolist()]
         if "select" in self.method_hooks:
@@ -417,15 +434,18 @@ class CorrectorTrainer(Trainer):
         warm = self.state.global_step < args.corrector_warmup_steps
         loss = loss_task * (0.0 if warm else 1.0)
         corrected = out.get("corrected_embeddings")
+        parts = {}
         if corrected is not None:
             parts = corrector_loss(q, t, corrected, own & mask, args.temperature, args.corrector_loss, args.corrector_mse_weight)
             loss = loss + parts["corrector"]
-            for name, value in parts.items():
-                self._metrics[f"{name}_loss" if name == "corrector" else name].append(float(value.detach()))
-        self._check_finite(loss, "loss")
+        # the tensors first, so that the error names the source of a NaN rather than the loss it spreads to
+        self._check_finite(q, "query embeddings")
         self._check_finite(t, "target embeddings")
         if corrected is not None:
             self._check_finite(corrected, "corrector output")
+        self._check_finite(loss, "loss")
+        for name, value in parts.items():  # after the checks: a skipped step logs no NaN
+            self._metrics[f"{name}_loss" if name == "corrector" else name].append(float(value.detach()))
         self._metrics["task_loss"].append(float(loss_task.detach()))
         self._log_staleness(q, t, targets, corrected, neg, inverse)
 
@@ -438,12 +458,14 @@ class CorrectorTrainer(Trainer):
     def _check_finite(self, tensor: torch.Tensor, name: str) -> None:
         if torch.isfinite(tensor.detach()).all():
             return
-        message = (f"non-finite {name} at step {self.state.global_step}; the last good checkpoint is in "
-                   f"{self.args.output_dir}")
+        step = self.state.global_step
+        message = f"non-finite {name} at step {step + 1} (global_step {step})"
         if self.args.nonfinite_action == "skip":
             logger.warning("%s (skipping the step)", message)
             raise _SkipStep()
-        raise NonFiniteError(message)
+        last = last_complete_checkpoint(self.args.output_dir) if self.args.should_save else None
+        raise NonFiniteError(f"{message}; " + (f"the last good checkpoint is {last}" if last else
+                                                f"no complete checkpoint in {self.args.output_dir} yet"))
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         try:
@@ -560,10 +582,25 @@ class CorrectorTrainer(Trainer):
     # ---------------------------------------------------------------------------------------------------------------
     # saving and resuming
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        """Save the retriever (``from_pretrained``-loadable), the corrector in ``corrector/`` and the arguments (JSON)."""
+        """Save the retriever (``from_pretrained``-loadable), the corrector in ``corrector/`` and the arguments (JSON).
+
+        Written into a temporary sibling folder first and then moved into place (atomically unless ``output_dir``
+        holds other things, such as checkpoints: see :func:`~hf_corrector.training.checkpoints.publish_dir`).
+        """
         output_dir = output_dir or self.args.output_dir
         if not self.args.should_save:
             return
+        final = Path(output_dir).resolve()
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+        try:
+            self._save_model_files(str(tmp))
+            publish_dir(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def _save_model_files(self, output_dir: str) -> None:
         os.makedirs(output_dir, exist_ok=True)
         retriever = self.retriever
         if self.uses_peft:
@@ -579,15 +616,55 @@ class CorrectorTrainer(Trainer):
             {**self.cost, "total": self.total_reembedding_cost(), "num_docs": len(self.doc_ids)}, indent=2))
 
     def _save_checkpoint(self, model, trial):
-        """Trainer's checkpoint plus the cache and this trainer's extra state (cost counters, method state)."""
-        super()._save_checkpoint(model, trial)
-        if not self.args.should_save:
-            return
+        """Trainer's checkpoint plus the cache and this trainer's extra state (cost counters, method state).
+
+        The folder is marked complete (``checkpoint_complete.json``) only at the very end, and older checkpoints are
+        rotated out (``save_total_limit``) only after that, so a crash at any point leaves a complete checkpoint.
+        """
         folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
-        if not folder.exists():
+        if self.args.should_save:
+            remove_checkpoint_marker(folder)  # rewritten in place: must not look complete until it is
+        limit, self.args.save_total_limit = self.args.save_total_limit, None  # rotate after the marker, below
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        if self.accelerator.num_processes > 1:
+            self.accelerator.wait_for_everyone()  # every rank's files are written before the marker
+        if not self.args.should_save or not folder.exists():
             return
         self.cache.save(folder / CACHE_DIR)
         self._save_extra_state(folder)
+        write_checkpoint_marker(folder, self.state.global_step)
+        rotate_checkpoints(output_dir=str(folder.parent), save_total_limit=limit,
+                           best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+        self._push_pending_checkpoint()
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Hub
+    @property
+    def model_card_data(self):
+        """The :class:`~hf_corrector.hub.CardData` of the cards (set ``license``, ``cache_repo_id``... on it)."""
+        return self.model_card_callback.card_data
+
+    def create_model_card(self, language=None, license=None, tags=None, model_name=None, finetuned_from=None,
+                          tasks=None, dataset_tags=None, dataset=None, dataset_args=None, **kwargs) -> None:
+        """Our retriever card in ``output_dir/README.md`` and the corrector card in ``output_dir/corrector/README.md``."""
+        if not self.is_world_process_zero():
+            return
+        write_model_cards(self, self.args.output_dir, language=language, license=license, tags=tags,
+                          model_name=model_name, finetuned_from=finetuned_from, dataset=dataset)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """Deferred to the end of ``_save_checkpoint`` (the cache and marker are written after Trainer calls this);
+        see :func:`hf_corrector.hub.callbacks.push_checkpoint` (pushes ``corrector/`` and the cards, never the pickled
+        ``training_args.bin`` that would carry ``hub_token``)."""
+        self._pending_hub_push = checkpoint_folder
+
+    def _push_pending_checkpoint(self) -> None:
+        folder, self._pending_hub_push = getattr(self, "_pending_hub_push", None), None
+        if folder is not None and os.path.isdir(folder):
+            push_checkpoint(self, folder)
 
     def _save_extra_state(self, folder: Path) -> None:
         tensors = {}
@@ -638,10 +715,12 @@ class CorrectorTrainer(Trainer):
 
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """Trainer's ``train`` that also restores the cache and the trainer's extra state on resume."""
-        if resume_from_checkpoint is True:
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+        if resume_from_checkpoint is True:  # the newest checkpoint whose save finished (incomplete ones are skipped)
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
-                raise ConfigError(f"no checkpoint found in {self.args.output_dir} to resume from")
+                raise ConfigError(f"no complete checkpoint found in {self.args.output_dir} to resume from")
+        elif resume_from_checkpoint:
+            verify_checkpoint(resume_from_checkpoint)  # CacheCorruptError naming the folder if its save did not finish
         if resume_from_checkpoint:
             self._load_extra_state(Path(resume_from_checkpoint))
         result = super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
@@ -652,6 +731,20 @@ class CorrectorTrainer(Trainer):
         self.state.log_history.append({**{f"reembedding_{k}": v for k, v in self.cost.items()},
                                        "reembedding_total": total, "step": self.state.global_step})
         return result
+
+
+def _check_tokenizer_fits(retriever: RetrieverModel) -> None:
+    """A tokenizer with more tokens than the encoder's embedding matrix would fail deep in torch: fail early."""
+    size = len(retriever.tokenizer)
+    for name in ("encoder", "query_encoder"):
+        tower = getattr(retriever, name, None)
+        try:
+            rows = getattr(tower.get_input_embeddings(), "num_embeddings", None) if tower is not None else None
+        except (AttributeError, NotImplementedError):
+            rows = None
+        if rows is not None and size > rows:
+            raise ConfigError(f"the tokenizer has {size} tokens but the retriever's {name} embeds only {rows} token ids "
+                              f"(a tokenizer of another model?); use the encoder's own tokenizer or resize its embeddings")
 
 
 class _SkipStep(Exception):

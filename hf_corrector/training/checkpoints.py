@@ -1,0 +1,152 @@
+"""Verifiably complete checkpoints.
+
+``Trainer`` writes ``checkpoint-N/`` in place, file by file, so a process killed while saving leaves a partial
+folder that ``transformers.trainer_utils.get_last_checkpoint`` would happily pick. :class:`CorrectorTrainer` ends
+every checkpoint save by writing :data:`CHECKPOINT_MARKER` (the list of the folder's files with their sizes; written
+to a temporary file, fsynced and renamed into place), and resumes only from folders whose marker is present and
+whose files still match it.
+
+Example:
+    >>> last_complete_checkpoint("out")  # doctest: +SKIP
+    'out/checkpoint-200'
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..cache.stale_cache import _fsync_dir, atomic_replace_dir
+from ..errors import CacheCorruptError
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_MARKER = "checkpoint_complete.json"
+MARKER_VERSION = 1
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def _listing(folder: Path) -> dict[str, int]:
+    files = {}
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)  # temporary files
+        if path.is_file() and rel != CHECKPOINT_MARKER and not hidden:
+            files[rel] = path.stat().st_size
+    return files
+
+
+def remove_checkpoint_marker(folder: str | os.PathLike) -> None:
+    """Invalidate a checkpoint before rewriting it in place (a crash mid-rewrite must not look complete)."""
+    marker = Path(folder) / CHECKPOINT_MARKER
+    if marker.exists():
+        marker.unlink()
+        _fsync_dir(marker.parent)
+
+
+def write_checkpoint_marker(folder: str | os.PathLike, step: int | None = None) -> Path:
+    """Fsync every file of ``folder``, then atomically write the marker listing them (relative path -> size)."""
+    folder = Path(folder)
+    files = _listing(folder)
+    for rel in files:
+        _fsync_file(folder / rel)
+    for sub in {(folder / rel).parent for rel in files}:
+        _fsync_dir(sub)
+    marker = {"format_version": MARKER_VERSION, "global_step": step, "files": files}
+    fd, tmp = tempfile.mkstemp(prefix=f".{CHECKPOINT_MARKER}.tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(marker, fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, folder / CHECKPOINT_MARKER)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(folder)
+    return folder / CHECKPOINT_MARKER
+
+
+def checkpoint_problem(folder: str | os.PathLike) -> str | None:
+    """Why ``folder`` is not a complete checkpoint, or ``None`` when its marker is present and its files match."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return "not a folder"
+    marker = folder / CHECKPOINT_MARKER
+    if not marker.is_file():
+        return f"no {CHECKPOINT_MARKER} (the save did not finish)"
+    try:
+        files = json.loads(marker.read_text())["files"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        return f"{CHECKPOINT_MARKER} is unreadable ({err})"
+    for rel, size in files.items():
+        path = folder / rel
+        if not path.is_file():
+            return f"{rel} is missing"
+        if path.stat().st_size != size:
+            return f"{rel} has {path.stat().st_size} bytes, the marker says {size}"
+    return None
+
+
+def verify_checkpoint(folder: str | os.PathLike) -> Path:
+    """Raise :class:`~hf_corrector.errors.CacheCorruptError` naming ``folder`` unless it is a complete checkpoint."""
+    problem = checkpoint_problem(folder)
+    if problem is not None:
+        raise CacheCorruptError(f"cannot resume from {folder}: it is not a complete checkpoint: {problem}")
+    return Path(folder)
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The newest ``checkpoint-N`` in ``output_dir`` with a valid marker; incomplete ones are logged and skipped
+    (never deleted)."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in output_dir.iterdir() if p.is_dir() and (m := _CHECKPOINT_RE.match(p.name))]
+    for _, path in sorted(found, reverse=True):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return str(path)
+        logger.warning("skipping incomplete checkpoint %s: %s", path, problem)
+    return None
+
+
+def publish_dir(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike) -> None:
+    """Move a finished save from ``tmp_dir`` to ``final_dir``.
+
+    Atomic (readers see the old or the new folder) when ``final_dir`` does not exist or holds nothing that the new
+    save does not also hold (e.g. an earlier save of the same model). Otherwise, e.g. ``final_dir`` is the output
+    folder with the checkpoints in it, the entries are moved in one by one (each file atomically) and everything
+    else in ``final_dir`` is left alone.
+    """
+    tmp_dir, final_dir = Path(tmp_dir), Path(final_dir)
+    new = {p.name for p in tmp_dir.iterdir()}
+    if not final_dir.exists() or {p.name for p in final_dir.iterdir()} <= new:
+        atomic_replace_dir(tmp_dir, final_dir)
+        return
+    for entry in sorted(tmp_dir.iterdir()):
+        target = final_dir / entry.name
+        if entry.is_dir():
+            if target.exists() and not target.is_dir():
+                target.unlink()
+            atomic_replace_dir(entry, target)
+        else:
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(entry, target)
+    _fsync_dir(final_dir)
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+__all__ = ["CHECKPOINT_MARKER", "checkpoint_problem", "last_complete_checkpoint", "publish_dir",
+           "remove_checkpoint_marker", "verify_checkpoint", "write_checkpoint_marker"]

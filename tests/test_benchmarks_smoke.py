@@ -1,0 +1,63 @@
+"""Smoke test: the benchmark scripts run end to end on tiny inputs and write the expected JSON keys.
+
+The real benchmark runs (SciFact, MiniLM) are not part of the test suite; see BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quality_tiny(tmp_path):
+    quality = _load("quality")
+    out = tmp_path / "quality_tiny.json"
+    md = tmp_path / "quality_tiny.md"
+    result = quality.main(["--tiny", "--steps", "2", "--seeds", "0", "--batch-size", "4", "--num-negatives", "2",
+                           "--rows", "inbatch", "stale", "refresh_half", "corrector_cemse", "st_mnrl",
+                           "--setting", "tiny", "--output", str(out), "--markdown", str(md),
+                           "--work-dir", str(tmp_path / "work")])
+    data = json.loads(out.read_text())
+    assert data == json.loads(json.dumps(result, default=float))
+    runs = {r["row"]: r for r in data["runs"]}
+    assert set(runs) == {"start", "inbatch", "stale", "refresh_half", "corrector_cemse", "st_mnrl"}
+    for row, r in runs.items():
+        assert "error" not in r, r.get("error")
+        for key in ("test_ndcg@10", "test_recall@100", "test_mrr@10"):
+            assert 0.0 <= r[key] <= 1.0
+        if row != "start":
+            for key in ("reembedding_cost", "corpus_passes", "train_s", "wall_s", "peak_rss_mb", "cost"):
+                assert key in r, (row, key)
+    assert runs["stale"]["reembedding_cost"] >= data["num_docs"]  # the shared initial cache is counted
+    assert runs["refresh_half"]["cost"]["num_refreshes"] == 1  # T=2, R=1: the refresh on the last step is skipped
+    for key in ("corrected_ndcg@10", "cos_corrected_fresh", "cos_stale_fresh", "cos_stale_fresh_unused"):
+        assert key in runs["corrector_cemse"]
+    summary = {s["row"]: s for s in data["summary"]}
+    assert "cost_ratio_vs_refresh_half" in summary["corrector_cemse"]
+    assert "| corrector_cemse |" in md.read_text()
+
+
+def test_speed_tiny(tmp_path):
+    speed = _load("speed")
+    out = tmp_path / "speed.json"
+    speed.main(["--sizes", "2000", "--tiny", "--output", str(out)])
+    data = json.loads(out.read_text())
+    for key in ("matmul", "corrector_pass", "step_overhead", "cache_build", "rss_training", "save_load"):
+        assert key in data, key
+    assert data["corrector_pass"][0]["n"] == 2000
+    assert data["corrector_pass"][0]["corrected_gflops"] > 0
+    assert 0 < data["step_overhead"]["select_fraction_of_step"]
+    assert data["rss_training"]["cache_mb"] > 0
+    assert data["save_load"]["load_rows"]["is_memory_mapped_view"]

@@ -1,0 +1,205 @@
+"""Crash safety: real processes are SIGKILLed while building a cache, saving one, saving a checkpoint, refreshing
+and writing back; what is left on disk must be either complete or rejected, and resuming must end exactly where an
+uninterrupted run ends.
+
+The scenarios are in :mod:`tests.crash_child`. Each runs in its own process, forked from a forkserver that has
+imported torch, transformers and hf_corrector once (a fresh interpreter per scenario would spend most of the test
+time importing); the kill is a real ``SIGKILL`` of that process, sent by itself at the chosen point.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import shutil
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers.trainer_utils import get_last_checkpoint
+
+from hf_corrector import StaleCache
+from hf_corrector.cache.stale_cache import CACHE_FILE, INFO_FILE
+from hf_corrector.errors import CacheCorruptError, HFCorrectorError
+from hf_corrector.training.checkpoints import (CHECKPOINT_MARKER, checkpoint_problem, last_complete_checkpoint,
+                                               verify_checkpoint)
+from tests import crash_child
+from tests.tiny import tiny_data, tiny_retriever
+
+KILLED = -signal.SIGKILL
+_CONTEXT = None
+
+
+def run_children(*calls, timeout: float = 300) -> list[int]:
+    """Run ``(function, kwargs)`` pairs of :mod:`tests.crash_child` in parallel processes; their exit codes."""
+    global _CONTEXT
+    if _CONTEXT is None:
+        _CONTEXT = multiprocessing.get_context("forkserver")
+        _CONTEXT.set_forkserver_preload(["tests.crash_child"])
+    procs = [_CONTEXT.Process(target=fn, kwargs=kwargs) for fn, kwargs in calls]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join()
+            pytest.fail(f"child {p.name} did not finish in {timeout}s")
+    return [p.exitcode for p in procs]
+
+
+# -- (a) cache build with shard_dir ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kill_in_write", [False, True], ids=["killed-encoding", "killed-writing-shard"])
+def test_cache_build_resumes_from_shards_after_sigkill(tmp_path, kill_in_write):
+    k = 3
+    assert run_children((crash_child.build_cache, dict(folder=str(tmp_path), kill_after_shards=k,
+                                                        kill_in_write=kill_in_write))) == [KILLED]
+    shards = tmp_path / "shards"
+    assert sorted(p.name for p in shards.glob("shard-*.npy")) == [f"shard-{i:05d}.npy" for i in range(k)]
+    if kill_in_write:  # the torn file is a hidden temporary, never a shard
+        assert [p.name for p in shards.iterdir() if p.name.startswith(".")]
+
+    assert run_children((crash_child.build_cache, dict(folder=str(tmp_path), reference=True))) == [0]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["encoded_texts"] == report["num_docs"] - k * crash_child.SHARD_SIZE  # only the missing shards
+    resumed, reference = np.load(tmp_path / "resumed.npy"), np.load(tmp_path / "reference.npy")
+    assert resumed.shape == (report["num_docs"], 32)
+    assert np.array_equal(resumed, reference)
+
+
+# -- (b) StaleCache.save killed half-way through cache.arrow ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def saved_cache(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cache")
+    train, _ = tiny_data()
+    cache = StaleCache.build(train.corpus, tiny_retriever(folder), batch_size=64, show_progress_bar=False)
+    cache.save(folder / "cache")
+    return folder / "cache", cache
+
+
+def test_killed_save_keeps_previous_cache_and_leaves_nothing_loadable(saved_cache, tmp_path):
+    path, original = saved_cache
+    fresh = tmp_path / "never-saved"
+    codes = run_children((crash_child.save_cache, dict(source=str(path), dest=str(path))),
+                         (crash_child.save_cache, dict(source=str(path), dest=str(fresh))))
+    assert codes == [KILLED, KILLED]
+    again = StaleCache.load(path)  # the overwrite never happened: the old cache, intact and verified
+    assert torch.equal(again.matrix(), original.matrix()) and again.doc_ids == original.doc_ids
+    assert int(again.steps.max()) == -1
+    leftovers = [p for p in list(path.parent.iterdir()) + list(tmp_path.iterdir()) if p.name.startswith(".")]
+    assert len(leftovers) == 2  # the two unfinished temporary folders, hidden
+    for folder in leftovers:
+        with pytest.raises(CacheCorruptError):
+            StaleCache.load(folder)
+    assert not fresh.exists()
+    with pytest.raises(CacheCorruptError, match="never-saved"):
+        StaleCache.load(fresh)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip-byte", "truncate-rows-check"])
+def test_damaged_cache_file_with_intact_info_is_rejected(saved_cache, tmp_path, damage):
+    path, _ = saved_cache
+    copy = tmp_path / "copy"
+    shutil.copytree(path, copy)
+    data = copy / CACHE_FILE
+    raw = data.read_bytes()
+    if damage.startswith("truncate"):
+        data.write_bytes(raw[: len(raw) * 2 // 3])
+    else:
+        data.write_bytes(raw[:-200] + bytes([raw[-200] ^ 0xFF]) + raw[-199:])
+    assert (copy / INFO_FILE).is_file()
+    with pytest.raises(CacheCorruptError, match="cache.arrow"):
+        StaleCache.load(copy, verify="rows" if damage == "truncate-rows-check" else "checksum")
+
+
+# -- (c, d) training killed mid-checkpoint, mid-refresh, mid-write-back --------------------------------------------------
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """The uninterrupted run (in a child like the others, so every run computes with the same settings)."""
+    out = tmp_path_factory.mktemp("reference")
+    assert run_children((crash_child.train, dict(out_dir=str(out)))) == [0]
+    return out
+
+
+def _assert_same_final(run: Path, reference: Path) -> None:
+    for name in ("model.safetensors", "corrector/model.safetensors"):
+        mine, theirs = load_file(str(run / "final" / name)), load_file(str(reference / "final" / name))
+        assert mine.keys() == theirs.keys()
+        for key in theirs:
+            diff = (mine[key].float() - theirs[key].float()).abs().max().item() if mine[key].numel() else 0.0
+            assert torch.equal(mine[key], theirs[key]), f"{name}:{key} differs (max abs diff {diff})"
+    mine, theirs = StaleCache.load(run / "final_cache"), StaleCache.load(reference / "final_cache")
+    assert torch.equal(mine.matrix(), theirs.matrix()) and torch.equal(mine.steps, theirs.steps)
+
+
+# kill point -> (last complete checkpoint, the torn one that a plain get_last_checkpoint would pick, save_total_limit)
+SCENARIOS = {
+    "checkpoint_cache": (4, 8, 1),  # cache.arrow of checkpoint-8 half written; limit 1 must not have removed -4
+    "optimizer": (4, 8, None),  # optimizer.pt of checkpoint-8 torn
+    "refresh": (4, None, None),  # killed half-way through the full refresh at step 6
+    "write_back": (8, None, None),  # killed in the write-back of step 10
+}
+
+
+@pytest.mark.parametrize("kill", list(SCENARIOS))
+def test_training_killed_resumes_from_last_complete_checkpoint(reference_run, tmp_path, kill):
+    complete, torn, limit = SCENARIOS[kill]
+    out = tmp_path / "run"
+    assert run_children((crash_child.train, dict(out_dir=str(out), kill=kill, save_total_limit=limit))) == [KILLED]
+
+    good = out / f"checkpoint-{complete}"
+    assert last_complete_checkpoint(out) == str(good)
+    verify_checkpoint(good)
+    StaleCache.load(good / "stale_cache")
+    if torn is not None:
+        bad = out / f"checkpoint-{torn}"
+        assert get_last_checkpoint(str(out)) == str(bad)  # what plain Trainer would have resumed from
+        assert not (bad / CHECKPOINT_MARKER).exists() and checkpoint_problem(bad)
+        with pytest.raises(CacheCorruptError, match=f"checkpoint-{torn}"):
+            crash_child.make_trainer(out, save_total_limit=limit).train(resume_from_checkpoint=str(bad))
+        assert bad.exists()  # skipped, never deleted
+
+    assert run_children((crash_child.train, dict(out_dir=str(out), resume=True, save_total_limit=limit))) == [0]
+    report = json.loads((out / "report.json").read_text())
+    assert report["resumed_from"] == str(good) and report["global_step"] == 12
+    if torn is not None:
+        assert any(f"skipping incomplete checkpoint {out / f'checkpoint-{torn}'}" in m for m in report["log"])
+    _assert_same_final(out, reference_run)
+    assert report["cost"] == json.loads((reference_run / "report.json").read_text())["cost"]
+    assert last_complete_checkpoint(out) == str(out / "checkpoint-12")
+
+
+def test_explicit_checkpoint_without_marker_is_refused(tmp_path):
+    (tmp_path / "checkpoint-3").mkdir()
+    with pytest.raises(HFCorrectorError, match="checkpoint-3.*not a complete checkpoint"):
+        crash_child.make_trainer(tmp_path).train(resume_from_checkpoint=str(tmp_path / "checkpoint-3"))
+
+
+def test_marker_detects_files_changed_after_the_save(reference_run, tmp_path):
+    copy = tmp_path / "checkpoint-4"
+    shutil.copytree(reference_run / "checkpoint-4", copy)
+    assert checkpoint_problem(copy) is None
+    (copy / "scheduler.pt").write_bytes(b"x")
+    assert "scheduler.pt" in checkpoint_problem(copy)
+    (copy / "scheduler.pt").unlink()
+    assert "missing" in checkpoint_problem(copy)
+    assert last_complete_checkpoint(tmp_path) is None
+
+
+def test_final_save_model_is_atomic_and_leaves_no_temporaries(tmp_path):
+    trainer = crash_child.make_trainer(tmp_path / "out", max_steps=2, save_steps=100)
+    trainer.train()
+    final = tmp_path / "final"
+    (final).mkdir()
+    (final / "config.json").write_text("{}")  # an earlier save: replaced as a whole
+    trainer.save_model(str(final))
+    assert json.loads((final / "config.json").read_text())["model_type"]
+    assert (final / "corrector" / "model.safetensors").is_file()
+    trainer.save_model()  # into output_dir, next to checkpoints: moved in entry by entry, checkpoints untouched
+    assert (tmp_path / "out" / "checkpoint-2" / CHECKPOINT_MARKER).is_file()
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+    assert not [p for p in list(tmp_path.iterdir()) + list((tmp_path / "out").iterdir()) if p.name.startswith(".")]
