@@ -49,7 +49,7 @@ class _Recorder(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-# -- (a) cache build with shards ----------------------------------------------------------------------------------------
+# -- (a) cache build with shards --------------------------------------------------------------------------------------
 def build_cache(folder: str, kill_after_shards: int | None = None, kill_in_write: bool = False,
                 reference: bool = False) -> None:
     """Build the tiny corpus's cache with ``shard_dir=folder/shards``.
@@ -98,7 +98,7 @@ def build_cache(folder: str, kill_after_shards: int | None = None, kill_in_write
     (folder / "report.json").write_text(json.dumps(report))
 
 
-# -- (b) StaleCache.save killed half-way through writing cache.arrow ---------------------------------------------------
+# -- (b) StaleCache.save killed half-way through writing cache.arrow --------------------------------------------------
 def save_cache(source: str, dest: str) -> None:
     """Load ``source``, change it, and save it to ``dest`` with a SIGKILL half-way through writing cache.arrow."""
     _setup()
@@ -119,7 +119,7 @@ def save_cache(source: str, dest: str) -> None:
     cache.save(dest)
 
 
-# -- (c, d) training ----------------------------------------------------------------------------------------------------
+# -- (c, d) training --------------------------------------------------------------------------------------------------
 def make_trainer(out_dir: str | os.PathLike, save_total_limit: int | None = None, **overrides) -> CorrectorTrainer:
     """The crash tests' training run: 12 steps, checkpoints every 4, write-back every step, refresh every 6."""
     train, _ = tiny_data()

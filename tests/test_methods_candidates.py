@@ -169,4 +169,10 @@ def test_resume_is_exact(tmp_path, kind, extra):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert torch.equal(full.cache.matrix(), resumed.cache.matrix())
-    assert isinstance(resumed.method_state["candidates"], CandidateSelection)
+    sa, sb = full.method_state["candidates"], resumed.method_state["candidates"]
+    assert isinstance(sb, CandidateSelection)
+    # the resumed index holds what the original one held (write-backs since the build put back, or hnsw reloaded)
+    everything = torch.arange(N_DOCS)
+    assert torch.equal(sa.index.reconstruct(everything), sb.index.reconstruct(everything))
+    if extra.get("cache_write_back"):
+        assert not torch.equal(sb.index.reconstruct(everything), resumed.cache.matrix())

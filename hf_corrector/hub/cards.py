@@ -487,7 +487,7 @@ def _model_card_data(card: CardData, base_model: str | None, tags: list[str], ev
         base_model=base_model if is_hub_id(base_model) else None,
         datasets=[d for d in (datasets_ or []) if is_hub_id(d)] or None,
         eval_results=eval_results_ or None,
-        model_name=model_name,
+        model_name=model_name if eval_results_ else None,
         license=card.license,
         language=card.language,
         pipeline_tag="feature-extraction",

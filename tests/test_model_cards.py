@@ -1,0 +1,193 @@
+"""Model and dataset cards rendered in-process (no Hub): metadata, tables, citations, secrets, packaging."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import DatasetCard, ModelCard
+
+from hf_corrector import CorrectorTrainer, CorrectorTrainingArguments, StaleCache
+from hf_corrector.hub import (
+    CardData,
+    citations_for,
+    describe_strategy,
+    non_default_hyperparameters,
+    render_cache_card,
+    render_corrector_card,
+    render_retriever_card,
+    template_path,
+)
+from hf_corrector.hub.cards import CACHE_TEMPLATE, CORRECTOR_TEMPLATE, RETRIEVER_TEMPLATE, is_hub_id, redact
+from tests.tiny import REPO_ROOT, tiny_data, tiny_retriever
+
+SECRET = "hf_secretCardsMustNotShowThis987654"
+
+
+def _args(out, **kw) -> CorrectorTrainingArguments:
+    base = dict(max_steps=4, per_device_train_batch_size=4, num_negatives=3, logging_steps=1, report_to=[],
+                use_cpu=True, save_strategy="no", seed=0)
+    return CorrectorTrainingArguments(str(out), **{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny run with a refresh and a hub token; evaluated before and after training; cards written."""
+    tmp = tmp_path_factory.mktemp("cards")
+    train, test = tiny_data()
+    args = _args(tmp / "out", cache_refresh_steps=2, eval_corpus_embeddings="fresh,stale,corrected",
+                 hub_token=SECRET, corrector_learning_rate=5e-3)
+    trainer = CorrectorTrainer(model=tiny_retriever(tmp), args=args, train_dataset=train, eval_dataset=test)
+    trainer.evaluate()
+    trainer.train()
+    metrics = trainer.evaluate()
+    trainer.save_model()
+    trainer.create_model_card(license="apache-2.0", tags=["my-tag"])
+    return trainer, metrics, tmp / "out"
+
+
+def test_templates_found_in_source_tree():
+    for name in (RETRIEVER_TEMPLATE, CORRECTOR_TEMPLATE, CACHE_TEMPLATE):
+        path = template_path(name)
+        assert path.is_file() and path.parent.name == "model_cards", path
+    with pytest.raises(FileNotFoundError):
+        template_path("missing.md.j2")
+
+
+def test_pyproject_ships_every_package_and_the_templates():
+    """The package list is explicit (for the model_cards mapping): it must name every package of the tree."""
+    tool = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    on_disk = {".".join(p.parent.relative_to(REPO_ROOT).parts) for p in (REPO_ROOT / "hf_corrector").rglob("__init__.py")}
+    assert set(tool["packages"]) == on_disk | {"hf_corrector.model_cards"}, "update [tool.setuptools] packages"
+    assert tool["package-dir"]["hf_corrector.model_cards"] == "model_cards"
+    assert "*.j2" in tool["package-data"]["hf_corrector.model_cards"]
+    assert (REPO_ROOT / "model_cards" / "__init__.py").is_file()
+
+
+def test_retriever_card_metadata(trained):
+    trainer, metrics, out = trained
+    card = ModelCard.load(out / "README.md")
+    data = card.data.to_dict()
+    assert data["library_name"] == "hf-corrector" and data["license"] == "apache-2.0"
+    assert data["base_model"] == "tiny-bert" and data["datasets"] == ["tiny-train"]
+    assert {"dense-retrieval", "hf-corrector", "corrector-networks", "generated_from_trainer", "my-tag"} <= set(data["tags"])
+    results = {r.metric_type: r for r in card.data.eval_results}
+    assert results["ndcg_at_10"].metric_value == pytest.approx(metrics["eval_ndcg@10"])
+    assert results["corrected_mrr_at_10"].metric_value == pytest.approx(metrics["eval_corrected_mrr@10"])
+    assert results["ndcg_at_10"].dataset_name == "tiny-test" and results["ndcg_at_10"].task_type == "text-retrieval"
+    assert "reembedding_cost" not in results  # not a ranking metric
+
+
+def test_retriever_card_body(trained):
+    trainer, metrics, out = trained
+    text = (out / "README.md").read_text()
+    rows = [line for line in text.splitlines() if re.match(r"\| \d+ \| \d+\.\d\d \|", line)]
+    assert [int(r.split("|")[1]) for r in rows] == [0, 4], rows
+    header = next(line for line in text.splitlines() if line.startswith("| Step | Epoch |"))
+    assert "nDCG@10 (stale)" in header and "MRR@10 (corrected)" in header and "Re-embedding cost" in header
+    assert f"{metrics['eval_stale_ndcg@10']:.4f}" in rows[-1]
+    assert "full re-embedding every 2 steps" in text
+    cost = trainer.cost
+    assert cost["num_refreshes"] == 2
+    assert f"| {cost['refresh_encodings']} ({cost['num_refreshes']} refreshes) |" in text
+    assert "| `cache_refresh_steps` | 2 |" in text and "| `num_negatives` | 3 |" in text
+    assert "| `corrector_learning_rate` | 0.0050 |" in text
+    for hidden in ("hub_token", "output_dir", "report_to", "logging_steps", "save_strategy"):
+        assert f"`{hidden}`" not in text
+    corrector_params = sum(p.numel() for p in trainer.corrector.parameters())
+    assert f"{corrector_params:,} parameters" in text
+    staleness = trainer.model_card_data.staleness
+    assert staleness["step"] == 4 and f"{staleness['staleness_cos_corrected']:.4f}" in text
+    assert "Approximate Nearest Neighbor Negative Contrastive Learning" in text  # a refresh was used
+    assert "Teleportation Negatives" not in text
+    assert "- transformers:" in text and "- hf-corrector:" in text
+
+
+def test_corrector_card_written_next_to_the_corrector(trained):
+    trainer, _, out = trained
+    card = ModelCard.load(out / "corrector" / "README.md")
+    assert card.data.library_name == "hf-corrector" and "corrector" in card.data.tags
+    assert card.data.base_model is None  # no Hub repo yet: the retriever is the parent folder
+    assert "the retriever in the parent folder" in card.text and 'subfolder="corrector"' in card.text
+    assert (out / "corrector" / "config.json").is_file()
+    rendered = render_corrector_card(trainer.model_card_data, retriever_repo_id="me/retriever", repo_id="me/corrector")
+    again = ModelCard(rendered)
+    assert again.data.base_model == "me/retriever"
+    assert 'AutoModel.from_pretrained("me/corrector")' in again.text
+
+
+def test_hub_token_never_in_cards_or_saved_files(trained):
+    trainer, _, out = trained
+    assert trainer.args.hub_token == SECRET
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+    assert json.loads((out / "training_args.json").read_text())["hub_token"] == "<HUB_TOKEN>"
+    assert "hub_token" not in non_default_hyperparameters(trainer.args)
+    assert redact(f"token={SECRET}!", [SECRET]) == "token=<REDACTED>!"
+    card = CardData(model_name="m", description=f"leaked {SECRET}")  # a secret slipped into free text is redacted
+    assert SECRET not in render_retriever_card(card, secrets=[SECRET])
+
+
+def test_no_corrector_strategy_card(tmp_path):
+    train, _ = tiny_data()
+    trainer = CorrectorTrainer(model=tiny_retriever(tmp_path), args=_args(tmp_path / "out", correction="none",
+                                                                         max_steps=2), train_dataset=train)
+    trainer.train()
+    trainer.save_model()
+    trainer.create_model_card()
+    text = (tmp_path / "out" / "README.md").read_text()
+    assert "stale cache, no correction" in text and "No evaluation was run." in text
+    assert "subfolder=\"corrector\"" not in text and not (tmp_path / "out" / "corrector").exists()
+    assert "model-index" not in ModelCard.load(tmp_path / "out" / "README.md").data.to_dict()
+
+
+def test_strategies_and_citations(tmp_path):
+    cases = {
+        "in-batch negatives only": dict(num_negatives=0),
+        "stale cache, no correction": dict(correction="none"),
+        "full re-embedding of the corpus every 5 steps (ANCE-style)": dict(correction="none", cache_refresh_steps=5),
+        "residual MLP corrector network over a stale cache, no re-embedding": {},
+        "linear corrector network over a stale cache, plus a full re-embedding every 5 steps":
+            dict(correction="linear", cache_refresh_steps=5),
+        "Nyström low-rank correction": dict(correction="nystrom"),
+        "ANCE-Tele negatives": dict(tele_negatives=True),
+        "Gumbel-top-k negative sampling": dict(negative_sampling="gumbel"),
+    }
+    for expected, kw in cases.items():
+        assert expected in describe_strategy(_args(tmp_path, **kw)), (expected, kw)
+    plain = citations_for(_args(tmp_path))
+    assert len(plain) == 1 and "monath2024fresh" in plain[0]
+    assert any("xiong2021approximate" in c for c in citations_for(_args(tmp_path, cache_refresh_steps=3)))
+    assert any("xiong2021approximate" in c for c in citations_for(_args(tmp_path), num_refreshes=1))
+    tele = citations_for(_args(tmp_path, tele_negatives=True))
+    assert any("Teleportation" in c for c in tele) and not any("xiong2021" in c for c in tele)
+    assert any("monath2023improving" in c for c in citations_for(_args(tmp_path, correction="nystrom")))
+
+
+def test_local_base_model_stays_out_of_metadata(tmp_path):
+    local = str(tmp_path)  # an existing folder: never a Hub id
+    assert not is_hub_id(local) and not is_hub_id("../x") and is_hub_id("org/name") and is_hub_id("bert-base-uncased")
+    card = ModelCard(render_retriever_card(CardData(model_name="m", base_model=local, train_dataset_name=local)))
+    assert card.data.base_model is None and card.data.datasets is None
+    assert f"`{local}`" in card.text
+
+
+def test_cache_dataset_card(tmp_path):
+    steps = [-1] * 6 + [3, 3, 7, 7]
+    cache = StaleCache([f"d{i}" for i in range(10)], torch.randn(10, 8), steps=steps, dtype="float16",
+                       provenance={"encoder": "sentence-transformers/all-MiniLM-L6-v2", "pooling": "mean",
+                                   "normalize": True, "target_max_length": 256})
+    text = render_cache_card(cache, "me/my-cache", keep_existing_metadata=False)
+    card = DatasetCard(text)
+    assert {"hf-corrector", "stale-cache", "embeddings"} <= set(card.data.tags)
+    assert card.data.size_categories == "n<1K"
+    assert "[`sentence-transformers/all-MiniLM-L6-v2`](https://huggingface.co/sentence-transformers/all-MiniLM-L6-v2)" in text
+    assert "| Embedding dimension | 8 |" in text and "| Storage dtype | float16 |" in text and "| Rows | 10 |" in text
+    assert "| Pooling | mean |" in text and "| L2-normalised | True |" in text
+    assert "| 6 | 4 | -1 | 7 | 3 |" in text  # initial rows, rewritten rows, first/last step, distinct steps
+    assert 'StaleCache.load("me/my-cache")' in text and "monath2024fresh" in text
