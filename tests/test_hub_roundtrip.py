@@ -106,8 +106,8 @@ CONSUME = """
 
     # 4. the cache, and training continued from the published retriever + corrector + cache
     cache = StaleCache.load("%(cache_repo)s")
-    out.update(matrix_equal=torch.equal(cache.matrix(), ref["cache"]), steps_equal=torch.equal(cache.steps, ref["steps"]),
-               provenance_equal=cache.provenance == meta["provenance"], doc_ids=cache.doc_ids[:3])
+    out.update(matrix_equal=torch.equal(cache.matrix(), ref["cache"]),
+               steps_equal=torch.equal(cache.steps, ref["steps"]), provenance_equal=cache.provenance == meta["provenance"], doc_ids=cache.doc_ids[:3])
     train, _ = tiny_data()
     trainer = CorrectorTrainer(
         model=retriever, corrector=corrector, cache=cache, train_dataset=train,

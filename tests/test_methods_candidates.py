@@ -86,7 +86,7 @@ def test_approximate_indexes_find_most_neighbours(kind):
         assert index.index.hnsw.efSearch >= 50
 
 
-# -- two-stage == exact when P = N --------------------------------------------------------------------------------------
+# -- two-stage == exact when P = N ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("correction", ["mlp", "linear", "none"])
 @pytest.mark.parametrize("method", ["topk", "gumbel"])
 def test_two_stage_equals_exact_when_pool_is_everything(tmp_path, correction, method):

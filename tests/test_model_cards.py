@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import tomllib
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,6 +22,11 @@ from hf_corrector.hub import (
 )
 from hf_corrector.hub.cards import CACHE_TEMPLATE, CORRECTOR_TEMPLATE, RETRIEVER_TEMPLATE, is_hub_id, redact
 from tests.tiny import REPO_ROOT, tiny_data, tiny_retriever
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
 
 SECRET = "hf_secretCardsMustNotShowThis987654"
 
@@ -61,7 +64,8 @@ def test_templates_found_in_source_tree():
 def test_pyproject_ships_every_package_and_the_templates():
     """The package list is explicit (for the model_cards mapping): it must name every package of the tree."""
     tool = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    on_disk = {".".join(p.parent.relative_to(REPO_ROOT).parts) for p in (REPO_ROOT / "hf_corrector").rglob("__init__.py")}
+    inits = (REPO_ROOT / "hf_corrector").rglob("__init__.py")
+    on_disk = {".".join(p.parent.relative_to(REPO_ROOT).parts) for p in inits}
     assert set(tool["packages"]) == on_disk | {"hf_corrector.model_cards"}, "update [tool.setuptools] packages"
     assert tool["package-dir"]["hf_corrector.model_cards"] == "model_cards"
     assert "*.j2" in tool["package-data"]["hf_corrector.model_cards"]
@@ -74,7 +78,8 @@ def test_retriever_card_metadata(trained):
     data = card.data.to_dict()
     assert data["library_name"] == "hf-corrector" and data["license"] == "apache-2.0"
     assert data["base_model"] == "tiny-bert" and data["datasets"] == ["tiny-train"]
-    assert {"dense-retrieval", "hf-corrector", "corrector-networks", "generated_from_trainer", "my-tag"} <= set(data["tags"])
+    expected_tags = {"dense-retrieval", "hf-corrector", "corrector-networks", "generated_from_trainer", "my-tag"}
+    assert expected_tags <= set(data["tags"])
     results = {r.metric_type: r for r in card.data.eval_results}
     assert results["ndcg_at_10"].metric_value == pytest.approx(metrics["eval_ndcg@10"])
     assert results["corrected_mrr_at_10"].metric_value == pytest.approx(metrics["eval_corrected_mrr@10"])
@@ -186,7 +191,8 @@ def test_cache_dataset_card(tmp_path):
     card = DatasetCard(text)
     assert {"hf-corrector", "stale-cache", "embeddings"} <= set(card.data.tags)
     assert card.data.size_categories == "n<1K"
-    assert "[`sentence-transformers/all-MiniLM-L6-v2`](https://huggingface.co/sentence-transformers/all-MiniLM-L6-v2)" in text
+    link = "https://huggingface.co/sentence-transformers/all-MiniLM-L6-v2"
+    assert f"[`sentence-transformers/all-MiniLM-L6-v2`]({link})" in text
     assert "| Embedding dimension | 8 |" in text and "| Storage dtype | float16 |" in text and "| Rows | 10 |" in text
     assert "| Pooling | mean |" in text and "| L2-normalised | True |" in text
     assert "| 6 | 4 | -1 | 7 | 3 |" in text  # initial rows, rewritten rows, first/last step, distinct steps

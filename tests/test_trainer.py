@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -379,16 +380,19 @@ def test_save_model_is_loadable(tmp_path, data):
     assert (out / "training_args.json").is_file() and (out / "reembedding_cost.json").is_file()
 
 
-def test_load_best_model_at_end_by_ndcg(tmp_path, data):
+@pytest.mark.parametrize("greater_is_better", [True, False])
+def test_load_best_model_at_end_by_ndcg(tmp_path, data, greater_is_better):
+    # greater_is_better=False makes an early checkpoint the "best" one, so loading it at the end really changes state
     trainer = make_trainer(tmp_path, data, max_steps=6, eval_strategy="steps", eval_steps=2, save_strategy="steps",
                            save_steps=2, load_best_model_at_end=True, metric_for_best_model="ndcg@10",
+                           greater_is_better=greater_is_better, cache_write_back=True,
                            eval_corpus_embeddings="fresh,stale,corrected")
     trainer.train()
     scores = logged(trainer, "eval_ndcg@10")
     assert len(scores) == 3
     assert logged(trainer, "eval_stale_ndcg@10") and logged(trainer, "eval_corrected_ndcg@10")
     assert trainer.state.best_model_checkpoint is not None
-    assert trainer.state.best_metric == pytest.approx(max(scores))
+    assert trainer.state.best_metric == pytest.approx(max(scores) if greater_is_better else min(scores))
     best = Path(trainer.state.best_model_checkpoint)
     best_weights = load_file(str(best / "model.safetensors"))
     final = state_of(trainer.retriever)
@@ -396,6 +400,9 @@ def test_load_best_model_at_end_by_ndcg(tmp_path, data):
     best_corrector = load_file(str(best / "corrector" / "model.safetensors"))
     final_corrector = state_of(trainer.corrector)
     assert all(torch.equal(best_corrector[k], final_corrector[k]) for k in best_corrector)
+    best_cache = StaleCache.load(best / "stale_cache")
+    assert torch.equal(trainer.cache.matrix(), best_cache.matrix())
+    assert torch.equal(trainer.cache.steps, best_cache.steps)
 
 
 def test_peft_lora_trains_only_adapters_and_corrector(tmp_path, data):
@@ -479,8 +486,11 @@ def test_nonfinite_loss_raises_naming_the_step(tmp_path, data, monkeypatch):
     holder = {}
     _nan_task_loss_at(monkeypatch, holder, 3)
     trainer = holder["trainer"] = make_trainer(tmp_path, data, max_steps=6)
-    with pytest.raises(NonFiniteError, match=r"step 3\b"):
+    with pytest.raises(NonFiniteError) as info:
         trainer.train()
+    message = str(info.value)
+    assert "loss" in message and re.search(r"step 3\b", message), message
+    assert trainer.state.global_step == 3
 
 
 def test_nonfinite_loss_skip(tmp_path, data, monkeypatch):

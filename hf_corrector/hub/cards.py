@@ -9,7 +9,7 @@ with :meth:`huggingface_hub.ModelCard.from_template`; the YAML header is a :clas
 during training; :func:`card_data_from_trainer` fills it from a trainer at any time.
 
 Example:
-    >>> data = CardData(model_name="my-retriever", base_model="sentence-transformers/all-MiniLM-L6-v2")  # doctest: +SKIP
+    >>> data = CardData(model_name="my-retriever", base_model="org/base-encoder")  # doctest: +SKIP
     >>> print(render_retriever_card(data, repo_id="me/my-retriever"))  # doctest: +SKIP
 """
 
@@ -78,7 +78,8 @@ _NOT_HYPERPARAMETERS = {"output_dir", "logging_dir", "run_name", "push_to_hub", 
                         "disable_tqdm", "use_cpu", "no_cuda", "local_rank", "resume_from_checkpoint", "do_train",
                         "do_eval", "do_predict", "project", "trackio_space_id", "trackio_bucket_id"}
 _NOT_HYPERPARAMETER_PREFIXES = ("hub_", "logging_", "save_", "dataloader_", "ddp_", "eval_", "per_device_eval",
-                                "push_to_hub_", "include_", "log_", "torch_compile", "fsdp", "deepspeed", "accelerator")
+                                "push_to_hub_", "include_", "log_", "torch_compile", "fsdp", "deepspeed",
+                                "accelerator")
 # Always shown (when set), default or not: what a reader needs to reproduce the run.
 _CORE_HYPERPARAMETERS = ("learning_rate", "per_device_train_batch_size", "max_steps", "num_train_epochs",
                          "num_negatives", "correction", "seed")
@@ -501,7 +502,8 @@ def render_retriever_card(card: CardData, repo_id: str | None = None, secrets: l
     results = eval_results(card)
     model_name = card.model_name or (repo_id or "retriever").split("/")[-1]
     datasets_ = [d for d in (card.train_dataset_name,) if d]
-    data = _model_card_data(card, card.base_model, _tags(card, ["sentence-embeddings"]), results, model_name, datasets_)
+    data = _model_card_data(card, card.base_model, _tags(card, ["sentence-embeddings"]), results, model_name,
+                            datasets_)
     rows = card.eval_rows
     columns = eval_columns(rows)
     text = ModelCard.from_template(
@@ -586,7 +588,7 @@ def render_cache_card(cache: StaleCache, repo_id: str | None = None, token: str 
     text = DatasetCard.from_template(
         data, template_path=str(template_path(CACHE_TEMPLATE)),
         repo_id=repo_id, load_id=repo_id or "path/to/cache", info=info, provenance=prov,
-        step_stats=step_stats, encoder_link=_link(encoder) if is_hub_id(encoder) else (f"`{encoder}`" if encoder else None),
+        step_stats=step_stats, encoder_link=_link(encoder) if encoder else None,
         fmt=_fmt, num_rows=len(cache), dim=cache.dim, dtype=cache.dtype,
         nbytes=cache.nbytes, corrector_citation=CITATIONS["corrector"],
     ).content

@@ -86,8 +86,9 @@ def export_sentence_transformers(
             "tower is not exported."
         )
     if separate:
-        warnings.warn(f"exporting only the {tower} tower of a retriever with separate towers; "
-                      f"the {'query' if tower == 'target' else 'target'} tower is not exported", UserWarning, stacklevel=2)
+        other = "query" if tower == "target" else "target"
+        warnings.warn(f"exporting only the {tower} tower of a retriever with separate towers; the {other} tower is "
+                      "not exported", UserWarning, stacklevel=2)
         side = tower
     else:
         side = "both"
@@ -119,7 +120,8 @@ def export_sentence_transformers(
     ]
     if cfg.normalize:
         (path / "2_Normalize").mkdir(exist_ok=True)
-        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
+                        "type": "sentence_transformers.models.Normalize"})
     (path / "modules.json").write_text(json.dumps(modules, indent=2))
 
     prompts = {}

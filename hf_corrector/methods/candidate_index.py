@@ -195,7 +195,8 @@ class CandidateSelection(Method):
         self._restore = None
         self.index.build(matrix)
         self.built_step = step
-        logger.info("step %d: built a %s candidate index over %d cache rows", step, self.index.kind, self.index.num_rows)
+        logger.info("step %d: built a %s candidate index over %d cache rows", step, self.index.kind,
+                    self.index.num_rows)
 
     def search_queries(self, q: torch.Tensor) -> torch.Tensor:
         """The vectors the stale index is searched with (``A^T q`` for the linear corrector, ``W q`` for Nyström)."""

@@ -100,7 +100,8 @@ class TeleNegatives(Method):
         if self.pool_size < 1:
             raise ConfigError(f"tele_pool_size must be >= 1, got {self.pool_size}")
         if not (self.use_ann or self.use_lookahead or self.use_momentum):
-            raise ConfigError("tele_negatives needs at least one of tele_use_ann / tele_use_lookahead / tele_use_momentum")
+            raise ConfigError("tele_negatives needs at least one of tele_use_ann / tele_use_lookahead / "
+                              "tele_use_momentum")
         ex = trainer.train_examples
         self.example_ids: list[int] = [int(e) for e in ex["example_id"]]
         self.index_of = {str(e): i for i, e in enumerate(self.example_ids)}
@@ -125,9 +126,11 @@ class TeleNegatives(Method):
     def _top(self, vectors: torch.Tensor, exclude: list[list[int]], k: int, transform) -> torch.Tensor:
         trainer = self.trainer
         out = []
+        vectors = vectors.to(trainer.args.device)  # where the corrector (if any) lives
         for start in range(0, vectors.shape[0], QUERY_BLOCK):
-            sel = select_negatives(vectors[start:start + QUERY_BLOCK], trainer.cache_rows, k,
-                                   exclude=exclude[start:start + QUERY_BLOCK], method="topk", num_rows=len(trainer.cache),
+            stop = start + QUERY_BLOCK
+            sel = select_negatives(vectors[start:stop], trainer.cache_rows, k, exclude=exclude[start:stop],
+                                   method="topk", num_rows=len(trainer.cache),
                                    chunk_size=trainer.args.corrector_chunk_size, transform=transform)
             out.append(sel.indices.cpu())
         return torch.cat(out) if out else torch.zeros((0, k), dtype=torch.long)
@@ -157,7 +160,8 @@ class TeleNegatives(Method):
         if self.use_lookahead:
             pos = trainer.cache.rows(torch.as_tensor(self.positive_row, dtype=torch.long))
             if transform is not None:
-                pos = torch.cat([transform(pos[s:s + QUERY_BLOCK]).float().cpu() for s in range(0, len(pos), QUERY_BLOCK)])
+                pos = torch.cat([transform(pos[s:s + QUERY_BLOCK]).float().cpu()
+                                 for s in range(0, len(pos), QUERY_BLOCK)])
             new_la = self._top(pos, self.positive_rows, k, transform)
         if self.use_momentum and self.built_step is not None:
             cap = 2 * self.pool_size

@@ -22,7 +22,10 @@ import torch
 from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 
-from ..errors import CacheMismatchError, ConfigError
+try:  # absolute and guarded, so this file also works alone as Hub remote code (register_for_auto_class)
+    from hf_corrector.errors import CacheMismatchError, ConfigError
+except ImportError:  # pragma: no cover - only without the library installed
+    CacheMismatchError = ConfigError = ValueError
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +139,7 @@ class CorrectorModel(PreTrainedModel):
         ) if embeddings.shape[0] else embeddings.to(device)
 
     def query_transform(self) -> torch.Tensor | None:
-        """For the linear corrector, the matrix A^T such that <q, A v + b> = <A^T q, v> + <q, b>; else None."""
+        """For the linear corrector, the matrix A^T with <q, A v + b> = <A^T q, v> + <q, b> (for row vectors: ``q @ A^T.T``); else None."""
         if self.config.architecture != "linear":
             return None
         return self.linear.weight.detach().T

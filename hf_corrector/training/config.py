@@ -46,6 +46,8 @@ NYSTROM_LANDMARKS = ("uniform", "recent")
 class CorrectorTrainingArguments(TrainingArguments):
     """:class:`~transformers.TrainingArguments` plus the corrector method's knobs (see the module docstring)."""
 
+    __repr__ = TrainingArguments.__str__  # keep TrainingArguments' redaction of hub_token (dataclass would regenerate)
+
     # -- overridden defaults ---------------------------------------------------------------------------------------
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Overridden to False: the collator needs columns that forward() does not name."}
