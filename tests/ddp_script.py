@@ -7,6 +7,7 @@ every step (gathered from all ranks) and each rank's final cache, and writes the
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def main(out_dir: str, per_device_batch: int, sampling: str) -> None:
     retriever = tiny_retriever(out / "tok", seed=0, dropout=0.0)
     args = CorrectorTrainingArguments(
         str(out / "run"), max_steps=4, per_device_train_batch_size=per_device_batch, learning_rate=1e-3,
-        num_negatives=3, negative_sampling=sampling, cache_write_back=True, in_batch_negatives=False, use_cpu=True, ddp_backend="gloo",
+        num_negatives=3, negative_sampling=sampling, cache_write_back=True, in_batch_negatives=False, use_cpu=True, ddp_backend="gloo" if "WORLD_SIZE" in os.environ else None,
         save_strategy="no", logging_steps=2, report_to="none", seed=0, dataloader_drop_last=True, disable_tqdm=True,
     )
     trainer = RecordingTrainer(model=retriever, args=args, train_dataset=train)

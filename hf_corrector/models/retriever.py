@@ -127,6 +127,15 @@ class RetrieverModel(PreTrainedModel):
             self.query_encoder = query_encoder if query_encoder is not None else copy.deepcopy(encoder)
         self.tokenizer = None
         self.post_init()
+        self._freeze_unused_heads()
+
+    def _freeze_unused_heads(self) -> None:
+        """Backbone poolers (BERT's ``pooler``) are never used by our pooling; without gradients they would make
+        DDP with ``find_unused_parameters=False`` fail, so they are frozen (their weights are kept and saved)."""
+        for tower in (self.encoder, self.query_encoder):
+            head = getattr(tower, "pooler", None) if tower is not None else None
+            if isinstance(head, nn.Module):
+                head.requires_grad_(False)
 
     def _init_weights(self, module: nn.Module) -> None:  # the backbones initialise themselves
         return

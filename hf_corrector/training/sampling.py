@@ -125,11 +125,12 @@ def select_negatives(
 def _select_from_candidates(q, cache, k, exclude, method, temperature, noise_keys, seed, step, transform, candidates):
     b, p_size = candidates.shape
     flat = candidates.reshape(-1).cpu()
-    rows = cache(flat) if callable(cache) else cache[flat]
+    unique, inverse = torch.unique(flat.clamp(min=0), return_inverse=True)  # correct each distinct row once
+    rows = cache(unique) if callable(cache) else cache[unique]
     rows = rows.to(q.device, torch.float32)
     if transform is not None:
         rows = transform(rows).float()
-    rows = rows.reshape(b, p_size, -1)
+    rows = rows[inverse.to(rows.device)].reshape(b, p_size, -1)
     s = torch.einsum("bd,bpd->bp", q, rows)
     p = s / temperature if method == "gumbel" else s.clone()
     if method == "gumbel":
