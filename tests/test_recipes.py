@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _recipe():
     spec = importlib.util.spec_from_file_location("recipe_train", ROOT / "recipes" / "train.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules["recipe_train"] = module  # dataclasses resolve string annotations through sys.modules
     spec.loader.exec_module(module)
     return module
 
