@@ -31,7 +31,7 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser
 
-from hf_corrector import CorrectorTrainer, CorrectorTrainingArguments, StaleCache, load_retriever
+from hf_corrector import CorrectorTrainer, CorrectorTrainingArguments, load_retriever
 from hf_corrector.data import build_stdlib_codesearch, load_retrieval_data
 
 logger = logging.getLogger("hf_corrector.recipes.train")
@@ -184,6 +184,12 @@ def main(argv: list[str] | None = None) -> dict:
         results["after training"] = trainer.retrieval_metrics(eval_data.queries, kinds)
         trainer.log(results["after training"])
     trainer.save_model(args.output_dir)
+    trainer.create_model_card()  # README.md (retriever) and corrector/README.md
+    if args.should_save:
+        from hf_corrector.hub.cards import render_cache_card
+
+        trainer.cache.save(cache_dir)  # the cache as training left it (unchanged unless write-back / refresh)
+        (cache_dir / "README.md").write_text(render_cache_card(trainer.cache, keep_existing_metadata=False))
     summary = {
         "results": results,
         "reembedding_cost": {**trainer.cost, "total": trainer.total_reembedding_cost(), "num_docs": train_data.num_docs},

@@ -78,6 +78,12 @@ def test_full_run_on_local_tevatron_layout(tmp_path: Path) -> None:
     assert len(cache) == 60 and cache.dim == retriever.embedding_dim == corrector.config.embedding_dim
     assert retriever.encode_queries(["cell protein"]).shape == (1, 32)
     assert json.loads((out / "results.json").read_text())["reembedding_cost"]["total"] > 60
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(out / "README.md")
+    assert card.data.library_name == "hf-corrector"
+    assert "corrector" in ModelCard.load(out / "corrector" / "README.md").content.lower()
+    assert "StaleCache.load" in (out / "stale_cache" / "README.md").read_text()
 
 
 def test_full_run_with_eval_on_beir_folder(tmp_path: Path) -> None:

@@ -47,28 +47,24 @@ def evaluate_run(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Map
 
     Queries with no retrieved documents count as zero (trec_eval would drop them; we keep the denominator honest).
     """
-    measures, wanted = set(), {}
+    # our name -> (pytrec_eval measure to request, key of its result)
+    trec = {"ndcg": ("ndcg_cut.{}", "ndcg_cut_{}"), "recall": ("recall.{}", "recall_{}"), "mrr": ("recip_rank", "recip_rank"),
+            "map": ("map", "map")}
+    wanted: dict[str, tuple[str, str]] = {}
     for name in metrics:
         kind, _, cut = name.partition("@")
-        if kind == "ndcg":
-            measures.add(f"ndcg_cut.{cut}"); wanted[name] = f"ndcg_cut_{cut}"
-        elif kind == "recall":
-            measures.add(f"recall.{cut}"); wanted[name] = f"recall_{cut}"
-        elif kind == "mrr":
-            measures.add("recip_rank"); wanted[name] = "recip_rank"
-        elif kind == "map":
-            measures.add("map"); wanted[name] = "map"
-        else:
-            raise ValueError(f"unknown metric {name!r}")
+        if kind not in trec:
+            raise ValueError(f"unknown metric {name!r}; use ndcg@k, recall@k, mrr@k or map")
+        measure, key = trec[kind]
+        wanted[name] = (measure.format(cut), key.format(cut))
     qrels = {q: {d: int(r) for d, r in docs.items()} for q, docs in qrels.items()}
     results: dict[str, float] = {}
-    for name, key in wanted.items():
+    for name, (measure, key) in wanted.items():
         kind, _, cut = name.partition("@")
         this_run = run
         if kind == "mrr" and cut:  # MRR@k = reciprocal rank over the top-k only
             this_run = {q: dict(sorted(docs.items(), key=lambda kv: -kv[1])[: int(cut)]) for q, docs in run.items()}
-        measure = {"recip_rank"} if kind == "mrr" else {m for m in measures if m.replace(".", "_") == key or m == key}
-        evaluator = pytrec_eval.RelevanceEvaluator(qrels, measure)
+        evaluator = pytrec_eval.RelevanceEvaluator(qrels, {measure})
         per_query = evaluator.evaluate({q: dict(d) for q, d in this_run.items() if q in qrels})
         total = sum(v[key] for v in per_query.values())
         results[name] = total / max(len(qrels), 1)

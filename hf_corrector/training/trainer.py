@@ -43,7 +43,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import rotate_checkpoints
 
-from ..cache import StaleCache, atomic_replace_dir
+from ..cache import StaleCache
 from ..data.format import RetrievalData
 from ..errors import CacheMismatchError, ConfigError, NonFiniteError
 from ..evaluation.metrics import retrieval_metrics
