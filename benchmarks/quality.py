@@ -449,7 +449,37 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def markdown_details(result: dict) -> str:
+    """Cost breakdown and the staleness trajectory logged during training (per run)."""
+    lines = ["| row | seed | initial N | step target encodings | refresh encodings (refreshes) | landmark encodings | "
+             "total | s/step (train wall incl. refreshes) | cos(g',g) on step targets, by step | cos(h(g'),g) on step "
+             "targets | overlap of chosen negatives with fresh top-k (among step targets) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result.get("runs", []):
+        if r["row"] == "start" or "error" in r:
+            continue
+        c = r.get("cost", {})
+        log = r.get("log", [])
+        traj = lambda key: " ".join(f"{e['step']}:{e[key]:.3f}" for e in log if key in e) or "–"  # noqa: E731
+        lines.append(f"| {r['row']} | {r['seed']} | {c.get('initial_cache_encodings_counted', 0):,} | "
+                     f"{c.get('step_target_encodings', 0):,} | {c.get('refresh_encodings', 0):,} ({c.get('num_refreshes', 0)}) | "
+                     f"{c.get('landmark_encodings', 0):,} | {c.get('total', 0):,} | {r.get('s_per_step', 0):.1f} | "
+                     f"{traj('staleness_cos_stale')} | {traj('staleness_cos_corrected')} | {traj('negatives_overlap_fresh')} |")
+    errors = [f"{r['row']} seed {r['seed']}: {r['error']}" for r in result.get("runs", []) if "error" in r]
+    if errors:
+        lines += ["", "Failed runs: " + "; ".join(errors)]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> dict:
+    if argv is None and "--render" in sys.argv:  # python quality.py --render results.json: print the tables only
+        import json
+
+        data = json.loads(Path(sys.argv[sys.argv.index("--render") + 1]).read_text())
+        data["summary"] = summarize(data["runs"])
+        print(markdown(data))
+        print(markdown_details(data))
+        return data
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     for name in ("transformers", "sentence_transformers", "hf_corrector", "datasets"):

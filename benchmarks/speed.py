@@ -200,6 +200,68 @@ def part_step_overhead(args, res):
     gc.collect()
 
 
+def part_st_step(args, res):
+    """Seconds per training step: CorrectorTrainer (stale cache, k negatives; and with the MLP corrector) vs
+    SentenceTransformerTrainer + MultipleNegativesRankingLoss on (anchor, positive, k negatives) tuples; same model,
+    batch 16, lengths, k. Alternated twice; median of the steps after the first of each run."""
+    import random
+
+    import datasets
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.training_args import BatchSamplers
+
+    from hf_corrector import CorrectorTrainer, CorrectorTrainingArguments, RetrieverModel, StaleCache
+    from hf_corrector.data import load_beir
+
+    train = load_beir(args.data, split="train")
+    texts = list(train.corpus["text"])
+    row_of = {d: i for i, d in enumerate(train.corpus["doc_id"])}
+    k = args.step_negatives
+    rng = random.Random(0)
+    cols = {"anchor": [], "positive": []} | {f"negative_{j}": [] for j in range(k)}
+    for q, pos in zip(train.queries["query"], train.queries["positive_ids"]):
+        cols["anchor"].append(q)
+        cols["positive"].append(texts[row_of[pos[0]]])
+        for j in range(k):
+            cols[f"negative_{j}"].append(texts[rng.randrange(len(texts))])
+    st_ds = datasets.Dataset.from_dict(cols)
+    out = {"ours_stale": [], "ours_corrector": [], "st_mnrl": []}
+    for _ in range(2):
+        for kind in ("ours_stale", "ours_corrector"):
+            r = RetrieverModel.from_backbone(args.step_model, num_hidden_layers=args.step_layers,
+                                             target_max_length=args.step_doc_length, query_max_length=32)
+            cache = StaleCache(list(train.corpus["doc_id"]), rand_cache(len(texts), r.embedding_dim),
+                               provenance=r.provenance())
+            times = StepTimes()
+            with tempfile.TemporaryDirectory() as tmp:
+                targs = CorrectorTrainingArguments(tmp, max_steps=args.step_count, per_device_train_batch_size=16,
+                                                   learning_rate=1e-4, num_negatives=k, use_cpu=True, save_strategy="no",
+                                                   report_to="none", disable_tqdm=True, logging_steps=1000,
+                                                   correction="mlp" if kind == "ours_corrector" else "none")
+                CorrectorTrainer(model=r, args=targs, train_dataset=train, cache=cache,
+                                 callbacks=[times.callback()]).train()
+            out[kind].extend(times.t[1:])
+        st = SentenceTransformer(args.step_model, device="cpu")
+        auto = st[0].auto_model
+        auto.encoder.layer = auto.encoder.layer[: args.step_layers]
+        auto.config.num_hidden_layers = len(auto.encoder.layer)
+        st.max_seq_length = args.step_doc_length
+        times = StepTimes()
+        with tempfile.TemporaryDirectory() as tmp:
+            targs = SentenceTransformerTrainingArguments(tmp, max_steps=args.step_count, per_device_train_batch_size=16,
+                                                         learning_rate=1e-4, use_cpu=True, save_strategy="no",
+                                                         report_to="none", disable_tqdm=True, logging_steps=1000,
+                                                         batch_sampler=BatchSamplers.NO_DUPLICATES)
+            SentenceTransformerTrainer(model=st, args=targs, train_dataset=st_ds, loss=MultipleNegativesRankingLoss(st),
+                                       callbacks=[times.callback()]).train()
+        out["st_mnrl"].extend(times.t[1:])
+    med = {kk: statistics.median(v) for kk, v in out.items()}
+    res["st_step"] = {"step_times_s": out, "median_s": med, "ours_stale_over_st": med["ours_stale"] / med["st_mnrl"],
+                      "ours_corrector_over_st": med["ours_corrector"] / med["st_mnrl"], "negatives": k,
+                      "layers": args.step_layers, "doc_max_length": args.step_doc_length}
+
+
 def part_cache_build(args, res):
     from sentence_transformers import SentenceTransformer
 
@@ -358,6 +420,13 @@ def markdown(res: dict) -> str:
               f"{s['select_s']:.3f} s = **{100 * s['select_fraction_of_step']:.1f}%** of a real training step "
               f"({s['layers']}-layer {Path(str(s['model'])).name}, batch 16, {s['negatives']} negatives, doc length {s['doc_max_length']}: "
               f"median {s['median_step_s']:.2f} s/step).", ""]
+    if "st_step" in res:
+        s = res["st_step"]
+        m = s["median_s"]
+        L += [f"Seconds per training step ({s['layers']} layers, batch 16, {s['negatives']} negatives, doc length "
+              f"{s['doc_max_length']}), medians of alternated runs: CorrectorTrainer stale {m['ours_stale']:.2f}, "
+              f"CorrectorTrainer + MLP corrector {m['ours_corrector']:.2f}, sentence-transformers MNRL {m['st_mnrl']:.2f} "
+              f"(ratios {s['ours_stale_over_st']:.2f}x / {s['ours_corrector_over_st']:.2f}x).", ""]
     if "cache_build" in res:
         b = res["cache_build"]
         L += [f"Cache build, {b['docs']} docs, {b['layers']} layers, max length {b['max_length']}, batch {b['batch_size']}: "
@@ -414,7 +483,7 @@ def main(argv=None) -> dict:
     res: dict = {"argv": sys.argv if argv is None else ["speed.py", *argv],
                  "config": {k: v for k, v in vars(args).items()}, "cpu_count": os.cpu_count(),
                  "loadavg_start": os.getloadavg()}
-    parts = {"matmul": part_matmul, "corrector_pass": part_corrector_pass, "step_overhead": part_step_overhead,
+    parts = {"st_step": part_st_step, "matmul": part_matmul, "corrector_pass": part_corrector_pass, "step_overhead": part_step_overhead,
              "cache_build": part_cache_build, "rss_training": part_rss_training, "save_load": part_save_load}
     if "corrector_pass" in args.parts and "matmul" not in args.parts:
         args.parts = ["matmul", *args.parts]
