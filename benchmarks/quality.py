@@ -487,6 +487,9 @@ def main(argv=None) -> dict:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     tmp_holder = None
     if args.tiny:
+        import torch
+
+        torch.set_num_threads(args.threads or 1)  # tiny tensors: extra threads only add latency on a busy CPU
         tmp_holder = tempfile.TemporaryDirectory()
         root = Path(tmp_holder.name)
         if args.model is None:
