@@ -258,7 +258,8 @@ class RetrieverModel(PreTrainedModel):
         out = torch.empty(len(texts), self.embedding_dim, dtype=torch.float32)
         show = len(texts) > 4 * batch_size if show_progress_bar is None else show_progress_bar
         try:
-            for start in tqdm(range(0, len(texts), batch_size), desc=f"encode {side}s", disable=not show):
+            desc = "encode queries" if side == "query" else "encode targets"
+            for start in tqdm(range(0, len(texts), batch_size), desc=desc, disable=not show):
                 idx = order[start : start + batch_size]
                 batch = self.tokenize([texts[i] for i in idx], side, max_length)
                 batch = {k: v.to(device) for k, v in batch.items()}
