@@ -475,7 +475,8 @@ class CorrectorTrainer(Trainer):
         try:
             return super().training_step(model, inputs, num_items_in_batch)
         except _SkipStep:
-            self.optimizer.zero_grad(set_to_none=True)
+            # raised before backward: this micro-batch adds no gradient; earlier micro-batches of the same
+            # accumulation window keep theirs
             self._metrics["skipped_steps"].append(1.0)
             return torch.zeros((), device=self.args.device)
 
