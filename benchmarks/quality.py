@@ -542,7 +542,8 @@ def main(argv=None) -> dict:
                 with PeakRSS() as rss, Timer() as t:
                     res = (run_st_row if row.startswith("st_") else run_trainer_row)(ctx, row, seed)
                 res = {"row": row, "seed": seed, **res, "wall_s": round(t.seconds, 1), "peak_rss_mb": round(rss.peak_mb, 1),
-                       "process_maxrss_mb": round(maxrss_mb(), 1)}
+                       "process_maxrss_mb": round(maxrss_mb(), 1), "library_state": result["library_state"],
+                       "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
             except Exception as err:  # keep going: one failing row must not lose the others
                 logging.exception("row %s seed %s failed", row, seed)
                 res = {"row": row, "seed": seed, "error": f"{type(err).__name__}: {err}"}

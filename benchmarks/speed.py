@@ -306,7 +306,6 @@ def part_rss_training(args, res):
 
     gc.collect()
     n, d = args.rss_size, args.dim
-    base = PeakRSS.__new__(PeakRSS)
     import psutil
 
     proc = psutil.Process()

@@ -121,7 +121,9 @@ class CorrectorTrainingArguments(TrainingArguments):
         default=0, metadata={"help": "Re-embed the whole corpus every R optimizer steps (ANCE-style); 0 = never."}
     )
     cache_write_back: bool = field(
-        default=False, metadata={"help": "Write each step's fresh target embeddings back into the cache."}
+        default=False,
+        metadata={"help": "Write each step's fresh target embeddings back into the cache (the training-mode "
+                          "encodings of the step, dropout included: no extra forward pass)."},
     )
     cache_encode_batch_size: int = field(default=64, metadata={"help": "Batch size for corpus (re-)encoding."})
     cache_dtype: str = field(default="float32", metadata={"help": "Cache storage dtype: float32, float16 or bfloat16."})
