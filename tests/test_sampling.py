@@ -12,11 +12,8 @@ from hf_corrector.training.sampling import gumbel_noise, query_generator, select
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def _one_thread(one_thread):
+    """Every test of this module runs single-threaded (see conftest.one_thread)."""
 
 
 def _reference_topk(q, cache, k, exclude, transform=None):

@@ -33,12 +33,8 @@ NUM_DOCS = 120
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # the tiny models are far faster single-threaded, above all on a shared, busy machine
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def _one_thread(one_thread):
+    """Every test of this module runs single-threaded (see conftest.one_thread)."""
 
 
 @pytest.fixture(scope="module")
