@@ -411,7 +411,8 @@ class CorrectorTrainer(Trainer):
         targets, inverse = torch.unique(torch.cat([pos[:, None], neg], 1).reshape(-1), return_inverse=True)
         inverse = inverse.reshape(b, -1)
         tok = self.retriever.tokenize([self.corpus_texts[i] for i in targets.tolist()], "target", args.target_max_length)
-        stale = self.cache.rows(targets).to(device) if self.corrector is not None else None
+        stale_rows = self.cache.rows(targets)  # g'(y) of the step's targets: corrector input and staleness logs
+        stale = stale_rows.to(device) if self.corrector is not None else None
         out = model(
             query_input_ids=inputs["query_input_ids"],
             query_attention_mask=inputs["query_attention_mask"],
@@ -451,7 +452,7 @@ class CorrectorTrainer(Trainer):
         for name, value in parts.items():  # after the checks: a skipped step logs no NaN
             self._metrics[f"{name}_loss" if name == "corrector" else name].append(float(value.detach()))
         self._metrics["task_loss"].append(float(loss_task.detach()))
-        self._log_staleness(q, t, targets, corrected, neg, inverse)
+        self._log_staleness(q, t, stale_rows, corrected, neg, inverse)
 
         if args.cache_write_back:
             self._write_back(targets, t.detach())
@@ -481,8 +482,8 @@ class CorrectorTrainer(Trainer):
             return torch.zeros((), device=self.args.device)
 
     @torch.no_grad()
-    def _log_staleness(self, q, t, targets, corrected, neg, inverse) -> None:
-        stale = self.cache.rows(targets).to(t.device)
+    def _log_staleness(self, q, t, stale_rows, corrected, neg, inverse) -> None:
+        stale = stale_rows.to(t.device)
         t32 = t.detach().float()
         cos_stale = F.cosine_similarity(stale, t32, dim=-1).mean()
         self._metrics["staleness_cos_stale"].append(float(cos_stale))
@@ -490,7 +491,7 @@ class CorrectorTrainer(Trainer):
             cos_corr = F.cosine_similarity(corrected.detach().float(), t32, dim=-1).mean()
             self._metrics["staleness_cos_corrected"].append(float(cos_corr))
         k = neg.shape[1]
-        if k and targets.numel() > k + 1:
+        if k and stale_rows.shape[0] > k + 1:
             # overlap of the chosen negatives with the top-k under fresh scores, among the step's targets
             fresh = q.detach().float() @ t32.T
             own_pos = inverse[:, :1].to(fresh.device)
