@@ -34,12 +34,8 @@ _CONTEXT = None
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
-    """In-process parts use one thread, like the children (far faster for the tiny model on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def one_torch_thread(one_thread):
+    """In-process parts run on one thread (see conftest.one_thread), like the crash-test children."""
 
 
 def run_children(*calls, timeout: float = 300) -> list[int]:

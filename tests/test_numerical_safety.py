@@ -23,12 +23,8 @@ TRAINER_LOGGER = "hf_corrector.training.trainer"
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
-    """The tiny model is far faster on one thread, especially on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def one_torch_thread(one_thread):
+    """In-process parts run on one thread (see conftest.one_thread), like the crash-test children."""
 
 
 def make_trainer(tmp_path, model: RetrieverModel | None = None, cache=None, **overrides) -> CorrectorTrainer:
