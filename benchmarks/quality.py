@@ -234,9 +234,9 @@ def run_trainer_row(ctx: Context, row: str, seed: int) -> dict:
                 return
             super().refresh_cache(step)
 
-        def _log_staleness(self, q, t, targets, corrected, neg, inverse):
-            self.used.update(targets.tolist())
-            super()._log_staleness(q, t, targets, corrected, neg, inverse)
+        def _log_staleness(self, q, t, targets, *rest):
+            self.used.update(int(r) for r in targets.tolist())
+            super()._log_staleness(q, t, targets, *rest)
 
     a = ctx.args
     set_seed(seed)

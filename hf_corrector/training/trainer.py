@@ -452,7 +452,7 @@ class CorrectorTrainer(Trainer):
         for name, value in parts.items():  # after the checks: a skipped step logs no NaN
             self._metrics[f"{name}_loss" if name == "corrector" else name].append(float(value.detach()))
         self._metrics["task_loss"].append(float(loss_task.detach()))
-        self._log_staleness(q, t, stale_rows, corrected, neg, inverse)
+        self._log_staleness(q, t, targets, stale_rows, corrected, neg, inverse)
 
         if args.cache_write_back:
             self._write_back(targets, t.detach())
@@ -482,7 +482,11 @@ class CorrectorTrainer(Trainer):
             return torch.zeros((), device=self.args.device)
 
     @torch.no_grad()
-    def _log_staleness(self, q, t, stale_rows, corrected, neg, inverse) -> None:
+    def _log_staleness(self, q, t, targets, stale_rows, corrected, neg, inverse) -> None:
+        """Log cos(g', g), cos(h(g'), g) and the overlap of the chosen negatives with the fresh top-k.
+
+        ``targets`` are the step's cache rows (positives and chosen negatives); ``stale_rows`` their cached g'(y).
+        """
         stale = stale_rows.to(t.device)
         t32 = t.detach().float()
         cos_stale = F.cosine_similarity(stale, t32, dim=-1).mean()
