@@ -11,6 +11,7 @@ inbatch             in-batch negatives only (``num_negatives=0``)
 stale               stale cache, no correction (``correction="none"``)
 refresh_half        full re-embedding every R = T/2 steps (``correction="none", cache_refresh_steps=T/2``)
 refresh_quarter     full re-embedding every R = T/4 steps
+refresh_tenth       full re-embedding every R = T/10 steps (the most expensive refresh row)
 corrector_ce        MLP corrector, no refresh, corrector loss CE
 corrector_mse       MLP corrector, no refresh, corrector loss MSE
 corrector_cemse     MLP corrector, no refresh, corrector loss CE+MSE (library default)
@@ -47,7 +48,7 @@ sys.path.insert(0, str(HERE))
 
 from _common import PeakRSS, Timer, maxrss_mb, write_json_atomic, write_tiny_beir, write_tiny_model  # noqa: E402
 
-ALL_ROWS = ["inbatch", "stale", "refresh_half", "refresh_quarter", "corrector_ce", "corrector_mse", "corrector_cemse",
+ALL_ROWS = ["inbatch", "stale", "refresh_half", "refresh_quarter", "refresh_tenth", "corrector_ce", "corrector_mse", "corrector_cemse",
             "corrector_refresh", "nystrom", "tele", "st_mnrl", "st_mnrl_hn"]
 DESCRIPTIONS = {
     "start": "starting model, no training",
@@ -55,6 +56,7 @@ DESCRIPTIONS = {
     "stale": "stale cache, no correction",
     "refresh_half": "full re-embedding every T/2 steps",
     "refresh_quarter": "full re-embedding every T/4 steps",
+    "refresh_tenth": "full re-embedding every T/10 steps",
     "corrector_ce": "corrector, no refresh, loss CE",
     "corrector_mse": "corrector, no refresh, loss MSE",
     "corrector_cemse": "corrector, no refresh, loss CE+MSE",
@@ -65,6 +67,8 @@ DESCRIPTIONS = {
     "st_mnrl_hn": "ST MNRL + mine_hard_negatives",
 }
 METRICS = ("ndcg@10", "recall@100", "mrr@10")
+REFRESH_ROWS = ("refresh_half", "refresh_quarter", "refresh_tenth")  # full re-embedding, no correction
+CORRECTOR_NO_REFRESH_ROWS = ("corrector_ce", "corrector_mse", "corrector_cemse")
 
 
 def default_model() -> str:
@@ -119,6 +123,8 @@ def refresh_every(row: str, steps: int) -> int:
         return max(1, steps // 2)
     if row == "refresh_quarter":
         return max(1, steps // 4)
+    if row == "refresh_tenth":
+        return max(1, steps // 10)
     return 0
 
 
@@ -394,7 +400,7 @@ def summarize(runs: list[dict]) -> list[dict]:
                 s[k] = statistics.fmean(vals)
                 s[k + "_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
         out.append(s)
-    refresh_costs = {r["row"]: r.get("reembedding_cost") for r in out if r["row"] in ("refresh_half", "refresh_quarter")}
+    refresh_costs = {r["row"]: r.get("reembedding_cost") for r in out if r["row"] in REFRESH_ROWS}
     for s in out:
         for name, c in refresh_costs.items():
             if c and s.get("reembedding_cost"):
@@ -418,9 +424,9 @@ def markdown(result: dict) -> str:
              f"{cfg.get('query_max_length')}/{cfg.get('doc_max_length')}, N = {result.get('num_docs')} docs. "
              "Scores x100, mean ± std over seeds.", "",
              "| row | strategy | seeds | nDCG@10 | R@100 | MRR@10 | corrected-cache nDCG@10 | stale-cache nDCG@10 | "
-             "re-emb. cost | cost / refresh T/2 | cost / refresh T/4 | corpus passes | train s | peak RSS MB | "
-             "cos(g',g) | cos(h(g'),g) | unused docs: cos(g',g) / cos(h(g'),g) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "re-emb. cost | cost / refresh T/2 | cost / refresh T/4 | cost / refresh T/10 | corpus passes | train s | "
+             "peak RSS MB | cos(g',g) | cos(h(g'),g) | unused docs: cos(g',g) / cos(h(g'),g) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summ:
         unused = "–"
         if "cos_stale_fresh_unused" in s:
@@ -436,6 +442,7 @@ def markdown(result: dict) -> str:
             f"{s['reembedding_cost']:,.0f}" if "reembedding_cost" in s else "–",
             f"{s['cost_ratio_vs_refresh_half']:.2f}" if "cost_ratio_vs_refresh_half" in s else "–",
             f"{s['cost_ratio_vs_refresh_quarter']:.2f}" if "cost_ratio_vs_refresh_quarter" in s else "–",
+            f"{s['cost_ratio_vs_refresh_tenth']:.2f}" if "cost_ratio_vs_refresh_tenth" in s else "–",
             f"{s['corpus_passes']:.0f}" if "corpus_passes" in s else "–",
             f"{s['train_s']:.0f}" if "train_s" in s else "–",
             f"{s['peak_rss_mb']:.0f}" if "peak_rss_mb" in s else "–",
@@ -443,10 +450,57 @@ def markdown(result: dict) -> str:
             f"{s['cos_corrected_fresh']:.3f}" if "cos_corrected_fresh" in s else "–",
             unused,
         ]) + " |")
+    lines += criterion_lines(summ)
     skipped = result.get("skipped_rows")
     if skipped:
         lines += ["", "Rows not run: " + "; ".join(f"{k} ({v})" for k, v in skipped.items())]
     return "\n".join(lines) + "\n"
+
+
+def criterion_check(summary: list[dict]) -> list[dict]:
+    """The issue's target, pair by pair: a corrector row without refresh against every full-refresh row.
+
+    ``delta`` = corrector nDCG@10 minus refresh nDCG@10 in points (x100, means over seeds); ``cost_ratio`` = refresh
+    cost / corrector cost (all target-encoder passes); ``pass_ratio`` = the same for corpus passes only (initial
+    encoding + refreshes). The target holds for a pair when delta >= -0.5 and the ratio >= 4, and the corrector is
+    above the ``stale`` row.
+    """
+    by = {s["row"]: s for s in summary}
+    stale = by.get("stale", {}).get("test_ndcg@10")
+    out = []
+    for c in CORRECTOR_NO_REFRESH_ROWS:
+        for r in REFRESH_ROWS:
+            if c not in by or r not in by or not by[c].get("reembedding_cost"):
+                continue
+            cs, rs = by[c], by[r]
+            delta = 100 * (cs["test_ndcg@10"] - rs["test_ndcg@10"])
+            cost_ratio = rs["reembedding_cost"] / cs["reembedding_cost"]
+            pass_ratio = rs.get("corpus_passes", 0) / cs["corpus_passes"] if cs.get("corpus_passes") else None
+            above_stale = stale is not None and cs["test_ndcg@10"] > stale
+            out.append({"corrector": c, "refresh": r, "delta_points": delta, "cost_ratio": cost_ratio,
+                        "pass_ratio": pass_ratio, "above_stale": above_stale,
+                        "met_total_cost": bool(delta >= -0.5 and cost_ratio >= 4 and above_stale),
+                        "met_corpus_passes": bool(delta >= -0.5 and (pass_ratio or 0) >= 4 and above_stale)})
+    return out
+
+
+def criterion_lines(summary: list[dict]) -> list[str]:
+    checks = criterion_check(summary)
+    if not checks:
+        return []
+    by = {s["row"]: s for s in summary}
+    best = max((r for r in REFRESH_ROWS if r in by), key=lambda r: by[r]["test_ndcg@10"])
+    lines = ["", f"Target check (corrector without refresh within 0.5 nDCG@10 points of a full-refresh row at >= 4x "
+                 f"less re-embedding, and above `stale`). Best full-refresh row: `{best}` "
+                 f"({100 * by[best]['test_ndcg@10']:.1f}).", "",
+             "| corrector row | refresh row | nDCG@10 diff (points) | cost ratio (all passes) | corpus-pass ratio | "
+             "above stale | met (all passes) | met (corpus passes) |", "|---|---|---|---|---|---|---|---|"]
+    for c in checks:
+        pr = f"{c['pass_ratio']:.1f}x" if c["pass_ratio"] else "–"
+        lines.append(f"| {c['corrector']} | {c['refresh']} | {c['delta_points']:+.1f} | {c['cost_ratio']:.1f}x | {pr} | "
+                     f"{'yes' if c['above_stale'] else 'no'} | {'yes' if c['met_total_cost'] else 'no'} | "
+                     f"{'yes' if c['met_corpus_passes'] else 'no'} |")
+    return lines
 
 
 def markdown_details(result: dict) -> str:

@@ -61,3 +61,21 @@ def test_speed_tiny(tmp_path):
     assert 0 < data["step_overhead"]["select_fraction_of_step"]
     assert data["rss_training"]["cache_mb"] > 0
     assert data["save_load"]["load_rows"]["is_memory_mapped_view"]
+
+
+def test_quality_target_check_pairs_corrector_with_refresh_rows():
+    quality = _load("quality")
+    summary = [
+        {"row": "stale", "test_ndcg@10": 0.340, "reembedding_cost": 7000, "corpus_passes": 1},
+        {"row": "refresh_quarter", "test_ndcg@10": 0.352, "reembedding_cost": 22600, "corpus_passes": 4},
+        {"row": "refresh_tenth", "test_ndcg@10": 0.360, "reembedding_cost": 53700, "corpus_passes": 10},
+        {"row": "corrector_cemse", "test_ndcg@10": 0.352, "reembedding_cost": 7050, "corpus_passes": 1},
+    ]
+    checks = {(c["corrector"], c["refresh"]): c for c in quality.criterion_check(summary)}
+    assert set(checks) == {("corrector_cemse", "refresh_quarter"), ("corrector_cemse", "refresh_tenth")}
+    quarter, tenth = checks["corrector_cemse", "refresh_quarter"], checks["corrector_cemse", "refresh_tenth"]
+    assert abs(quarter["delta_points"]) < 1e-9 and abs(quarter["cost_ratio"] - 22600 / 7050) < 1e-9
+    assert not quarter["met_total_cost"] and quarter["met_corpus_passes"]  # 3.2x passes, 4x corpus passes
+    assert abs(tenth["delta_points"] + 0.8) < 1e-9 and not tenth["met_total_cost"]  # 0.8 points below: missed
+    text = "\n".join(quality.criterion_lines(summary))
+    assert "Best full-refresh row: `refresh_tenth` (36.0)" in text
