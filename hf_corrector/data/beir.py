@@ -48,6 +48,33 @@ def iter_jsonl(path: str | os.PathLike[str], label: str | None = None) -> Iterat
     Blank lines are skipped and counted in a log message.
     """
     label = label or str(path)
+    for lineno, line in iter_text_lines(path, label):
+        try:
+            obj = json.loads(line)
+        except (ValueError, RecursionError) as err:
+            reason = err.msg if isinstance(err, json.JSONDecodeError) else type(err).__name__
+            raise DataFormatError(f"{label}:{lineno}: not valid JSON ({reason})") from None
+        if not isinstance(obj, dict):
+            raise DataFormatError(f"{label}:{lineno}: expected a JSON object, got {_json_type(obj)}")
+        if "\\ud" in line or "\\uD" in line:
+            _check_no_surrogates(obj, label, lineno)
+        yield lineno, obj
+
+
+def iter_text_lines(path: str | os.PathLike[str], label: str | None = None) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, line)`` for each non-blank line of a UTF-8 text file (a leading BOM is dropped).
+
+    The file is read as bytes and decoded line by line, so a bad byte raises :class:`DataFormatError` naming
+    ``label`` (default: the path), the line and the byte offset. Blank lines are skipped and counted in a log message.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "f.tsv"
+        >>> _ = p.write_bytes(b"a\\tb\\n\\nc\\n")
+        >>> list(iter_text_lines(p))
+        [(1, 'a\\tb\\n'), (3, 'c\\n')]
+    """
+    label = label or str(path)
     try:
         handle = open(path, "rb")  # noqa: SIM115 - closed below
     except OSError as err:
@@ -67,16 +94,7 @@ def iter_jsonl(path: str | os.PathLike[str], label: str | None = None) -> Iterat
             if not line.strip():
                 blank += 1
                 continue
-            try:
-                obj = json.loads(line)
-            except (ValueError, RecursionError) as err:
-                reason = err.msg if isinstance(err, json.JSONDecodeError) else type(err).__name__
-                raise DataFormatError(f"{label}:{lineno}: not valid JSON ({reason})") from None
-            if not isinstance(obj, dict):
-                raise DataFormatError(f"{label}:{lineno}: expected a JSON object, got {_json_type(obj)}")
-            if "\\ud" in line or "\\uD" in line:
-                _check_no_surrogates(obj, label, lineno)
-            yield lineno, obj
+            yield lineno, line
     if blank:
         logger.info("%s: skipped %d blank line(s)", label, blank)
 
@@ -115,12 +133,16 @@ def _id_field(obj: Mapping[str, Any], key: str, where: str) -> str:
     """A string (or integer) id from ``obj[key]``, as str; raises naming ``where`` otherwise."""
     if key not in obj:
         raise DataFormatError(f"{where}: missing field {key!r}")
-    value = obj[key]
+    return _as_id(obj[key], where, f"field {key!r}")
+
+
+def _as_id(value: Any, where: str, what: str) -> str:
+    """``value`` as an id string: a non-empty string or an integer (not a boolean); raises naming ``where``."""
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise DataFormatError(f"{where}: field {key!r} must be a string or an integer, got {_json_type(value)}")
+        raise DataFormatError(f"{where}: {what} must be a string or an integer, got {_json_type(value)}")
     text = str(value)
     if not text.strip():
-        raise DataFormatError(f"{where}: field {key!r} is empty")
+        raise DataFormatError(f"{where}: {what} is empty")
     return text
 
 
@@ -228,63 +250,44 @@ def _read_qrels(
     positives: dict[str, list[str]] = {}
     pos_sets: dict[str, set[str]] = {}
     judged: set[str] = set()
-    non_positive = duplicates = blank = rows = 0
+    non_positive = duplicates = rows = 0
     first = True
-    try:
-        handle = open(path, "rb")  # noqa: SIM115 - closed below
-    except OSError as err:
-        raise DataFormatError(f"{label}: cannot open the file ({err.strerror or err})") from None
-    with handle:
-        for lineno, raw in enumerate(handle, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                bad = raw[err.start : err.start + 4]
-                raise DataFormatError(
-                    f"{label}:{lineno}: not valid UTF-8 (byte offset {err.start} in the line: {bad!r})"
-                ) from None
-            if lineno == 1 and line.startswith("\ufeff"):
-                line = line[1:]
-            if not line.strip():
-                blank += 1
-                continue
-            body = line.rstrip("\r\n")
-            cols = body.split("\t") if "\t" in body else body.split()
-            cols = [c.strip() for c in cols]
-            if first:
-                first = False
-                if len(cols) == 3 and cols[0].lower() in _QRELS_HEADER_FIRST and not _is_number(cols[2]):
-                    continue  # the header line
-            if len(cols) != 3:
-                raise DataFormatError(
-                    f"{label}:{lineno}: expected 3 tab-separated columns (query-id, corpus-id, score), got {len(cols)}"
-                )
-            qid, did, score_text = cols
-            if not qid or not did:
-                raise DataFormatError(f"{label}:{lineno}: empty {'query' if not qid else 'corpus'} id")
-            try:
-                score = float(score_text)
-            except ValueError:
-                raise DataFormatError(f"{label}:{lineno}: score {score_text!r} is not a number") from None
-            if not math.isfinite(score):
-                raise DataFormatError(f"{label}:{lineno}: score {score_text!r} is not a finite number")
-            if qid not in queries:
-                raise DataFormatError(f"{label}:{lineno}: query id {qid!r} is not in {queries_label}")
-            if did not in doc_ids:
-                raise DataFormatError(f"{label}:{lineno}: corpus id {did!r} is not in {corpus_label}")
-            rows += 1
-            judged.add(qid)
-            if score <= 0:
-                non_positive += 1
-                continue
-            seen = pos_sets.setdefault(qid, set())
-            if did in seen:
-                duplicates += 1
-                continue
-            seen.add(did)
-            positives.setdefault(qid, []).append(did)
-    if blank:
-        logger.info("%s: skipped %d blank line(s)", label, blank)
+    for lineno, line in iter_text_lines(path, label):
+        body = line.rstrip("\r\n")
+        cols = body.split("\t") if "\t" in body else body.split()
+        cols = [c.strip() for c in cols]
+        if first:
+            first = False
+            if len(cols) == 3 and cols[0].lower() in _QRELS_HEADER_FIRST and not _is_number(cols[2]):
+                continue  # the header line
+        if len(cols) != 3:
+            raise DataFormatError(
+                f"{label}:{lineno}: expected 3 tab-separated columns (query-id, corpus-id, score), got {len(cols)}"
+            )
+        qid, did, score_text = cols
+        if not qid or not did:
+            raise DataFormatError(f"{label}:{lineno}: empty {'query' if not qid else 'corpus'} id")
+        try:
+            score = float(score_text)
+        except ValueError:
+            raise DataFormatError(f"{label}:{lineno}: score {score_text!r} is not a number") from None
+        if not math.isfinite(score):
+            raise DataFormatError(f"{label}:{lineno}: score {score_text!r} is not a finite number")
+        if qid not in queries:
+            raise DataFormatError(f"{label}:{lineno}: query id {qid!r} is not in {queries_label}")
+        if did not in doc_ids:
+            raise DataFormatError(f"{label}:{lineno}: corpus id {did!r} is not in {corpus_label}")
+        rows += 1
+        judged.add(qid)
+        if score <= 0:
+            non_positive += 1
+            continue
+        seen = pos_sets.setdefault(qid, set())
+        if did in seen:
+            duplicates += 1
+            continue
+        seen.add(did)
+        positives.setdefault(qid, []).append(did)
     if non_positive:
         logger.info("%s: ignored %d judgement(s) with score <= 0", label, non_positive)
     if duplicates:

@@ -41,7 +41,7 @@ from typing import Any
 import datasets
 
 from ..errors import ConfigError, DataFormatError
-from .beir import _json_type, iter_jsonl, join_title, to_dataset
+from .beir import _as_id, _json_type, iter_jsonl, join_title, to_dataset
 from .format import CORPUS_FEATURES, QUERY_FEATURES, RetrievalData
 
 logger = logging.getLogger(__name__)
@@ -283,15 +283,6 @@ def iter_tevatron_rows(dataset_or_path: Any, split: str = "train") -> Iterator[t
 # --------------------------------------------------------------------------------------------------------------
 # Field checks
 # --------------------------------------------------------------------------------------------------------------
-
-
-def _as_id(value: Any, where: str, what: str) -> str:
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise DataFormatError(f"{where}: {what} must be a string or an integer, got {_json_type(value)}")
-    text = str(value)
-    if not text.strip():
-        raise DataFormatError(f"{where}: {what} is empty")
-    return text
 
 
 def _as_text(value: Any, where: str, what: str, required: bool = True) -> str:
