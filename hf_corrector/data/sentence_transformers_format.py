@@ -32,7 +32,7 @@ import datasets
 from ..errors import ConfigError, DataFormatError
 from .beir import _json_type, to_dataset
 from .format import CORPUS_FEATURES, QUERY_FEATURES, RetrievalData
-from .tevatron import open_rows
+from .tevatron import open_rows, row_columns
 
 logger = logging.getLogger(__name__)
 
@@ -126,14 +126,7 @@ def load_pairs(
         ConfigError: bad column names.
     """
     rows = open_rows(dataset, split=split, label="pairs" if isinstance(dataset, (list, tuple, Mapping)) else None)
-    columns = rows.columns
-    if columns is None:
-        first = next(iter(rows), None)
-        if first is None:
-            raise DataFormatError(f"{rows.label}: no rows")
-        if not isinstance(first[1], Mapping):
-            raise DataFormatError(f"{first[0]}: expected an object/dict row, got {_json_type(first[1])}")
-        columns = list(first[1].keys())
+    columns = row_columns(rows)
     anchor_col, pos_col, neg_cols = detect_columns(columns, anchor_column, positive_column, negative_columns)
     _check_feature_types(rows.dataset, [anchor_col, pos_col, *neg_cols], neg_cols, rows.label)
 

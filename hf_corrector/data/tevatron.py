@@ -269,6 +269,22 @@ def _hub_source(repo: str, split: str) -> RowSource:
     return open_rows(ds, split=split, label=label)
 
 
+def row_columns(rows: RowSource, empty_message: str = "no rows") -> list[str]:
+    """The column names of ``rows``: its schema's, or the keys of its first row for schema-less sources.
+
+    Raises :class:`DataFormatError` (``"<label>: <empty_message>"``) when there is no row, or naming the first row
+    when it is not an object.
+    """
+    if rows.columns is not None:
+        return list(rows.columns)
+    first = next(iter(rows), None)
+    if first is None:
+        raise DataFormatError(f"{rows.label}: {empty_message}")
+    if not isinstance(first[1], Mapping):
+        raise DataFormatError(f"{first[0]}: expected an object/dict row, got {_json_type(first[1])}")
+    return list(first[1].keys())
+
+
 def iter_tevatron_rows(dataset_or_path: Any, split: str = "train") -> Iterator[tuple[str, Mapping[str, Any]]]:
     """Yield ``(location, row)`` for every raw row of a Tevatron dataset (any input :func:`load_tevatron` takes).
 
@@ -403,14 +419,7 @@ def load_tevatron(
         ConfigError: id-layout rows without ``corpus=``.
     """
     rows = open_rows(dataset_or_path, split=split)
-    columns = rows.columns
-    if columns is None:
-        first = next(iter(rows), None)
-        if first is None:
-            raise DataFormatError(f"{rows.label}: the query set is empty (no rows)")
-        if not isinstance(first[1], Mapping):
-            raise DataFormatError(f"{first[0]}: expected an object/dict row, got {_json_type(first[1])}")
-        columns = list(first[1].keys())
+    columns = row_columns(rows, "the query set is empty (no rows)")
     if "positive_passages" in columns:
         layout = "passages"
     elif "positive_document_ids" in columns:
