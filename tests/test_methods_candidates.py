@@ -6,24 +6,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_corrector import CorrectorTrainer, CorrectorTrainingArguments
+from hf_corrector import CorrectorTrainer
 from hf_corrector.methods import CandidateIndex, CandidateSelection
 from hf_corrector.methods.candidate_index import ivf_nlist
 from hf_corrector.training.sampling import select_negatives
-from tests.tiny import tiny_data, tiny_retriever
+from tests.tiny import tiny_trainer
 
 faiss = pytest.importorskip("faiss")
 N_DOCS = 120
 
 
 def _trainer(tmp_path, out: str = "out", **kw) -> CorrectorTrainer:
-    train, _ = tiny_data()
-    defaults = dict(max_steps=6, per_device_train_batch_size=8, num_negatives=3, report_to=[], use_cpu=True,
-                    disable_tqdm=True, logging_steps=3, save_strategy="no", seed=0, candidate_index="flat",
-                    candidate_pool_size=N_DOCS, learning_rate=1e-3)
-    defaults.update(kw)
-    args = CorrectorTrainingArguments(str(tmp_path / out), **defaults)
-    return CorrectorTrainer(model=tiny_retriever(tmp_path), args=args, train_dataset=train)
+    defaults = {"num_negatives": 3, "candidate_index": "flat", "candidate_pool_size": N_DOCS}
+    return tiny_trainer(tmp_path, out, **{**defaults, **kw})
 
 
 def _randomise_corrector(trainer: CorrectorTrainer, scale: float = 0.5) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hf_corrector import CorrectorTrainer, CorrectorTrainingArguments
+from hf_corrector import CorrectorTrainer
 from hf_corrector.errors import ConfigError
 from hf_corrector.methods import NystromCorrection, fit_nystrom_map
-from tests.tiny import tiny_data, tiny_retriever
+from tests.tiny import tiny_trainer
 
 
 def _pair(m: int, d: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,13 +89,9 @@ def test_bad_arguments():
 
 # -- with the trainer -------------------------------------------------------------------------------------------------
 def _trainer(tmp_path, out: str = "out", **kw) -> CorrectorTrainer:
-    train, _ = tiny_data()
-    defaults = dict(max_steps=6, per_device_train_batch_size=8, num_negatives=3, report_to=[], use_cpu=True,
-                    disable_tqdm=True, logging_steps=3, save_strategy="no", seed=0, correction="nystrom",
-                    nystrom_landmarks=16, nystrom_refit_steps=3, nystrom_ridge=0.0, learning_rate=1e-3)
-    defaults.update(kw)
-    args = CorrectorTrainingArguments(str(tmp_path / out), **defaults)
-    return CorrectorTrainer(model=tiny_retriever(tmp_path), args=args, train_dataset=train)
+    defaults = {"num_negatives": 3, "correction": "nystrom", "nystrom_landmarks": 16, "nystrom_refit_steps": 3,
+                "nystrom_ridge": 0.0}
+    return tiny_trainer(tmp_path, out, **{**defaults, **kw})
 
 
 def test_hooks_and_no_corrector(tmp_path):

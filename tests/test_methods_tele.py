@@ -5,22 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hf_corrector import CorrectorTrainer, CorrectorTrainingArguments
+from hf_corrector import CorrectorTrainer
 from hf_corrector.errors import ConfigError
 from hf_corrector.methods import TeleNegatives
-from tests.tiny import tiny_data, tiny_retriever
+from tests.tiny import tiny_trainer
 
 POOL = 10
 
 
 def _trainer(tmp_path, out: str = "out", **kw) -> CorrectorTrainer:
-    train, _ = tiny_data()
-    defaults = dict(max_steps=6, per_device_train_batch_size=8, num_negatives=4, report_to=[], use_cpu=True,
-                    disable_tqdm=True, logging_steps=3, save_strategy="no", seed=0, correction="none",
-                    tele_negatives=True, tele_pool_size=POOL, learning_rate=1e-3)
-    defaults.update(kw)
-    args = CorrectorTrainingArguments(str(tmp_path / out), **defaults)
-    return CorrectorTrainer(model=tiny_retriever(tmp_path), args=args, train_dataset=train)
+    defaults = {"num_negatives": 4, "correction": "none", "tele_negatives": True, "tele_pool_size": POOL}
+    return tiny_trainer(tmp_path, out, **{**defaults, **kw})
 
 
 def _perturb(trainer: CorrectorTrainer, scale: float = 0.5) -> None:

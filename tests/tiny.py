@@ -59,3 +59,19 @@ def tiny_data(num_docs: int = 120, num_queries: int = 48, seed: int = 0) -> tupl
     train = RetrievalData.from_records(queries[: num_queries * 3 // 4], docs, name="tiny-train")
     test = RetrievalData.from_records(queries[num_queries * 3 // 4 :], docs, name="tiny-test")
     return train, test
+
+
+#: arguments shared by the small trainer runs of the method tests (6 steps, batch 8, no saving, no reporting)
+TINY_TRAINING_DEFAULTS = {"max_steps": 6, "per_device_train_batch_size": 8, "report_to": [], "use_cpu": True,
+                          "disable_tqdm": True, "logging_steps": 3, "save_strategy": "no", "seed": 0,
+                          "learning_rate": 1e-3}
+
+
+def tiny_trainer(tmp_path: Path, out: str = "out", **kwargs):
+    """A :class:`CorrectorTrainer` on :func:`tiny_data` and :func:`tiny_retriever`; ``kwargs`` override the
+    :data:`TINY_TRAINING_DEFAULTS` and set any other :class:`CorrectorTrainingArguments` field."""
+    from hf_corrector import CorrectorTrainer, CorrectorTrainingArguments
+
+    train, _ = tiny_data()
+    args = CorrectorTrainingArguments(str(tmp_path / out), **{**TINY_TRAINING_DEFAULTS, **kwargs})
+    return CorrectorTrainer(model=tiny_retriever(tmp_path), args=args, train_dataset=train)
