@@ -113,11 +113,11 @@ def part_corrector_pass(args, res):
         q = torch.nn.functional.normalize(torch.randn(args.queries, args.dim), dim=-1)
         excl = [[i] for i in range(args.queries)]
 
-        def corrected():
+        def corrected(q=q, cache=cache, excl=excl, n=n):
             with torch.no_grad():
                 select_negatives(q, cache, 7, exclude=excl, transform=h, num_rows=n)
 
-        def plain():
+        def plain(q=q, cache=cache, excl=excl, n=n):
             with torch.no_grad():
                 select_negatives(q, cache, 7, exclude=excl, num_rows=n)
 
@@ -184,7 +184,7 @@ def part_step_overhead(args, res):
     h = CorrectorModel(CorrectorConfig(embedding_dim=r.embedding_dim, architecture="mlp")).eval()
     q = torch.nn.functional.normalize(torch.randn(16, r.embedding_dim), dim=-1)
 
-    def sel():
+    def sel(big=big):
         with torch.no_grad():
             select_negatives(q, big, args.step_negatives, exclude=[[i] for i in range(16)], transform=h,
                              num_rows=args.overhead_size)
@@ -360,7 +360,6 @@ def part_rss_training(args, res):
 
 def part_save_load(args, res):
     import psutil
-    import torch
 
     from hf_corrector import StaleCache
 
@@ -383,8 +382,7 @@ def part_save_load(args, res):
             with Timer() as t_load, PeakRSS(0.02) as p_load:
                 loaded = StaleCache.load(path, verify=verify)
             after = proc.memory_info().rss / 2**20
-            with Timer() as t_touch:
-                s = float(loaded.matrix()[:: max(1, n // 1000)].sum())  # touch a sample of pages
+            s = float(loaded.matrix()[:: max(1, n // 1000)].sum())  # touch a sample of pages
             with Timer() as t_full:
                 s += float(loaded.matrix().sum())
             after_touch = proc.memory_info().rss / 2**20
