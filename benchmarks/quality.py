@@ -497,7 +497,7 @@ def criterion_lines(summary: list[dict]) -> list[str]:
              "above stale | met (all passes) | met (corpus passes) |", "|---|---|---|---|---|---|---|---|"]
     for c in checks:
         pr = f"{c['pass_ratio']:.1f}x" if c["pass_ratio"] else "–"
-        lines.append(f"| {c['corrector']} | {c['refresh']} | {c['delta_points']:+.1f} | {c['cost_ratio']:.1f}x | {pr} | "
+        lines.append(f"| {c['corrector']} | {c['refresh']} | {c['delta_points']:+.2f} | {c['cost_ratio']:.1f}x | {pr} | "
                      f"{'yes' if c['above_stale'] else 'no'} | {'yes' if c['met_total_cost'] else 'no'} | "
                      f"{'yes' if c['met_corpus_passes'] else 'no'} |")
     return lines
