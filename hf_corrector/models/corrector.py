@@ -139,7 +139,10 @@ class CorrectorModel(PreTrainedModel):
         ) if embeddings.shape[0] else embeddings.to(device)
 
     def query_transform(self) -> torch.Tensor | None:
-        """For the linear corrector, the matrix A^T with <q, A v + b> = <A^T q, v> + <q, b> (for row vectors: ``q @ A^T.T``); else None."""
+        """For the linear corrector, the matrix A^T with <q, A v + b> = <A^T q, v> + <q, b>; else None.
+
+        For a batch of row vectors ``q`` (B, d), the transformed queries are ``q @ A`` = ``q @ query_transform().T``.
+        """
         if self.config.architecture != "linear":
             return None
         return self.linear.weight.detach().T

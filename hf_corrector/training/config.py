@@ -227,3 +227,8 @@ class CorrectorTrainingArguments(TrainingArguments):
     @property
     def uses_corrector(self) -> bool:
         return self.correction in ("mlp", "linear")
+
+    @property
+    def mines_negatives(self) -> bool:
+        """Whether negatives come from the cache (scored rows or ANCE-Tele pools), not from the batch alone."""
+        return self.num_negatives > 0 or self.tele_negatives

@@ -182,10 +182,10 @@ class CorrectorTrainer(Trainer):
         # corrector ----------------------------------------------------------------------------------------------------
         if isinstance(corrector, (str, os.PathLike)):
             corrector = self.corrector_class.from_pretrained(corrector)
-        mines_negatives = args.num_negatives > 0 or args.tele_negatives
-        if args.uses_corrector and not mines_negatives:
+        trains_corrector = args.uses_corrector and args.mines_negatives
+        if args.uses_corrector and not trains_corrector:
             logger.info("num_negatives=0 (in-batch negatives only): no corrector is trained")
-        if corrector is None and args.uses_corrector and mines_negatives:
+        if corrector is None and trains_corrector:
             corrector = self.corrector_class(
                 CorrectorConfig(
                     embedding_dim=retriever.embedding_dim,
@@ -198,7 +198,7 @@ class CorrectorTrainer(Trainer):
         if corrector is not None and corrector.config.embedding_dim != retriever.embedding_dim:
             raise CacheMismatchError(f"corrector dimension {corrector.config.embedding_dim} != retriever dimension "
                                      f"{retriever.embedding_dim}")
-        wrapper = CorrectorTrainingModel(retriever, corrector if args.uses_corrector and mines_negatives else None)
+        wrapper = CorrectorTrainingModel(retriever, corrector if trains_corrector else None)
 
         # cost counters and per-step metrics ------------------------------------------------------------------------
         self.cost = {"initial_cache_encodings": 0, "step_target_encodings": 0, "refresh_encodings": 0,
@@ -239,7 +239,7 @@ class CorrectorTrainer(Trainer):
             logger.info("building the stale cache: encoding %d documents with the starting model", len(self.doc_ids))
             cache = self.cache_class.build(corpus, retriever, batch_size=args.cache_encode_batch_size,
                                            dtype=args.cache_dtype, device=self.args.device)
-            if mines_negatives:  # with in-batch negatives only, the cache serves diagnostics, not training
+            if args.mines_negatives:  # with in-batch negatives only, the cache serves diagnostics, not training
                 self.cost["initial_cache_encodings"] = len(self.doc_ids)
         cache.check_corpus(self.doc_ids)
         cache.check_model(retriever)
