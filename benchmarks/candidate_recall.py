@@ -43,8 +43,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from hf_corrector import CorrectorConfig, CorrectorModel, StaleCache  # noqa: E402
-from hf_corrector.methods.candidate_index import CandidateIndex, ivf_nlist, require_faiss  # noqa: E402
-from hf_corrector.training.sampling import select_negatives  # noqa: E402
+from hf_corrector.negatives.candidates import CandidateIndex, ivf_nlist, require_faiss  # noqa: E402
+from hf_corrector.negatives.topk import select_negatives  # noqa: E402
 
 logger = logging.getLogger(__name__)
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "candidate_recall.json"

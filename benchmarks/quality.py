@@ -16,8 +16,8 @@ corrector_ce        MLP corrector, no refresh, corrector loss CE
 corrector_mse       MLP corrector, no refresh, corrector loss MSE
 corrector_cemse     MLP corrector, no refresh, corrector loss CE+MSE (library default)
 corrector_refresh   MLP corrector (CE+MSE) plus full refresh every T/2 steps
-nystrom             ``correction="nystrom"`` (only if ``hf_corrector/methods/nystrom.py`` exists)
-tele                ANCE-Tele negatives + refresh every T/2 (only if ``hf_corrector/methods/tele.py`` exists)
+nystrom             ``correction="nystrom"`` (only if ``hf_corrector/negatives/nystrom.py`` exists)
+tele                ANCE-Tele negatives + refresh every T/2 (only if ``hf_corrector/negatives/tele.py`` exists)
 st_mnrl             sentence-transformers MultipleNegativesRankingLoss, in-batch negatives
 st_mnrl_hn          ST MNRL with ``--num-negatives`` negatives from ``util.mine_hard_negatives`` (start model)
 ==================  =====================================================================================
@@ -113,7 +113,7 @@ def parse_args(argv=None):
 
 # ----------------------------------------------------------------------------------------------------------------------
 def method_available(name: str) -> bool:
-    import hf_corrector.methods as m
+    import hf_corrector.negatives as m
 
     return (Path(m.__file__).parent / f"{name}.py").exists()
 
@@ -227,22 +227,30 @@ def run_trainer_row(ctx: Context, row: str, seed: int) -> dict:
     from transformers import set_seed
 
     from hf_corrector import CorrectorTrainer, CorrectorTrainingArguments
+    from hf_corrector.training.callbacks import CacheRefreshCallback
+
+    class FinalStepSkippingRefresh(CacheRefreshCallback):
+        """Skips (and counts) a refresh on the final step, where nothing trains on it."""
+
+        skipped = 0
+
+        def due(self, step, max_steps):
+            if super().due(step, max_steps) and step >= max_steps:
+                FinalStepSkippingRefresh.skipped += 1
+                return False
+            return super().due(step, max_steps)
+
+    class TargetRecorder:
+        """Records which cache rows were ever a training target (a cache-manager listener)."""
+
+        def __init__(self):
+            self.used: set = set()
+
+        def on_targets(self, rows):
+            self.used.update(int(r) for r in rows.tolist())
 
     class BenchTrainer(CorrectorTrainer):
-        """Records which cache rows were ever a training target; skips a refresh on the final step."""
-
-        used: set = set()
-        skipped_final_refresh = 0
-
-        def refresh_cache(self, step):
-            if step >= self.args.max_steps:
-                self.skipped_final_refresh += 1
-                return
-            super().refresh_cache(step)
-
-        def _log_staleness(self, q, t, targets, *rest):
-            self.used.update(int(r) for r in targets.tolist())
-            super()._log_staleness(q, t, targets, *rest)
+        refresh_callback_class = FinalStepSkippingRefresh
 
     a = ctx.args
     set_seed(seed)
@@ -255,21 +263,23 @@ def run_trainer_row(ctx: Context, row: str, seed: int) -> dict:
             data_seed=seed, query_max_length=a.query_max_length, target_max_length=a.doc_max_length,
             lr_scheduler_type=a.lr_schedule,
             cache_encode_batch_size=64, **trainer_kwargs(row, a))
+        FinalStepSkippingRefresh.skipped = 0
         trainer = BenchTrainer(model=retriever, args=targs, train_dataset=ctx.train, cache=cache)
-        trainer.used = set()
+        recorder = TargetRecorder()
+        trainer.cache_manager.add_listener(recorder)
         with Timer() as t_train:
             trainer.train()
         # evaluation (not training cost): one fresh corpus pass, reused for metrics and staleness
         with Timer() as t_eval, torch.no_grad():
-            fresh = trainer.encode_corpus("encode corpus (eval)")
+            fresh = trainer.cache_manager.encode_corpus("encoding the corpus for evaluation")
             q = trainer.retriever.encode_queries(list(ctx.test.queries["query"]), batch_size=64,
                                                  max_length=a.query_max_length, device="cpu")
             res = {f"test_{k}": v for k, v in ctx.metrics(q, fresh).items()}
             stale = trainer.cache.matrix().float()
             res.update({f"stale_{k}": v for k, v in ctx.metrics(q, stale).items()})
             unused = torch.ones(ctx.n, dtype=torch.bool)
-            if trainer.used:
-                unused[torch.tensor(sorted(trainer.used))] = False
+            if recorder.used:
+                unused[torch.tensor(sorted(recorder.used))] = False
             res["cos_stale_fresh"] = cos_mean(stale, fresh)
             res["cos_stale_fresh_unused"] = cos_mean(stale[unused], fresh[unused]) if unused.any() else None
             res["num_used_docs"] = int((~unused).sum())
@@ -286,7 +296,7 @@ def run_trainer_row(ctx: Context, row: str, seed: int) -> dict:
                                                      "negatives_overlap_fresh")}
                 for h in trainer.state.log_history if "staleness_cos_stale" in h]
         res.update(cost={**cost, "initial_cache_encodings_counted": initial, "total": total,
-                         "skipped_final_refresh": trainer.skipped_final_refresh},
+                         "skipped_final_refresh": FinalStepSkippingRefresh.skipped},
                    reembedding_cost=total, corpus_passes=round((initial + cost["refresh_encodings"]) / ctx.n, 3),
                    train_s=round(t_train.seconds, 1), eval_s=round(t_eval.seconds, 1),
                    s_per_step=round(t_train.seconds / a.steps, 2), log=logs)

@@ -4,7 +4,7 @@
 # without it (torch default, 2 threads) and resumed at seed 1 (finished (row, seed) pairs are skipped).
 set -u
 cd "$(dirname "$0")/.."
-PY=${PY:-/work/venv/bin/python}
+PY=${PY:-python3}
 $PY benchmarks/quality.py --setting S2L --num-layers 2 --lr 1e-4 --lr-schedule constant --steps 60 --batch-size 16 \
     --num-negatives 5 --query-max-length 32 --doc-max-length 48 --seeds 0 1 2 \
     --rows stale corrector_cemse refresh_half refresh_quarter refresh_tenth \

@@ -4,7 +4,7 @@
 # a rerun, so an interrupted run resumes.
 set -u
 cd "$(dirname "$0")/.."
-PY=${PY:-/work/venv/bin/python}
+PY=${PY:-python3}
 $PY benchmarks/quality.py --setting S2r --num-layers 2 --lr 1e-4 --lr-schedule constant --steps 20 --batch-size 16 \
     --num-negatives 5 --query-max-length 32 --doc-max-length 48 --seeds 0 1 2 \
     --rows stale corrector_cemse refresh_quarter refresh_tenth refresh_half corrector_ce corrector_mse \

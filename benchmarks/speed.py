@@ -99,7 +99,7 @@ def part_corrector_pass(args, res):
     import torch
 
     from hf_corrector import CorrectorConfig, CorrectorModel
-    from hf_corrector.training.sampling import select_negatives
+    from hf_corrector.negatives.topk import select_negatives
 
     torch.manual_seed(0)
     h = CorrectorModel(CorrectorConfig(embedding_dim=args.dim, architecture="mlp"))
@@ -163,7 +163,7 @@ def part_step_overhead(args, res):
 
     from hf_corrector import CorrectorConfig, CorrectorModel, CorrectorTrainer, CorrectorTrainingArguments, RetrieverModel, StaleCache
     from hf_corrector.data import load_beir
-    from hf_corrector.training.sampling import select_negatives
+    from hf_corrector.negatives.topk import select_negatives
 
     train = load_beir(args.data, split="train")
     r = RetrieverModel.from_backbone(args.step_model, num_hidden_layers=args.step_layers,

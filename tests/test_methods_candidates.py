@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from hf_corrector import CorrectorTrainer
-from hf_corrector.methods import CandidateIndex, CandidateSelection
-from hf_corrector.methods.candidate_index import ivf_nlist
-from hf_corrector.training.sampling import select_negatives
+from hf_corrector.errors import ConfigError
+from hf_corrector.negatives import CandidateIndex, TwoStageSampler
+from hf_corrector.negatives.candidates import ivf_nlist
+from hf_corrector.negatives.topk import select_negatives
 from tests.tiny import tiny_trainer
 
 faiss = pytest.importorskip("faiss")
@@ -35,15 +36,15 @@ def _queries(trainer: CorrectorTrainer, n: int = 8) -> tuple[torch.Tensor, list[
 
 
 def _exact(trainer: CorrectorTrainer, q: torch.Tensor, exclude, k: int, method: str = "topk") -> torch.Tensor:
-    return select_negatives(q, trainer.cache_rows, k, exclude=exclude, method=method, num_rows=len(trainer.cache),
-                            transform=trainer.score_transform(), noise_keys=[str(i) for i in range(len(q))], seed=3,
+    return select_negatives(q, trainer.cache_manager.read_chunk, k, exclude=exclude, method=method, num_rows=len(trainer.cache),
+                            transform=trainer.sampler.transform.function(trainer.state.global_step), noise_keys=[str(i) for i in range(len(q))], seed=3,
                             step=5, temperature=0.05).indices
 
 
 def _two_stage(trainer: CorrectorTrainer, q: torch.Tensor, exclude, k: int, method: str = "topk") -> torch.Tensor:
-    cands = trainer.method_hooks["candidates"](q)
+    cands = trainer.sampler.candidates(q, trainer.state.global_step)
     return select_negatives(q, trainer.cache.rows, k, exclude=exclude, method=method, candidates=cands,
-                            transform=trainer.score_transform(), noise_keys=[str(i) for i in range(len(q))], seed=3,
+                            transform=trainer.sampler.transform.function(trainer.state.global_step), noise_keys=[str(i) for i in range(len(q))], seed=3,
                             step=5, temperature=0.05).indices
 
 
@@ -96,10 +97,10 @@ def test_linear_corrector_query_fold_is_exact_for_small_pools(tmp_path):
     trainer = _trainer(tmp_path, correction="linear", candidate_pool_size=12)
     _randomise_corrector(trainer, scale=2.0)
     q, exclude = _queries(trainer)
-    selection = trainer.method_state["candidates"]
+    selection = trainer.sampler
     # the pool is the exact corrected top-P (the bias adds <q, b> to every row of a query: ranking unchanged)
-    pool = trainer.method_hooks["candidates"](q)
-    corrected = trainer.score_transform()(trainer.cache.matrix().float())
+    pool = trainer.sampler.candidates(q, trainer.state.global_step)
+    corrected = trainer.sampler.transform.function(trainer.state.global_step)(trainer.cache.matrix().float())
     expected = (q @ corrected.T).topk(12).indices
     for a, b in zip(pool, expected):
         assert set(a.tolist()) == set(b.tolist())
@@ -109,18 +110,18 @@ def test_linear_corrector_query_fold_is_exact_for_small_pools(tmp_path):
     raw = selection.index.search(q)
     assert any(set(a.tolist()) != set(b.tolist()) for a, b in zip(raw, expected))
     # on fallback to uncorrected scores the index is searched with q itself
-    trainer.use_uncorrected_scores = True
+    trainer.sampler.transform.bypassed = True
     assert torch.equal(selection.search_queries(q), q)
 
 
 def test_nystrom_map_folds_into_the_query(tmp_path):
     trainer = _trainer(tmp_path, correction="nystrom", nystrom_landmarks=16, candidate_pool_size=12)
     q, exclude = _queries(trainer)
-    transform = trainer.score_transform()  # fits W at step 0
-    W = trainer.method_state["nystrom"].W
+    transform = trainer.sampler.transform.function(trainer.state.global_step)  # fits W at step 0
+    W = trainer.sampler.transform.W
     with torch.no_grad():
         W.add_(0.3 * torch.randn(W.shape, generator=torch.Generator().manual_seed(0)))  # make the map matter
-    pool = trainer.method_hooks["candidates"](q)
+    pool = trainer.sampler.candidates(q, trainer.state.global_step)
     expected = (q @ transform(trainer.cache.matrix().float()).T).topk(12).indices
     for a, b in zip(pool, expected):
         assert set(a.tolist()) == set(b.tolist())
@@ -131,7 +132,7 @@ def test_built_at_start_rebuilt_at_refresh_only(tmp_path):
     trainer = _trainer(tmp_path, correction="none", cache_write_back=True, cache_refresh_steps=4, max_steps=5,
                        candidate_pool_size=32)
     builds = []
-    selection = trainer.method_state["candidates"]
+    selection = trainer.sampler
     original = selection.build
 
     def spy(step):
@@ -146,9 +147,9 @@ def test_built_at_start_rebuilt_at_refresh_only(tmp_path):
     assert not torch.allclose(selection.index.reconstruct(rows), trainer.cache.rows(rows))
 
 
-def test_tele_takes_precedence(tmp_path, caplog):
-    trainer = _trainer(tmp_path, tele_negatives=True, tele_pool_size=10, correction="none")
-    assert "candidates" not in trainer.method_hooks and "candidates" not in trainer.method_state
+def test_tele_with_a_candidate_index_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="candidate_index='flat' is not used with tele_negatives=True"):
+        _trainer(tmp_path, tele_negatives=True, tele_pool_size=10, correction="none")
 
 
 # -- end to end -------------------------------------------------------------------------------------------------------
@@ -164,8 +165,8 @@ def test_resume_is_exact(tmp_path, kind, extra):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert torch.equal(full.cache.matrix(), resumed.cache.matrix())
-    sa, sb = full.method_state["candidates"], resumed.method_state["candidates"]
-    assert isinstance(sb, CandidateSelection)
+    sa, sb = full.sampler, resumed.sampler
+    assert isinstance(sb, TwoStageSampler)
     # the resumed index holds what the original one held (write-backs since the build put back, or hnsw reloaded)
     everything = torch.arange(N_DOCS)
     assert torch.equal(sa.index.reconstruct(everything), sb.index.reconstruct(everything))

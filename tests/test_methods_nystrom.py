@@ -7,7 +7,7 @@ import torch
 
 from hf_corrector import CorrectorTrainer
 from hf_corrector.errors import ConfigError
-from hf_corrector.methods import NystromCorrection, fit_nystrom_map
+from hf_corrector.negatives import ExhaustiveSampler, NystromTransform, fit_nystrom_map
 from tests.tiny import tiny_trainer
 
 
@@ -97,14 +97,14 @@ def _trainer(tmp_path, out: str = "out", **kw) -> CorrectorTrainer:
 def test_hooks_and_no_corrector(tmp_path):
     trainer = _trainer(tmp_path)
     assert trainer.corrector is None
-    assert {"transform", "on_step_end", "on_refresh", "state_dict", "load_state_dict"} <= set(trainer.method_hooks)
-    assert isinstance(trainer.method_state["nystrom"], NystromCorrection)
+    assert isinstance(trainer.sampler, ExhaustiveSampler)
+    assert isinstance(trainer.sampler.transform, NystromTransform)
 
 
 def test_training_refits_and_counts_landmark_encodings(tmp_path):
     trainer = _trainer(tmp_path)
     trainer.train()
-    method = trainer.method_state["nystrom"]
+    method = trainer.sampler.transform
     assert method.num_fits == 3  # steps 0, 3 and 6
     assert trainer.cost["landmark_encodings"] == 3 * 16
     c = trainer.cost
@@ -115,7 +115,7 @@ def test_training_refits_and_counts_landmark_encodings(tmp_path):
     assert rows.numel() == 16 and method.fit_step == 6
     fresh = trainer.retriever.encode_targets([trainer.corpus_texts[i] for i in rows.tolist()], show_progress_bar=False)
     torch.testing.assert_close(trainer.cache.rows(rows) @ method.W, fresh, atol=1e-4, rtol=1e-4)
-    transform = trainer.score_transform()
+    transform = trainer.sampler.transform.function(trainer.state.global_step)
     torch.testing.assert_close(transform(trainer.cache.rows(rows)), fresh, atol=1e-4, rtol=1e-4)
     assert method.last_fit["cos_corrected"] > method.last_fit["cos_stale"] - 1e-6
 
@@ -123,14 +123,14 @@ def test_training_refits_and_counts_landmark_encodings(tmp_path):
 def test_recent_landmarks_come_from_selected_targets(tmp_path):
     trainer = _trainer(tmp_path, nystrom_landmark_selection="recent", max_steps=3, nystrom_landmarks=8)
     seen: set[int] = set()
-    method = trainer.method_state["nystrom"]
-    original = method.after_step
+    method = trainer.sampler.transform
+    original = method.on_targets
 
-    def spy(targets, fresh, q, inputs):
+    def spy(targets):
         seen.update(targets.tolist())
-        original(targets, fresh, q, inputs)
+        original(targets)
 
-    trainer.method_hooks["after_step"] = spy
+    method.on_targets = spy
     trainer.train()
     assert method.fit_step == 3
     assert set(method.landmarks.tolist()) <= seen
@@ -139,7 +139,7 @@ def test_recent_landmarks_come_from_selected_targets(tmp_path):
 
 def test_uniform_landmarks_are_seeded(tmp_path):
     trainer = _trainer(tmp_path)
-    method = trainer.method_state["nystrom"]
+    method = trainer.sampler.transform
     a, b, c = method.choose_landmarks(3), method.choose_landmarks(3), method.choose_landmarks(6)
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert a.unique().numel() == 16
@@ -148,9 +148,9 @@ def test_uniform_landmarks_are_seeded(tmp_path):
 def test_refresh_resets_to_identity(tmp_path):
     trainer = _trainer(tmp_path, max_steps=2, cache_refresh_steps=2)
     trainer.train()
-    method = trainer.method_state["nystrom"]
+    method = trainer.sampler.transform
     assert method.identity and method.fit_step == 2
-    assert trainer.score_transform() is None
+    assert trainer.sampler.transform.function(trainer.state.global_step) is None
     assert trainer.cost["landmark_encodings"] == 16  # only the step-0 fit
 
 
@@ -163,7 +163,7 @@ def test_resume_is_exact(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    ma, mb = full.method_state["nystrom"], resumed.method_state["nystrom"]
+    ma, mb = full.sampler.transform, resumed.sampler.transform
     assert torch.equal(ma.W, mb.W) and torch.equal(ma.landmarks, mb.landmarks)
     assert list(ma.recent) == list(mb.recent)
     assert full.cost == resumed.cost

@@ -7,7 +7,7 @@ import torch
 
 from hf_corrector import CorrectorTrainer
 from hf_corrector.errors import ConfigError
-from hf_corrector.methods import TeleNegatives
+from hf_corrector.negatives import TeleSampler
 from tests.tiny import tiny_trainer
 
 POOL = 10
@@ -33,13 +33,12 @@ def _top(scores: torch.Tensor, positives: list[int], k: int) -> list[int]:
 
 def test_hooks(tmp_path):
     trainer = _trainer(tmp_path)
-    assert "select" in trainer.method_hooks and "on_refresh" in trainer.method_hooks
-    assert isinstance(trainer.method_state["tele"], TeleNegatives)
+    assert isinstance(trainer.sampler, TeleSampler)
 
 
 def test_ann_and_lookahead_pools(tmp_path):
     trainer = _trainer(tmp_path)
-    tele = trainer.method_state["tele"]
+    tele = trainer.sampler
     tele.build(0)
     cache = trainer.cache.matrix().float()
     q = trainer.retriever.encode_queries(tele.unique_queries, show_progress_bar=False)
@@ -57,11 +56,11 @@ def test_ann_and_lookahead_pools(tmp_path):
 
 def test_momentum_carries_previous_pool_over_a_refresh(tmp_path):
     trainer = _trainer(tmp_path)
-    tele = trainer.method_state["tele"]
+    tele = trainer.sampler
     tele.build(0)
     before = {str(e): tele.pools(e) for e in tele.example_ids}
     _perturb(trainer)
-    trainer.refresh_cache(5)  # on_refresh rebuilds the pools from the refreshed cache
+    trainer.cache_manager.refresh(5)  # on_refresh rebuilds the pools from the refreshed cache
     assert tele.built_step == 5 and tele.num_builds == 2
     changed = 0
     for key, old in before.items():
@@ -83,9 +82,9 @@ def test_pools_from_corrected_cache_every_n_steps(tmp_path):
         g = torch.Generator().manual_seed(0)
         last = trainer.corrector.mlp[-1]
         last.weight.copy_(0.5 * torch.randn(last.weight.shape, generator=g))
-    tele = trainer.method_state["tele"]
+    tele = trainer.sampler
     tele.build(0)
-    corrected = trainer.score_transform()(trainer.cache.matrix().float()).float()
+    corrected = trainer.sampler.transform.function(trainer.state.global_step)(trainer.cache.matrix().float()).float()
     for i in range(len(tele.example_ids)):
         pos = corrected[tele.positive_row[i]]
         assert tele.pools(tele.example_ids[i])["lookahead"] == _top(corrected @ pos, tele.positive_rows[i], POOL)
@@ -98,11 +97,11 @@ def test_ablation_switches_change_pools(tmp_path, switch):
     full = _trainer(tmp_path, out="full")
     ablated = _trainer(tmp_path, out="abl", **{switch: False})
     for trainer in (full, ablated):
-        tele = trainer.method_state["tele"]
+        tele = trainer.sampler
         tele.build(0)
         _perturb(trainer)
-        trainer.refresh_cache(3)
-    tf, ta = full.method_state["tele"], ablated.method_state["tele"]
+        trainer.cache_manager.refresh(3)
+    tf, ta = full.sampler, ablated.sampler
     part = {"tele_use_ann": "ann", "tele_use_lookahead": "lookahead", "tele_use_momentum": "momentum"}[switch]
     differs = 0
     for e in tf.example_ids:
@@ -110,13 +109,13 @@ def test_ablation_switches_change_pools(tmp_path, switch):
         assert parts[part] == []
         assert ta.union(e) <= tf.union(e)
         differs += ta.union(e) != tf.union(e)
-        negatives = ta.sample(str(e), 4, [], step=3)
+        negatives = ta.draw(str(e), 4, [], step=3)
         assert set(negatives) <= ta.union(e)
     assert differs > 0
 
 
 def test_counts_follow_the_weights(tmp_path):
-    tele = _trainer(tmp_path).method_state["tele"]
+    tele = _trainer(tmp_path).sampler
     full = {"momentum": [1, 2], "lookahead": [3, 4], "ann": [5, 6]}
     assert tele.counts(8, full) == {"momentum": 4, "lookahead": 2, "ann": 2}
     assert tele.counts(8, {**full, "momentum": []}) == {"momentum": 0, "lookahead": 4, "ann": 4}
@@ -128,32 +127,33 @@ def test_counts_follow_the_weights(tmp_path):
 
 def test_sampling_is_deterministic_and_mixes_parts(tmp_path):
     trainer = _trainer(tmp_path)
-    tele = trainer.method_state["tele"]
+    tele = trainer.sampler
     tele.build(0)
     _perturb(trainer)
-    trainer.refresh_cache(1)
+    trainer.cache_manager.refresh(1)
     key = str(tele.example_ids[0])
-    a = tele.sample(key, 4, [], step=7)
-    assert a == tele.sample(key, 4, [], step=7)
+    a = tele.draw(key, 4, [], step=7)
+    assert a == tele.draw(key, 4, [], step=7)
     assert len(set(a)) == 4 and not set(a) & set(tele.positive_rows[0])
-    assert any(tele.sample(key, 4, [], step=s) != a for s in range(8, 12))
+    assert any(tele.draw(key, 4, [], step=s) != a for s in range(8, 12))
     pools = tele.pools(key)
     only_mom = set(pools["momentum"]) - set(pools["ann"]) - set(pools["lookahead"])
     if len(only_mom) >= 2:  # two of the four come from momentum: those outside the new pools are among them
         assert len(set(a) & set(pools["momentum"])) >= 2
     # a row passed as excluded is never drawn
-    assert a[0] not in tele.sample(key, 4, [a[0]], step=7)
+    assert a[0] not in tele.draw(key, 4, [a[0]], step=7)
     # select returns (B, k) rows in key order
-    out = trainer.method_hooks["select"](torch.zeros(2, 32), [[], []], [key, str(tele.example_ids[1])])
-    assert out.shape == (2, 4) and out[0].tolist() == tele.sample(key, 4, [], step=trainer.state.global_step)
+    out = trainer.sampler.sample(torch.zeros(2, 32), [[], []], [key, str(tele.example_ids[1])], 4,
+                                 trainer.state.global_step).indices
+    assert out.shape == (2, 4) and out[0].tolist() == tele.draw(key, 4, [], step=trainer.state.global_step)
 
 
 def test_tiny_pools_are_topped_up(tmp_path):
     trainer = _trainer(tmp_path, tele_pool_size=2, num_negatives=6, tele_use_momentum=False)
-    tele = trainer.method_state["tele"]
+    tele = trainer.sampler
     tele.build(0)
     key = str(tele.example_ids[0])
-    negatives = tele.sample(key, 6, [], step=0)
+    negatives = tele.draw(key, 6, [], step=0)
     assert len(set(negatives)) == 6 and not set(negatives) & set(tele.positive_rows[0])
     assert tele.union(key) <= set(negatives)
 
@@ -172,7 +172,7 @@ def test_resume_is_exact(tmp_path):
     a, b = full.model.state_dict(), resumed.model.state_dict()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    ta, tb = full.method_state["tele"], resumed.method_state["tele"]
+    ta, tb = full.sampler, resumed.sampler
     assert ta.built_step == tb.built_step == 6
     for name in ("ann", "lookahead", "momentum"):
         assert torch.equal(getattr(ta, name), getattr(tb, name)), name

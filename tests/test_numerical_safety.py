@@ -19,7 +19,7 @@ from hf_corrector.training.trainer import CorrectorTrainingModel
 from tests.tiny import tiny_data, tiny_retriever, tiny_tokenizer
 
 POISON_STEP = 6  # NaN appears while computing update 7 (global_step 6); checkpoint-6 is the last good one
-TRAINER_LOGGER = "hf_corrector.training.trainer"
+TRAINER_LOGGER = "hf_corrector"  # the trainer and its callbacks
 
 
 @pytest.fixture(autouse=True)
@@ -134,7 +134,7 @@ def test_divergent_corrector_warns(tmp_path, monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger=TRAINER_LOGGER):
         trainer.train()
     assert "the corrector makes embeddings worse" in caplog.text
-    assert "falling back" not in caplog.text and not trainer.use_uncorrected_scores  # patience 0: warn only
+    assert "falling back" not in caplog.text and not trainer.sampler.transform.bypassed  # patience 0: warn only
     assert {e.get("corrector_fallback") for e in trainer.state.log_history if "loss" in e} == {0.0}
 
 
@@ -142,20 +142,21 @@ def test_divergent_corrector_falls_back_to_uncorrected_scores_and_recovers(tmp_p
     trainer = make_trainer(tmp_path, max_steps=10, logging_steps=1, save_steps=100, corrector_fallback_patience=2)
     _noisy(monkeypatch, trainer, noisy_until=5)
     seen = []
-    original_transform = trainer.score_transform
-    monkeypatch.setattr(trainer, "score_transform",
-                        lambda: seen.append((trainer.state.global_step, trainer.use_uncorrected_scores))
-                        or original_transform())
+    transform = trainer.sampler.transform
+    original_function = transform.function
+    monkeypatch.setattr(transform, "function",
+                        lambda step: seen.append((trainer.state.global_step, transform.bypassed))
+                        or original_function(step))
     with caplog.at_level(logging.INFO, logger=TRAINER_LOGGER):
         trainer.train()
     fallback = {e["step"]: e["corrector_fallback"] for e in trainer.state.log_history if "corrector_fallback" in e}
     assert fallback[1] == 0.0 and fallback[2] == 1.0 and fallback[5] == 1.0  # bad for 2 logs in a row -> fall back
     assert fallback[6] == 0.0 and fallback[10] == 0.0  # fixed at step 6 -> corrected scores again
     assert "falling back to uncorrected scores" in caplog.text and "corrector recovered" in caplog.text
-    assert not trainer.use_uncorrected_scores
+    assert not transform.bypassed
     assert dict(seen)[3] is True and dict(seen)[7] is False
-    trainer.use_uncorrected_scores = True
-    assert original_transform() is None  # in fallback, negatives are scored on the plain stale cache
+    transform.bypassed = True
+    assert original_function(0) is None  # in fallback, negatives are scored on the plain stale cache
 
 
 # -- bad inputs to the trainer and the cache --------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from hf_corrector.training.sampling import gumbel_noise, query_generator, select_negatives
+from hf_corrector.negatives.topk import gumbel_noise, query_generator, select_negatives
 
 
 @pytest.fixture(autouse=True, scope="module")

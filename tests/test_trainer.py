@@ -93,6 +93,13 @@ class RecordingTrainer(CorrectorTrainer):
         super().__init__(*args, **kwargs)
         self.targets_by_step: dict[int, set[int]] = {}
         self.corpus_encodings = 0
+        encode_corpus = self.cache_manager.encode_corpus
+
+        def counting(*a, **kw):
+            self.corpus_encodings += 1
+            return encode_corpus(*a, **kw)
+
+        self.cache_manager.encode_corpus = counting
 
     def _record(self, rows) -> None:
         self.targets_by_step.setdefault(self.state.global_step, set()).update(int(r) for r in rows)
@@ -105,10 +112,6 @@ class RecordingTrainer(CorrectorTrainer):
         rows = super().choose_negatives(inputs)
         self._record(rows.reshape(-1).tolist())
         return rows
-
-    def encode_corpus(self, desc: str = "re-embed corpus"):
-        self.corpus_encodings += 1
-        return super().encode_corpus(desc)
 
     @property
     def selected(self) -> set[int]:
@@ -136,7 +139,7 @@ def test_corrector_generalises_to_targets_never_selected(tmp_path):
     trainer.train()
     never = torch.tensor(sorted(set(range(300)) - trainer.selected))
     assert len(never) >= 40, len(never)
-    g = trainer.encode_corpus()  # fresh
+    g = trainer.cache_manager.encode_corpus()  # fresh
     g_stale = trainer.cache.matrix().float()
     with torch.no_grad():
         h_g = trainer.corrector(g_stale)

@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 import pytrec_eval
 import torch
 
+from ..negatives.topk import select_negatives
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
@@ -23,21 +25,14 @@ DEFAULT_METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
 
 def exact_search(queries: torch.Tensor, corpus: torch.Tensor, k: int, chunk_size: int = 65536,
                  query_batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact maximum-inner-product top-k (scores, indices), streaming over corpus chunks."""
+    """Exact maximum-inner-product top-k (scores, indices), streaming over corpus chunks (the same streaming top-k
+    as negative selection, :func:`hf_corrector.negatives.topk.select_negatives`)."""
     k = min(k, corpus.shape[0])
     all_scores, all_idx = [], []
     for qs in range(0, queries.shape[0], query_batch):
-        q = queries[qs : qs + query_batch].float()
-        best_s = torch.full((q.shape[0], 0), float("-inf"))
-        best_i = torch.zeros((q.shape[0], 0), dtype=torch.long)
-        for start in range(0, corpus.shape[0], chunk_size):
-            chunk = corpus[start : start + chunk_size].float()
-            s = q @ chunk.T
-            ts, ti = s.topk(min(k, s.shape[1]), dim=1)
-            best_s, order = torch.cat([best_s, ts], 1).topk(min(k, best_s.shape[1] + ts.shape[1]), dim=1)
-            best_i = torch.cat([best_i, ti + start], 1).gather(1, order)
-        all_scores.append(best_s)
-        all_idx.append(best_i)
+        selection = select_negatives(queries[qs : qs + query_batch], corpus, k, chunk_size=chunk_size)
+        all_scores.append(selection.scores)
+        all_idx.append(selection.indices)
     return torch.cat(all_scores), torch.cat(all_idx)
 
 

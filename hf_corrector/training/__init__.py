@@ -1,20 +1,20 @@
-"""Training: arguments, trainer, collator, losses and negative selection."""
+"""Training: arguments, trainer, callbacks, collator, losses and the step's target batch."""
 
+from .callbacks import CacheRefreshCallback, CorrectorFallbackCallback, SamplerMaintenanceCallback
 from .collator import CorrectorDataCollator, prepare_train_examples
 from .config import CorrectorTrainingArguments
 from .losses import corrector_loss, task_loss
-from .sampling import Selection, select_negatives
-from .trainer import CacheRefreshCallback, CorrectorTrainer, CorrectorTrainingModel
+from .trainer import CorrectorTrainer, CorrectorTrainingModel
 
 __all__ = [
     "CacheRefreshCallback",
     "CorrectorDataCollator",
+    "CorrectorFallbackCallback",
     "CorrectorTrainer",
     "CorrectorTrainingArguments",
     "CorrectorTrainingModel",
-    "Selection",
+    "SamplerMaintenanceCallback",
     "corrector_loss",
     "prepare_train_examples",
-    "select_negatives",
     "task_loss",
 ]

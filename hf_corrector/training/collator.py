@@ -7,7 +7,7 @@ tokenised later, in the trainer, once the negatives are known.
 Example:
     >>> examples = prepare_train_examples(data.queries, data.doc_index())  # doctest: +SKIP
     >>> examples.column_names  # doctest: +SKIP
-    ['example_id', 'query_id', 'query', 'positive_row', 'positive_rows']
+    ['example_id', 'query_id', 'query', 'positive_row', 'positive_rows', 'negative_rows']
 """
 
 from __future__ import annotations
@@ -26,27 +26,38 @@ logger = logging.getLogger(__name__)
 
 
 def prepare_train_examples(queries: datasets.Dataset, doc_index: Mapping[str, int]) -> datasets.Dataset:
-    """One row per (query, positive): ``example_id``, ``query_id``, ``query``, ``positive_row``, ``positive_rows``."""
-    rows: dict[str, list] = {"example_id": [], "query_id": [], "query": [], "positive_row": [], "positive_rows": []}
-    for qid, text, positives in zip(queries["query_id"], queries["query"], queries["positive_ids"]):
-        try:
-            pos_rows = [doc_index[p] for p in positives]
-        except KeyError as err:
-            raise DataFormatError(f"query {qid!r}: positive doc id {err.args[0]!r} is not in the corpus") from None
+    """One row per (query, positive): ``example_id``, ``query_id``, ``query``, ``positive_row``, ``positive_rows``
+    and ``negative_rows`` (the rows of the query's ``negative_ids`` given by the data; empty when there are none)."""
+    rows: dict[str, list] = {"example_id": [], "query_id": [], "query": [], "positive_row": [], "positive_rows": [],
+                             "negative_rows": []}
+    given = queries["negative_ids"] if "negative_ids" in queries.column_names else [[] for _ in range(len(queries))]
+    for qid, text, positives, negatives in zip(queries["query_id"], queries["query"], queries["positive_ids"], given):
+        pos_rows = _rows_of(qid, "positive", positives, doc_index)
+        pos_set = set(pos_rows)
+        neg_rows = [r for r in dict.fromkeys(_rows_of(qid, "negative", negatives or [], doc_index)) if r not in pos_set]
         for r in pos_rows:
             rows["example_id"].append(len(rows["example_id"]))
             rows["query_id"].append(qid)
             rows["query"].append(text)
             rows["positive_row"].append(r)
             rows["positive_rows"].append(pos_rows)
+            rows["negative_rows"].append(neg_rows)
     if not rows["example_id"]:
         raise DataFormatError("no training pairs: every query needs at least one positive in the corpus")
     return datasets.Dataset.from_dict(rows)
 
 
+def _rows_of(qid: str, kind: str, doc_ids: list[str], doc_index: Mapping[str, int]) -> list[int]:
+    try:
+        return [doc_index[d] for d in doc_ids]
+    except KeyError as err:
+        raise DataFormatError(f"query {qid!r}: {kind} doc id {err.args[0]!r} is not in the corpus") from None
+
+
 @dataclass
 class CorrectorDataCollator:
-    """Tokenise queries; carry positive rows, all positives (to exclude from negatives) and the example id."""
+    """Tokenise queries; carry positive rows, all positives (to exclude from negatives), the data's negatives
+    (``given_negative_rows``, -1 = padding) and the example id."""
 
     tokenizer: Any
     query_max_length: int = 64
@@ -64,7 +75,12 @@ class CorrectorDataCollator:
         exclude = torch.full((len(features), width), -1, dtype=torch.long)
         for i, f in enumerate(features):
             exclude[i, : len(f["positive_rows"])] = torch.as_tensor(f["positive_rows"], dtype=torch.long)
+        given = [f.get("negative_rows") or [] for f in features]
+        negatives = torch.full((len(features), max((len(g) for g in given), default=0)), -1, dtype=torch.long)
+        for i, g in enumerate(given):
+            negatives[i, : len(g)] = torch.as_tensor(g, dtype=torch.long)
         return {
+            "given_negative_rows": negatives,
             "query_input_ids": batch["input_ids"],
             "query_attention_mask": batch["attention_mask"],
             "positive_rows": torch.as_tensor([f["positive_row"] for f in features], dtype=torch.long),

@@ -39,6 +39,7 @@ CORRECTIONS = ("mlp", "linear", "none", "nystrom")
 CORRECTOR_LOSSES = ("ce", "mse", "ce+mse")
 EVAL_CORPUS = ("fresh", "stale", "corrected")
 CANDIDATE_INDEXES = ("none", "flat", "ivf", "hnsw")
+HARD_NEGATIVES = ("auto", "cache", "dataset", "dataset+cache")
 NYSTROM_LANDMARKS = ("uniform", "recent")
 
 
@@ -72,6 +73,24 @@ class CorrectorTrainingArguments(TrainingArguments):
     )
     sampling_temperature: float = field(
         default=0.05, metadata={"help": "Temperature 1/beta of the Gumbel sampling softmax (only for 'gumbel')."}
+    )
+    hard_negatives: str = field(
+        default="auto",
+        metadata={"help": "Where hard negatives come from: 'cache' (chosen from the (corrected) cache each step), "
+                          "'dataset' (the training data's own negatives: sentence-transformers negative* columns, "
+                          "Tevatron negative_passages), 'dataset+cache' (the data's first, topped up from the cache) "
+                          "or 'auto' ('dataset+cache' when the training data has negatives, else 'cache')."},
+    )
+    false_negative_skip_top: int = field(
+        default=0, metadata={"help": "False-negative control: never choose a query's N best-scoring cache rows."}
+    )
+    false_negative_margin: float | None = field(
+        default=None,
+        metadata={"help": "False-negative control (positive-aware, NV-Retriever): drop candidates scoring above this "
+                          "fraction of the query's own positive score, e.g. 0.95. None = off."},
+    )
+    false_negative_max_score: float | None = field(
+        default=None, metadata={"help": "False-negative control: drop candidates scoring above this value. None = off."}
     )
     in_batch_negatives: bool = field(
         default=True, metadata={"help": "Also use the other queries' positives and negatives in the softmax."}
@@ -220,6 +239,59 @@ class CorrectorTrainingArguments(TrainingArguments):
         if self.nonfinite_action not in ("raise", "skip"):
             raise ConfigError(f"nonfinite_action must be 'raise' or 'skip', got {self.nonfinite_action!r}")
 
+        if self.hard_negatives not in HARD_NEGATIVES:
+            raise ConfigError(f"hard_negatives must be one of {HARD_NEGATIVES}, got {self.hard_negatives!r}")
+        self._check_strategy()
+
+    def _check_strategy(self) -> None:
+        """Combinations that cannot do what they say fail here, naming what to change."""
+        problems = []
+        if self.num_negatives == 0:
+            wasted = [(self.tele_negatives, "tele_negatives=True"), (self.correction == "nystrom", "correction='nystrom'"),
+                      (self.candidate_index != "none", f"candidate_index={self.candidate_index!r}"),
+                      (self.cache_refresh_steps > 0, f"cache_refresh_steps={self.cache_refresh_steps}"),
+                      (self.cache_write_back, "cache_write_back=True"),
+                      (self.negative_sampling != "topk", f"negative_sampling={self.negative_sampling!r}"),
+                      (self.hard_negatives in ("dataset", "dataset+cache"), f"hard_negatives={self.hard_negatives!r}"),
+                      (self.false_negative_skip_top > 0 or self.false_negative_margin is not None
+                       or self.false_negative_max_score is not None, "false_negative_* limits")]
+            for on, name in wasted:
+                if on:
+                    problems.append(f"{name} does nothing with num_negatives=0 (in-batch negatives only): set "
+                                    f"num_negatives > 0 or drop {name.split('=')[0]}")
+        if self.tele_negatives and self.candidate_index != "none":
+            problems.append(f"candidate_index={self.candidate_index!r} is not used with tele_negatives=True (ANCE-Tele "
+                            "draws negatives from its pools): drop one of them")
+        if self.tele_negatives and self.negative_sampling != "topk":
+            problems.append("negative_sampling='gumbel' does not apply to tele_negatives=True (ANCE-Tele draws "
+                            "uniformly from its pools): drop negative_sampling")
+        if self.tele_pool_steps and not self.tele_negatives:
+            problems.append("tele_pool_steps needs tele_negatives=True")
+        if not self.uses_corrector:
+            for on, name in [(self.corrector_warmup_steps > 0, "corrector_warmup_steps"),
+                             (self.corrector_fallback_patience > 0, "corrector_fallback_patience")]:
+                if on:
+                    problems.append(f"{name} needs a trained corrector (correction='mlp' or 'linear'), got "
+                                    f"correction={self.correction!r}")
+        if "corrected" in self.eval_corpus_list and self.correction == "none":
+            problems.append("eval_corpus_embeddings='corrected' needs a correction (correction='mlp', 'linear' or "
+                            "'nystrom'), got correction='none'")
+        if self.hard_negatives == "dataset":
+            for on, name in [(self.tele_negatives, "tele_negatives"), (self.candidate_index != "none", "candidate_index"),
+                             (self.cache_refresh_steps > 0, "cache_refresh_steps"),
+                             (self.correction == "nystrom", "correction='nystrom'"),
+                             (self.false_negative_skip_top > 0 or self.false_negative_margin is not None
+                              or self.false_negative_max_score is not None, "false_negative_* limits")]:
+                if on:
+                    problems.append(f"{name} has no effect with hard_negatives='dataset' (no negative comes from the "
+                                    "cache): use hard_negatives='dataset+cache' or drop it")
+        if self.false_negative_margin is not None and not 0.0 < self.false_negative_margin <= 1.5:
+            problems.append(f"false_negative_margin must be in (0, 1.5], got {self.false_negative_margin}")
+        if self.false_negative_skip_top < 0:
+            problems.append(f"false_negative_skip_top must be >= 0, got {self.false_negative_skip_top}")
+        if problems:
+            raise ConfigError("invalid strategy: " + "; ".join(problems))
+
     @property
     def eval_corpus_list(self) -> list[str]:
         return [p.strip() for p in self.eval_corpus_embeddings.split(",") if p.strip()]
@@ -230,5 +302,5 @@ class CorrectorTrainingArguments(TrainingArguments):
 
     @property
     def mines_negatives(self) -> bool:
-        """Whether negatives come from the cache (scored rows or ANCE-Tele pools), not from the batch alone."""
-        return self.num_negatives > 0 or self.tele_negatives
+        """Whether each query gets hard negatives (from the cache or the data), not in-batch negatives alone."""
+        return self.num_negatives > 0

@@ -1,24 +1,26 @@
 """`CorrectorTrainer`: dense-retriever training with a target corrector network, as a ``transformers.Trainer``.
 
-One step (Monath et al., ICML 2024):
+One step (Monath et al., ICML 2024) reads:
 
-1. encode the batch's queries with f (a gradient-free pass, used only to choose negatives);
-2. score the whole cache with the corrected embeddings ``<f(x), h(g'(y))>`` in memory-bounded chunks;
-3. choose negatives per query (exact top-k or Gumbel-top-k), never one of its positives;
-4. encode queries, positives and chosen negatives with the current f and g, through the wrapped model's
-   ``forward`` (so DDP/FSDP hooks see every gradient), and h on the same targets' stale embeddings;
-5. task loss: truncated-softmax cross-entropy with the fresh embeddings (trains f, g);
-6. corrector loss: ``ce`` and/or ``mse`` against the fresh embeddings, held constant (trains h only);
-7. optionally write the fresh embeddings back into the cache.
+1. **choose negatives**: the batch's queries, encoded without gradients, go to the :class:`NegativeMiner`, which
+   asks the sampler (scores ``<f(x), h(g'(y))>`` over the cache; top-k, Gumbel-top-k, two-stage or ANCE-Tele)
+   and/or takes the data's own negatives, never a positive;
+2. **build the step's target batch**: the distinct positives and negatives, and each query's softmax columns;
+3. **forward**: queries, targets (with f and g) and the targets' stale rows through h, in one ``forward`` of the
+   wrapped model (so DDP / FSDP hooks see every gradient);
+4. **loss components**: the task loss (truncated softmax, trains f and g) and the corrector loss (CE and / or MSE
+   against the fresh embeddings held constant, trains h), each logged;
+5. **write-back**: the cache manager counts the step's target encodings and writes them back if asked.
 
-Baselines come from arguments alone (see :mod:`hf_corrector.training.config`).
+Periodic work (refreshes, sampler maintenance, the corrector fallback) runs in callbacks
+(:mod:`hf_corrector.training.callbacks`). Baselines come from arguments alone (:mod:`hf_corrector.training.config`).
 
 Example:
     >>> trainer = CorrectorTrainer(  # doctest: +SKIP
     ...     model=RetrieverModel.from_backbone("sentence-transformers/all-MiniLM-L6-v2"),
     ...     args=CorrectorTrainingArguments("out", max_steps=100, num_negatives=7),
-    ...     train_dataset=load_beir("scifact", split="train"),
-    ...     eval_dataset=load_beir("scifact", split="test"),
+    ...     train_dataset=load_beir("path/to/scifact", split="train"),
+    ...     eval_dataset=load_beir("path/to/scifact", split="test"),
     ... )
     >>> trainer.train()  # doctest: +SKIP
 """
@@ -27,7 +29,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -37,32 +38,34 @@ from typing import Any
 
 import datasets
 import torch
-import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import rotate_checkpoints
 
 from ..cache import StaleCache
+from ..cache.manager import CacheManager
 from ..data.format import RetrievalData
 from ..errors import CacheMismatchError, ConfigError, NonFiniteError
 from ..evaluation.metrics import retrieval_metrics
 from ..hub.callbacks import ModelCardCallback, push_checkpoint, write_model_cards
 from ..models.corrector import CorrectorConfig, CorrectorModel
 from ..models.retriever import RetrieverModel, load_retriever
+from ..negatives import NegativeSampler, SamplerContext, TrainingExamples, build_miner, build_sampler
+from .callbacks import CacheRefreshCallback, CorrectorFallbackCallback, CorrectorHealth, SamplerMaintenanceCallback
 from .checkpoints import (last_complete_checkpoint, publish_dir, remove_checkpoint_marker, verify_checkpoint,
                           write_checkpoint_marker)
 from .collator import CorrectorDataCollator, prepare_train_examples
 from .config import CorrectorTrainingArguments
 from .losses import corrector_loss, task_loss
-from .sampling import select_negatives
+from .peft_utils import apply_peft, load_peft_retriever, save_peft_retriever
+from .staleness import staleness_metrics
+from .targets import build_target_batch
+from .trainer_state import load_extra_state, save_extra_state
 
 logger = logging.getLogger(__name__)
 
 CACHE_DIR = "stale_cache"
-EXTRA_STATE = "corrector_trainer_state.json"
-EXTRA_TENSORS = "corrector_trainer_tensors.safetensors"
-PEFT_DIR = "peft_adapter"
 
 
 class CorrectorTrainingModel(nn.Module):
@@ -73,30 +76,14 @@ class CorrectorTrainingModel(nn.Module):
         self.retriever = retriever
         self.corrector = corrector
 
-    def forward(
-        self,
-        query_input_ids: torch.Tensor,
-        query_attention_mask: torch.Tensor,
-        target_input_ids: torch.Tensor,
-        target_attention_mask: torch.Tensor,
-        stale_target_embeddings: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
+    def forward(self, query_input_ids: torch.Tensor, query_attention_mask: torch.Tensor, target_input_ids: torch.Tensor,
+                target_attention_mask: torch.Tensor, stale_target_embeddings: torch.Tensor | None = None
+                ) -> dict[str, torch.Tensor]:
         out = self.retriever(query_input_ids, query_attention_mask, target_input_ids, target_attention_mask)
         result = {"query_embeddings": out.query_embeddings, "target_embeddings": out.target_embeddings}
         if self.corrector is not None and stale_target_embeddings is not None:
             result["corrected_embeddings"] = self.corrector(stale_target_embeddings)
         return result
-
-
-class CacheRefreshCallback(TrainerCallback):
-    """Re-embeds the whole corpus every ``cache_refresh_steps`` optimizer steps (ANCE-style refresh)."""
-
-    def __init__(self, trainer: CorrectorTrainer):
-        self.trainer = trainer
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.trainer._on_step_end(state.global_step)
-        return control
 
 
 class CorrectorTrainer(Trainer):
@@ -105,60 +92,40 @@ class CorrectorTrainer(Trainer):
     Args (beyond ``Trainer``'s):
         model: a :class:`RetrieverModel`, or a path / Hub id (a saved retriever or any ``AutoModel`` backbone).
         train_dataset: a :class:`RetrievalData` (queries + corpus), or a queries ``Dataset`` (``query_id``,
-            ``query``, ``positive_ids``) together with ``corpus``.
+            ``query``, ``positive_ids``, optionally ``negative_ids``) together with ``corpus``.
         eval_dataset: a :class:`RetrievalData` or queries ``Dataset`` evaluated over the full corpus.
         corpus: ``Dataset`` with ``doc_id`` and ``text`` (taken from ``train_dataset`` when it is RetrievalData).
         cache: a :class:`StaleCache` for ``corpus`` (or a path to one); built with the starting model if omitted.
         corrector: a :class:`CorrectorModel` (or path); built from the arguments if omitted and one is needed.
         peft_config: a ``peft`` config (e.g. ``LoraConfig``) applied to the encoder tower(s).
+        sampler: a :class:`~hf_corrector.negatives.NegativeSampler` replacing the one the arguments describe.
 
-    Pluggable parts are class attributes: ``collator_class``, ``corrector_class``, ``cache_class``.
+    Pluggable parts are class attributes: ``collator_class``, ``corrector_class``, ``cache_class``,
+    ``cache_manager_class`` and ``refresh_callback_class``.
     """
 
     collator_class = CorrectorDataCollator
     corrector_class = CorrectorModel
     cache_class = StaleCache
+    cache_manager_class = CacheManager
+    refresh_callback_class = CacheRefreshCallback
     loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean; Trainer divides by the GA steps
+    _tag_names = ["hf-corrector", "dense-retrieval", "corrector-networks"]
 
-    def __init__(
-        self,
-        model: RetrieverModel | str | None = None,
-        args: CorrectorTrainingArguments | None = None,
-        data_collator=None,
-        train_dataset: RetrievalData | datasets.Dataset | None = None,
-        eval_dataset: RetrievalData | datasets.Dataset | None = None,
-        processing_class=None,
-        model_init=None,
-        compute_metrics=None,
-        callbacks: list[TrainerCallback] | None = None,
-        optimizers=(None, None),
-        optimizer_cls_and_kwargs=None,
-        preprocess_logits_for_metrics=None,
-        *,
-        corpus: datasets.Dataset | None = None,
-        cache: StaleCache | str | os.PathLike | None = None,
-        corrector: CorrectorModel | str | None = None,
-        peft_config: Any | None = None,
-    ):
-        if args is None:
-            args = CorrectorTrainingArguments("corrector-trainer-output")
+    def __init__(self, model: RetrieverModel | str | None = None, args: CorrectorTrainingArguments | None = None,
+                 data_collator=None, train_dataset: RetrievalData | datasets.Dataset | None = None,
+                 eval_dataset: RetrievalData | datasets.Dataset | None = None, processing_class=None, model_init=None,
+                 compute_metrics=None, callbacks: list[TrainerCallback] | None = None, optimizers=(None, None),
+                 optimizer_cls_and_kwargs=None, preprocess_logits_for_metrics=None, *,
+                 corpus: datasets.Dataset | None = None, cache: StaleCache | str | os.PathLike | None = None,
+                 corrector: CorrectorModel | str | None = None, peft_config: Any | None = None,
+                 sampler: NegativeSampler | None = None):
+        args = args if args is not None else CorrectorTrainingArguments("corrector-trainer-output")
         if not isinstance(args, CorrectorTrainingArguments):
             raise ConfigError("args must be CorrectorTrainingArguments")
-        if model is None:
-            raise ConfigError("CorrectorTrainer needs a model (a RetrieverModel or a path / Hub id)")
-        retriever = load_retriever(model) if isinstance(model, (str, os.PathLike)) else model
-        if not isinstance(retriever, RetrieverModel):
-            raise ConfigError(f"model must be a RetrieverModel or a path, got {type(retriever).__name__}")
-        if processing_class is not None:
-            retriever.tokenizer = processing_class
-        if retriever.tokenizer is None:
-            raise ConfigError("the retriever has no tokenizer; pass processing_class=AutoTokenizer.from_pretrained(...)")
-        _check_tokenizer_fits(retriever)
-        if peft_config is not None:
-            retriever = _apply_peft(retriever, peft_config)
+        retriever = _prepare_retriever(model, processing_class, peft_config)
         self.uses_peft = peft_config is not None
 
-        # data -------------------------------------------------------------------------------------------------------
         if isinstance(train_dataset, RetrievalData):
             corpus = train_dataset.corpus if corpus is None else corpus
             train_queries = train_dataset.queries
@@ -169,7 +136,6 @@ class CorrectorTrainer(Trainer):
         if len(corpus) == 0:
             raise CacheMismatchError("the corpus is empty")
         self.corpus = corpus
-        self.corpus_texts: list[str] = list(corpus["text"])
         self.doc_ids: list[str] = list(corpus["doc_id"])
         self.doc_index = {d: i for i, d in enumerate(self.doc_ids)}
         if len(self.doc_index) != len(self.doc_ids):
@@ -179,77 +145,87 @@ class CorrectorTrainer(Trainer):
         if args.num_negatives >= len(self.doc_ids):
             raise ConfigError(f"num_negatives={args.num_negatives} needs a corpus larger than {len(self.doc_ids)}")
 
-        # corrector ----------------------------------------------------------------------------------------------------
+        corrector = self._prepare_corrector(corrector, retriever, args)
+        if data_collator is None:
+            data_collator = self.collator_class(
+                tokenizer=retriever.tokenizer, query_max_length=args.query_max_length or retriever.config.query_max_length,
+                query_prefix=retriever.config.query_prefix)
+        super().__init__(model=CorrectorTrainingModel(retriever, corrector), args=args, data_collator=data_collator,
+                         train_dataset=self.train_examples, eval_dataset=self.eval_queries, processing_class=None,
+                         model_init=model_init, compute_metrics=compute_metrics, callbacks=callbacks,
+                         optimizers=optimizers, optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+                         preprocess_logits_for_metrics=preprocess_logits_for_metrics)
+        self._metrics: dict[str, list[float]] = defaultdict(list)
+
+        built = cache is None
+        cache = self._prepare_cache(cache, retriever, corpus)
+        self.cache_manager = self.cache_manager_class(cache, list(corpus["text"]), self._encode_targets,
+                                                      self.accelerator, write_back=args.cache_write_back)
+        if built and args.mines_negatives:  # with in-batch negatives only the cache serves diagnostics
+            self.cache_manager.cost.initial_cache_encodings = len(self.doc_ids)
+        self.sampler = sampler if sampler is not None else build_sampler(args, lambda: self.corrector)
+        examples = TrainingExamples.from_dataset(self.train_examples) if self.train_examples is not None else None
+        self.sampler.setup(SamplerContext(self.cache_manager, self._encode_queries_for_sampler, seed=args.seed,
+                                          chunk_size=args.corrector_chunk_size, device=args.device, examples=examples))
+        self.negatives = build_miner(args, self.sampler, self._negatives_source())
+        if self.train_examples is not None and args.num_negatives:
+            self.negatives.check_examples([len(r) for r in self.train_examples["negative_rows"]],
+                                          self.train_examples["query_id"])
+        self.corrector_health = CorrectorHealth()
+        self.fallback_callback = CorrectorFallbackCallback(self.corrector_health, self.sampler.transform,
+                                                           args.corrector_fallback_patience,
+                                                           args.corrector_warmup_steps, self.accelerator)
+        for callback in (self.refresh_callback_class(self.cache_manager, args.cache_refresh_steps),
+                         SamplerMaintenanceCallback(self.sampler), self.fallback_callback):
+            self.add_callback(callback)
+        self.model_card_callback = ModelCardCallback(self, train_dataset, eval_dataset)
+        self.add_callback(self.model_card_callback)
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # set-up
+    def _prepare_corrector(self, corrector, retriever: RetrieverModel, args) -> CorrectorModel | None:
         if isinstance(corrector, (str, os.PathLike)):
             corrector = self.corrector_class.from_pretrained(corrector)
         trains_corrector = args.uses_corrector and args.mines_negatives
         if args.uses_corrector and not trains_corrector:
             logger.info("num_negatives=0 (in-batch negatives only): no corrector is trained")
         if corrector is None and trains_corrector:
-            corrector = self.corrector_class(
-                CorrectorConfig(
-                    embedding_dim=retriever.embedding_dim,
-                    architecture=args.correction,
-                    hidden_dim=args.corrector_hidden_dim,
-                    num_layers=args.corrector_num_layers,
-                    retriever_name_or_path=retriever.config.base_model_name_or_path,
-                )
-            )
+            corrector = self.corrector_class(CorrectorConfig(
+                embedding_dim=retriever.embedding_dim, architecture=args.correction, hidden_dim=args.corrector_hidden_dim,
+                num_layers=args.corrector_num_layers, retriever_name_or_path=retriever.config.base_model_name_or_path))
         if corrector is not None and corrector.config.embedding_dim != retriever.embedding_dim:
             raise CacheMismatchError(f"corrector dimension {corrector.config.embedding_dim} != retriever dimension "
                                      f"{retriever.embedding_dim}")
-        wrapper = CorrectorTrainingModel(retriever, corrector if trains_corrector else None)
+        return corrector if trains_corrector else None
 
-        # cost counters and per-step metrics ------------------------------------------------------------------------
-        self.cost = {"initial_cache_encodings": 0, "step_target_encodings": 0, "refresh_encodings": 0,
-                     "num_refreshes": 0, "landmark_encodings": 0}
-        self._metrics: dict[str, list[float]] = defaultdict(list)
-        self._fallback_bad_logs = 0
-        self.use_uncorrected_scores = False
-        self.method_state: dict[str, Any] = {}
-
-        if data_collator is None:
-            data_collator = self.collator_class(
-                tokenizer=retriever.tokenizer,
-                query_max_length=args.query_max_length or retriever.config.query_max_length,
-                query_prefix=retriever.config.query_prefix,
-            )
-        super().__init__(
-            model=wrapper,
-            args=args,
-            data_collator=data_collator,
-            train_dataset=self.train_examples,
-            eval_dataset=self.eval_queries,  # evaluate() is ours; Trainer needs it set for eval_strategy != "no"
-            processing_class=None,
-            model_init=model_init,
-            compute_metrics=compute_metrics,
-            callbacks=callbacks,
-            optimizers=optimizers,
-            optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
-            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
-        )
-        self.add_callback(CacheRefreshCallback(self))
-        self.model_card_callback = ModelCardCallback(self, train_dataset, eval_dataset)  # fills the model card
-        self.add_callback(self.model_card_callback)
-
-        # cache ----------------------------------------------------------------------------------------------------------
+    def _prepare_cache(self, cache, retriever: RetrieverModel, corpus: datasets.Dataset) -> StaleCache:
         if isinstance(cache, (str, os.PathLike)):
             cache = self.cache_class.load(cache)
         if cache is None:
             logger.info("building the stale cache: encoding %d documents with the starting model", len(self.doc_ids))
-            cache = self.cache_class.build(corpus, retriever, batch_size=args.cache_encode_batch_size,
-                                           dtype=args.cache_dtype, device=self.args.device)
-            if args.mines_negatives:  # with in-batch negatives only, the cache serves diagnostics, not training
-                self.cost["initial_cache_encodings"] = len(self.doc_ids)
+            cache = self.cache_class.build(corpus, retriever, batch_size=self.args.cache_encode_batch_size,
+                                           dtype=self.args.cache_dtype, device=self.args.device)
         cache.check_corpus(self.doc_ids)
         cache.check_model(retriever)
-        self.cache = cache
-        from ..methods import build_method_hooks  # Nyström, ANCE-Tele, candidate index
+        return cache
 
-        self.method_hooks = build_method_hooks(self)
+    def _negatives_source(self) -> str:
+        source = self.args.hard_negatives
+        if source != "auto":
+            return source
+        has_given = self.train_examples is not None and any(len(r) for r in self.train_examples["negative_rows"])
+        return "dataset+cache" if has_given else "cache"
 
-    # ---------------------------------------------------------------------------------------------------------------
-    # helpers
+    def _encode_targets(self, texts: list[str], show_progress_bar: bool = False, desc: str | None = None) -> torch.Tensor:
+        return self.retriever.encode_targets(texts, batch_size=self.args.cache_encode_batch_size,
+                                             max_length=self.args.target_max_length, device=self.args.device,
+                                             show_progress_bar=show_progress_bar and self.accelerator.is_main_process)
+
+    def _encode_queries_for_sampler(self, texts: list[str]) -> torch.Tensor:
+        return self.retriever.encode_queries(texts, batch_size=self.args.eval_batch_size_encode,
+                                             max_length=self.args.query_max_length, device=self.args.device,
+                                             show_progress_bar=False)
+
     @property
     def retriever(self) -> RetrieverModel:
         return self.accelerator.unwrap_model(self.model).retriever
@@ -258,65 +234,22 @@ class CorrectorTrainer(Trainer):
     def corrector(self) -> CorrectorModel | None:
         return self.accelerator.unwrap_model(self.model).corrector
 
-    def cache_rows(self, start: int, stop: int) -> torch.Tensor:
-        return self.cache.matrix()[start:stop]
+    @property
+    def cache(self) -> StaleCache:
+        return self.cache_manager.cache
 
-    def score_transform(self):
-        """The map applied to stale rows before scoring: the corrector, a method hook's map, or None."""
-        if self.use_uncorrected_scores:
-            return None
-        hook = self.method_hooks.get("transform")
-        if hook is not None:
-            return hook()
-        corrector = self.corrector
-        if corrector is None:
-            return None
-        device = next(corrector.parameters()).device
+    @property
+    def corpus_texts(self) -> list[str]:
+        return self.cache_manager.texts
 
-        def apply(rows: torch.Tensor) -> torch.Tensor:
-            was_training = corrector.training
-            corrector.eval()
-            try:
-                return corrector(rows.to(device))
-            finally:
-                corrector.train(was_training)
+    @property
+    def cost(self) -> dict[str, int]:
+        """Re-embedding cost so far, by purpose (a snapshot; see :class:`~hf_corrector.cache.manager.ReembeddingCost`)."""
+        return self.cache_manager.cost.as_dict()
 
-        return apply
-
-    def encode_corpus(self, desc: str = "re-embed corpus") -> torch.Tensor:
-        """Encode the whole corpus with the current g; sharded across processes and gathered."""
-        world, rank = self.accelerator.num_processes, self.accelerator.process_index
-        retriever = self.retriever
-        mine = list(range(rank, len(self.corpus_texts), world))
-        emb = retriever.encode_targets([self.corpus_texts[i] for i in mine], batch_size=self.args.cache_encode_batch_size,
-                                       max_length=self.args.target_max_length, device=self.args.device,
-                                       show_progress_bar=self.accelerator.is_main_process)
-        if world == 1:
-            return emb
-        per = math.ceil(len(self.corpus_texts) / world)
-        padded = torch.zeros(per, emb.shape[1])
-        padded[: emb.shape[0]] = emb
-        gathered = self.accelerator.gather(padded.to(self.args.device)).cpu().reshape(world, per, -1)
-        full = torch.empty(len(self.corpus_texts), emb.shape[1])
-        for r in range(world):
-            rows = list(range(r, len(self.corpus_texts), world))
-            full[rows] = gathered[r, : len(rows)]
-        return full
-
-    def refresh_cache(self, step: int) -> None:
-        """Re-embed the corpus and replace the cache (counts toward the re-embedding cost)."""
-        self.cache.replace_all(self.encode_corpus(), step)
-        self.cost["refresh_encodings"] += len(self.doc_ids)
-        self.cost["num_refreshes"] += 1
-        if "on_refresh" in self.method_hooks:
-            self.method_hooks["on_refresh"](step)
-
-    def _on_step_end(self, step: int) -> None:
-        r = self.args.cache_refresh_steps
-        if r and step > 0 and step % r == 0:
-            self.refresh_cache(step)
-        if "on_step_end" in self.method_hooks:
-            self.method_hooks["on_step_end"](step)
+    def total_reembedding_cost(self) -> int:
+        """Target-encoder forward passes spent on the corpus: initial cache + per-step encodings + refreshes."""
+        return self.cache_manager.cost.total
 
     # ---------------------------------------------------------------------------------------------------------------
     # optimisation
@@ -337,39 +270,19 @@ class CorrectorTrainer(Trainer):
         if corrector_params:
             groups.append({"params": corrector_params, "weight_decay": 0.0, "lr": self.args.corrector_learning_rate,
                            "group": "corrector"})
-        groups = [g for g in groups if g["params"]]
         optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, wrapper)
         optimizer_kwargs.pop("lr", None)
-        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        self.optimizer = optimizer_cls([g for g in groups if g["params"]], **optimizer_kwargs)
         return self.optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         """Per-group schedule: encoders are frozen (factor 0) during corrector warm-up, then follow
-        ``lr_scheduler_type`` (linear / constant / cosine, with ``warmup_steps``); the corrector stays constant."""
-        if self.lr_scheduler is not None:
-            return self.lr_scheduler
-        optimizer = optimizer or self.optimizer
-        frozen = self.args.corrector_warmup_steps
-        warmup = self.args.get_warmup_steps(num_training_steps)
-        kind = str(getattr(self.args.lr_scheduler_type, "value", self.args.lr_scheduler_type))
-        total = max(num_training_steps - frozen, 1)
+        ``lr_scheduler_type``; the corrector stays constant."""
+        if self.lr_scheduler is None:
+            from .optim import build_lr_scheduler
 
-        def encoder_factor(step: int) -> float:
-            if step < frozen:
-                return 0.0
-            s = step - frozen
-            if warmup and s < warmup:
-                return (s + 1) / warmup if kind != "constant" else 1.0
-            if kind.startswith("constant"):
-                return 1.0
-            progress = min(1.0, (s - warmup) / max(1, total - warmup))
-            if kind.startswith("cosine"):
-                return 0.5 * (1.0 + math.cos(math.pi * progress))
-            return max(0.0, 1.0 - progress)
-
-        lambdas = [(lambda step: 1.0) if g.get("group") == "corrector" else encoder_factor for g in optimizer.param_groups]
-        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
-        self._created_lr_scheduler = True
+            self.lr_scheduler = build_lr_scheduler(self.args, optimizer or self.optimizer, num_training_steps)
+            self._created_lr_scheduler = True
         return self.lr_scheduler
 
     # ---------------------------------------------------------------------------------------------------------------
@@ -380,7 +293,6 @@ class CorrectorTrainer(Trainer):
         Queries are encoded without dropout (eval mode) for this choice, so it depends on the model alone, not on
         the dropout RNG: the same on every process and after a resume.
         """
-        args = self.args
         retriever = self.retriever
         was_training = retriever.training
         retriever.eval()
@@ -391,74 +303,48 @@ class CorrectorTrainer(Trainer):
             retriever.train(was_training)
         exclude = [[int(r) for r in row if r >= 0] for row in inputs["exclude_rows"].tolist()]
         keys = [str(int(e)) for e in inputs["example_ids"].tolist()]
-        if "select" in self.method_hooks:
-            return self.method_hooks["select"](q, exclude, keys)
-        candidates = self.method_hooks["candidates"](q) if "candidates" in self.method_hooks else None
-        selection = select_negatives(
-            q, self.cache.rows if candidates is not None else self.cache_rows, args.num_negatives, exclude=exclude,
-            method=args.negative_sampling, temperature=args.sampling_temperature, noise_keys=keys, seed=args.seed,
-            step=self.state.global_step, num_rows=len(self.cache), chunk_size=args.corrector_chunk_size,
-            transform=self.score_transform(), candidates=candidates,
-        )
-        return selection.indices
+        given = inputs.get("given_negative_rows")
+        return self.negatives.choose(q, inputs["positive_rows"].cpu(), exclude, keys,
+                                     given.cpu() if given is not None else None, self.state.global_step)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         args = self.args
         device = inputs["query_input_ids"].device
         b = inputs["query_input_ids"].shape[0]
-        pos = inputs["positive_rows"].cpu()
         neg = self.choose_negatives(inputs).cpu() if args.num_negatives > 0 else torch.zeros((b, 0), dtype=torch.long)
-        targets, inverse = torch.unique(torch.cat([pos[:, None], neg], 1).reshape(-1), return_inverse=True)
-        inverse = inverse.reshape(b, -1)
-        tok = self.retriever.tokenize([self.corpus_texts[i] for i in targets.tolist()], "target", args.target_max_length)
-        stale_rows = self.cache.rows(targets)  # g'(y) of the step's targets: corrector input and staleness logs
-        stale = stale_rows.to(device) if self.corrector is not None else None
-        out = model(
-            query_input_ids=inputs["query_input_ids"],
-            query_attention_mask=inputs["query_attention_mask"],
-            target_input_ids=tok["input_ids"].to(device),
-            target_attention_mask=tok["attention_mask"].to(device),
-            stale_target_embeddings=stale,
-        )
-        q, t = out["query_embeddings"], out["target_embeddings"]
-        self.cost["step_target_encodings"] += int(targets.numel()) * self.accelerator.num_processes
-
-        # candidate sets: own positive + own negatives (+ every other target of the step), never own other positives
-        u = targets.numel()
-        own = torch.zeros(b, u, dtype=torch.bool)
-        own.scatter_(1, inverse, True)
-        mask = torch.ones(b, u, dtype=torch.bool) if args.in_batch_negatives else own.clone()
-        excl = inputs["exclude_rows"].cpu()
-        is_pos = (targets[None, :, None] == excl[:, None, :]).any(-1)  # (b, u): target is one of the query's positives
-        labels = inverse[:, 0]
-        mask &= ~is_pos
-        mask[torch.arange(b), labels] = True
-        mask, labels, own = mask.to(device), labels.to(device), own.to(device)
-
-        loss_task = task_loss(q, t, labels, mask, args.temperature)
+        batch = build_target_batch(inputs["positive_rows"].cpu(), neg, inputs["exclude_rows"].cpu(),
+                                   args.in_batch_negatives)
+        tok = self.retriever.tokenize(self.cache_manager.texts_of(batch.targets), "target", args.target_max_length)
+        stale_rows = self.cache_manager.rows(batch.targets)  # g'(y): corrector input and staleness logs
+        out = model(query_input_ids=inputs["query_input_ids"], query_attention_mask=inputs["query_attention_mask"],
+                    target_input_ids=tok["input_ids"].to(device), target_attention_mask=tok["attention_mask"].to(device),
+                    stale_target_embeddings=stale_rows.to(device) if self.corrector is not None else None)
+        q, t, corrected = out["query_embeddings"], out["target_embeddings"], out.get("corrected_embeddings")
+        on_device = batch.to(device)
+        losses = {"task_loss": task_loss(q, t, on_device.labels, on_device.mask, args.temperature)}
+        if corrected is not None:
+            parts = corrector_loss(q, t, corrected, on_device.own & on_device.mask, args.temperature,
+                                   args.corrector_loss, args.corrector_mse_weight)
+            losses.update({"corrector_loss" if name == "corrector" else name: value for name, value in parts.items()})
         warm = self.state.global_step < args.corrector_warmup_steps
-        loss = loss_task * (0.0 if warm else 1.0)
-        corrected = out.get("corrected_embeddings")
-        parts = {}
-        if corrected is not None:
-            parts = corrector_loss(q, t, corrected, own & mask, args.temperature, args.corrector_loss, args.corrector_mse_weight)
-            loss = loss + parts["corrector"]
+        loss = losses["task_loss"] * (0.0 if warm else 1.0) + losses.get("corrector_loss", 0.0)
         # the tensors first, so that the error names the source of a NaN rather than the loss it spreads to
-        self._check_finite(q, "query embeddings")
-        self._check_finite(t, "target embeddings")
-        if corrected is not None:
-            self._check_finite(corrected, "corrector output")
-        self._check_finite(loss, "loss")
-        for name, value in parts.items():  # after the checks: a skipped step logs no NaN
-            self._metrics[f"{name}_loss" if name == "corrector" else name].append(float(value.detach()))
-        self._metrics["task_loss"].append(float(loss_task.detach()))
-        self._log_staleness(q, t, targets, stale_rows, corrected, neg, inverse)
-
-        if args.cache_write_back:
-            self._write_back(targets, t.detach())
-        if "after_step" in self.method_hooks:
-            self.method_hooks["after_step"](targets, t.detach(), q.detach(), inputs)
+        for tensor, name in ((q, "query embeddings"), (t, "target embeddings"), (corrected, "corrector output"),
+                             (loss, "loss")):
+            if tensor is not None:
+                self._check_finite(tensor, name)
+        self._record_step_metrics(losses, q, t, stale_rows, corrected, batch.inverse)
+        self.cache_manager.record_step(batch.targets, t.detach(), self.state.global_step)
         return (loss, out) if return_outputs else loss
+
+    def _record_step_metrics(self, losses, q, t, stale_rows, corrected, inverse) -> None:
+        for name, value in losses.items():  # after the finiteness checks: a skipped step logs no NaN
+            self._metrics[name].append(float(value.detach()))
+        stats = staleness_metrics(q, t, stale_rows, corrected, inverse)
+        for name, value in stats.items():
+            self._metrics[name].append(value)
+        if "staleness_cos_corrected" in stats:
+            self.corrector_health.record(stats["staleness_cos_stale"], stats["staleness_cos_corrected"])
 
     def _check_finite(self, tensor: torch.Tensor, name: str) -> None:
         if torch.isfinite(tensor.detach()).all():
@@ -475,72 +361,23 @@ class CorrectorTrainer(Trainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         try:
             return super().training_step(model, inputs, num_items_in_batch)
-        except _SkipStep:
-            # raised before backward: this micro-batch adds no gradient; earlier micro-batches of the same
-            # accumulation window keep theirs
+        except _SkipStep:  # raised before backward: earlier micro-batches of the accumulation window keep theirs
             self._metrics["skipped_steps"].append(1.0)
             return torch.zeros((), device=self.args.device)
 
-    @torch.no_grad()
-    def _log_staleness(self, q, t, targets, stale_rows, corrected, neg, inverse) -> None:
-        """Log cos(g', g), cos(h(g'), g) and the overlap of the chosen negatives with the fresh top-k.
-
-        ``targets`` are the step's cache rows (positives and chosen negatives); ``stale_rows`` their cached g'(y).
-        """
-        stale = stale_rows.to(t.device)
-        t32 = t.detach().float()
-        cos_stale = F.cosine_similarity(stale, t32, dim=-1).mean()
-        self._metrics["staleness_cos_stale"].append(float(cos_stale))
-        if corrected is not None:
-            cos_corr = F.cosine_similarity(corrected.detach().float(), t32, dim=-1).mean()
-            self._metrics["staleness_cos_corrected"].append(float(cos_corr))
-        k = neg.shape[1]
-        if k and stale_rows.shape[0] > k + 1:
-            # overlap of the chosen negatives with the top-k under fresh scores, among the step's targets
-            fresh = q.detach().float() @ t32.T
-            own_pos = inverse[:, :1].to(fresh.device)
-            fresh.scatter_(1, own_pos, float("-inf"))
-            top_fresh = fresh.topk(k, dim=1).indices.cpu()
-            chosen = inverse[:, 1:]
-            overlap = (chosen[:, :, None] == top_fresh[:, None, :]).any(-1).float().mean()
-            self._metrics["negatives_overlap_fresh"].append(float(overlap))
-
-    def _write_back(self, targets: torch.Tensor, fresh: torch.Tensor) -> None:
-        step = self.state.global_step
-        if self.accelerator.num_processes > 1:
-            rows = self.accelerator.pad_across_processes(targets.to(self.args.device), dim=0, pad_index=-1)
-            emb = self.accelerator.pad_across_processes(fresh.float(), dim=0)
-            rows, emb = self.accelerator.gather(rows).cpu(), self.accelerator.gather(emb).cpu()
-            keep = rows >= 0
-            targets, fresh = rows[keep], emb[keep]
-        self.cache.update(targets.cpu(), fresh.float().cpu(), step)
-
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add the averaged loss components and staleness statistics to Trainer's logs."""
-        if self._metrics and "loss" in logs:
+        """Add the averaged loss components, staleness statistics and the re-embedding cost to Trainer's logs."""
+        if "loss" in logs:
+            if self.negatives.dropped:
+                self._metrics["false_negatives_dropped"].extend(self.negatives.dropped)
+                self.negatives.dropped.clear()
             for name, values in self._metrics.items():
                 logs[name] = round(sum(values) / len(values), 6) if name != "skipped_steps" else len(values)
-            self._check_corrector_health(logs)
             self._metrics.clear()
+            if self.corrector is not None:
+                logs["corrector_fallback"] = float(self.fallback_callback.falling_back)
+            logs["reembedding_cost"] = self.total_reembedding_cost()
         super().log(logs, start_time)
-
-    def _check_corrector_health(self, logs: dict[str, float]) -> None:
-        if "staleness_cos_corrected" not in logs or self.state.global_step < self.args.corrector_warmup_steps:
-            return
-        worse = logs["staleness_cos_corrected"] < logs["staleness_cos_stale"]
-        self._fallback_bad_logs = self._fallback_bad_logs + 1 if worse else 0
-        patience = self.args.corrector_fallback_patience or 3
-        if worse and self._fallback_bad_logs >= patience:
-            logger.warning("step %d: the corrector makes embeddings worse (cos(h(g'), g)=%.4f < cos(g', g)=%.4f) for %d "
-                           "logging steps", self.state.global_step, logs["staleness_cos_corrected"],
-                           logs["staleness_cos_stale"], self._fallback_bad_logs)
-            if self.args.corrector_fallback_patience and not self.use_uncorrected_scores:
-                logger.warning("falling back to uncorrected scores until the corrector recovers")
-                self.use_uncorrected_scores = True
-        elif not worse and self.use_uncorrected_scores:
-            logger.info("step %d: corrector recovered; using corrected scores again", self.state.global_step)
-            self.use_uncorrected_scores = False
-        logs["corrector_fallback"] = float(self.use_uncorrected_scores)
 
     # ---------------------------------------------------------------------------------------------------------------
     # evaluation
@@ -548,7 +385,7 @@ class CorrectorTrainer(Trainer):
         """nDCG@10, Recall@10/100 and MRR@10 of held-out queries over the whole corpus.
 
         ``eval_corpus_embeddings`` picks the corpus representation(s): ``fresh`` (re-encoded now; its metrics carry
-        no infix), ``stale`` (the cache) and ``corrected`` (h applied to the cache), side by side.
+        no infix), ``stale`` (the cache) and ``corrected`` (the score transform applied to the cache), side by side.
         """
         queries = eval_dataset.queries if isinstance(eval_dataset, RetrievalData) else eval_dataset
         queries = queries if queries is not None else self.eval_queries
@@ -561,12 +398,10 @@ class CorrectorTrainer(Trainer):
         return metrics
 
     def corpus_embeddings(self, kind: str) -> torch.Tensor:
-        """The corpus as ``fresh`` (re-encoded), ``stale`` (the cache) or ``corrected`` (h(cache)) embeddings."""
+        """The corpus as ``fresh`` (re-encoded), ``stale`` (the cache) or ``corrected`` (transformed cache) rows."""
         if kind == "fresh":
-            return self.encode_corpus("encode corpus (eval)")
-        if kind == "stale":
-            return self.cache.matrix().float()
-        transform = self.score_transform()
+            return self.cache_manager.encode_corpus("encoding the corpus for evaluation")
+        transform = self.sampler.transform.function(self.state.global_step) if kind == "corrected" else None
         if transform is None:
             return self.cache.matrix().float()
         with torch.no_grad():
@@ -584,23 +419,14 @@ class CorrectorTrainer(Trainer):
             out.update({f"{prefix}_{infix}{name}": round(v, 5) for name, v in values.items()})
         return out
 
-    def total_reembedding_cost(self) -> int:
-        """Target-encoder forward passes spent on the corpus: initial cache + per-step encodings + refreshes."""
-        c = self.cost
-        return c["initial_cache_encodings"] + c["step_target_encodings"] + c["refresh_encodings"] + c["landmark_encodings"]
-
     # ---------------------------------------------------------------------------------------------------------------
     # saving and resuming
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        """Save the retriever (``from_pretrained``-loadable), the corrector in ``corrector/`` and the arguments (JSON).
-
-        Written into a temporary sibling folder first and then moved into place (atomically unless ``output_dir``
-        holds other things, such as checkpoints: see :func:`~hf_corrector.training.checkpoints.publish_dir`).
-        """
-        output_dir = output_dir or self.args.output_dir
+        """Save the retriever (``from_pretrained``-loadable), the corrector in ``corrector/`` and the arguments (JSON),
+        into a temporary sibling folder first and then moved into place (see :func:`publish_dir`)."""
         if not self.args.should_save:
             return
-        final = Path(output_dir).resolve()
+        final = Path(output_dir or self.args.output_dir).resolve()
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
         try:
@@ -613,24 +439,17 @@ class CorrectorTrainer(Trainer):
     def _save_model_files(self, output_dir: str) -> None:
         os.makedirs(output_dir, exist_ok=True)
         retriever = self.retriever
-        if self.uses_peft:
-            _save_peft_retriever(retriever, output_dir)
-        else:
-            retriever.save_pretrained(output_dir)
-        corrector = self.corrector
-        if corrector is not None:
-            corrector.config.retriever_name_or_path = retriever.config.base_model_name_or_path
-            corrector.save_pretrained(os.path.join(output_dir, "corrector"))
+        (save_peft_retriever if self.uses_peft else lambda r, d: r.save_pretrained(d))(retriever, output_dir)
+        if self.corrector is not None:
+            self.corrector.config.retriever_name_or_path = retriever.config.base_model_name_or_path
+            self.corrector.save_pretrained(os.path.join(output_dir, "corrector"))
         Path(output_dir, "training_args.json").write_text(self.args.to_json_string())
         Path(output_dir, "reembedding_cost.json").write_text(json.dumps(
             {**self.cost, "total": self.total_reembedding_cost(), "num_docs": len(self.doc_ids)}, indent=2))
 
     def _save_checkpoint(self, model, trial):
-        """Trainer's checkpoint plus the cache and this trainer's extra state (cost counters, method state).
-
-        The folder is marked complete (``checkpoint_complete.json``) only at the very end, and older checkpoints are
-        rotated out (``save_total_limit``) only after that, so a crash at any point leaves a complete checkpoint.
-        """
+        """Trainer's checkpoint plus the cache and this trainer's extra state (cost, sampler state). The folder is
+        marked complete only at the very end, and older checkpoints are rotated out only after that."""
         folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
         if self.args.should_save:
             remove_checkpoint_marker(folder)  # rewritten in place: must not look complete until it is
@@ -644,58 +463,19 @@ class CorrectorTrainer(Trainer):
         if not self.args.should_save or not folder.exists():
             return
         self.cache.save(folder / CACHE_DIR)
-        self._save_extra_state(folder)
+        sampler_state, tensors = self.sampler.state_dict()
+        save_extra_state(folder, {"cost": self.cost, "fallback": self.fallback_callback.state_dict(),
+                                  "sampler": sampler_state, "global_step": self.state.global_step}, tensors)
         write_checkpoint_marker(folder, self.state.global_step)
         rotate_checkpoints(output_dir=str(folder.parent), save_total_limit=limit,
                            best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
         self._push_pending_checkpoint()
 
-    # ---------------------------------------------------------------------------------------------------------------
-    # Hub
-    @property
-    def model_card_data(self):
-        """The :class:`~hf_corrector.hub.CardData` of the cards (set ``license``, ``cache_repo_id``... on it)."""
-        return self.model_card_callback.card_data
-
-    def create_model_card(self, language=None, license=None, tags=None, model_name=None, finetuned_from=None,
-                          tasks=None, dataset_tags=None, dataset=None, dataset_args=None, **kwargs) -> None:
-        """Our retriever card in ``output_dir/README.md`` and the corrector card in ``output_dir/corrector/README.md``."""
-        if not self.is_world_process_zero():
-            return
-        write_model_cards(self, self.args.output_dir, language=language, license=license, tags=tags,
-                          model_name=model_name, finetuned_from=finetuned_from, dataset=dataset)
-
-    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
-        """Deferred to the end of ``_save_checkpoint`` (the cache and marker are written after Trainer calls this);
-        see :func:`hf_corrector.hub.callbacks.push_checkpoint` (pushes ``corrector/`` and the cards, never the pickled
-        ``training_args.bin`` that would carry ``hub_token``)."""
-        self._pending_hub_push = checkpoint_folder
-
-    def _push_pending_checkpoint(self) -> None:
-        folder, self._pending_hub_push = getattr(self, "_pending_hub_push", None), None
-        if folder is not None and os.path.isdir(folder):
-            push_checkpoint(self, folder)
-
-    def _save_extra_state(self, folder: Path) -> None:
-        tensors = {}
-        state = {"cost": self.cost, "use_uncorrected_scores": self.use_uncorrected_scores,
-                 "fallback_bad_logs": self._fallback_bad_logs, "global_step": self.state.global_step}
-        if "state_dict" in self.method_hooks:
-            extra_json, extra_tensors = self.method_hooks["state_dict"]()
-            state["method"] = extra_json
-            tensors.update(extra_tensors)
-        tmp = folder / f".{EXTRA_STATE}.tmp"
-        tmp.write_text(json.dumps(state, indent=2))
-        os.replace(tmp, folder / EXTRA_STATE)
-        if tensors:
-            save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(folder / (EXTRA_TENSORS + ".tmp")))
-            os.replace(folder / (EXTRA_TENSORS + ".tmp"), folder / EXTRA_TENSORS)
-
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         wrapper = self.accelerator.unwrap_model(model if model is not None else self.model)
         folder = Path(resume_from_checkpoint)
         if self.uses_peft:
-            _load_peft_retriever(wrapper.retriever, folder)
+            load_peft_retriever(wrapper.retriever, folder)
         else:
             state = load_file(str(folder / "model.safetensors"))
             missing, unexpected = wrapper.retriever.load_state_dict(state, strict=False)
@@ -713,15 +493,13 @@ class CorrectorTrainer(Trainer):
         if (folder / CACHE_DIR).exists():
             cache = self.cache_class.load(folder / CACHE_DIR)
             cache.check_corpus(self.doc_ids)
-            self.cache = cache
-        if (folder / EXTRA_STATE).exists():
-            state = json.loads((folder / EXTRA_STATE).read_text())
-            self.cost.update(state.get("cost", {}))
-            self.use_uncorrected_scores = state.get("use_uncorrected_scores", False)
-            self._fallback_bad_logs = state.get("fallback_bad_logs", 0)
-            if "load_state_dict" in self.method_hooks:
-                tensors = load_file(str(folder / EXTRA_TENSORS)) if (folder / EXTRA_TENSORS).exists() else {}
-                self.method_hooks["load_state_dict"](state.get("method", {}), tensors)
+            self.cache_manager.cache = cache
+        loaded = load_extra_state(folder)
+        if loaded is not None:
+            state, tensors = loaded
+            self.cache_manager.cost.load(state.get("cost", {}))
+            self.fallback_callback.load_state_dict(state.get("fallback", {}))
+            self.sampler.load_state_dict(state.get("sampler", {}), tensors)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """Trainer's ``train`` that also restores the cache and the trainer's extra state on resume."""
@@ -742,6 +520,49 @@ class CorrectorTrainer(Trainer):
                                        "reembedding_total": total, "step": self.state.global_step})
         return result
 
+    # ---------------------------------------------------------------------------------------------------------------
+    # Hub
+    @property
+    def model_card_data(self):
+        """The :class:`~hf_corrector.hub.CardData` of the cards (set ``license``, ``cache_repo_id``... on it)."""
+        return self.model_card_callback.card_data
+
+    def create_model_card(self, language=None, license=None, tags=None, model_name=None, finetuned_from=None,
+                          tasks=None, dataset_tags=None, dataset=None, dataset_args=None, **kwargs) -> None:
+        """Our retriever card in ``output_dir/README.md`` and the corrector card in ``output_dir/corrector/README.md``."""
+        if self.is_world_process_zero():
+            write_model_cards(self, self.args.output_dir, language=language, license=license, tags=tags,
+                              model_name=model_name, finetuned_from=finetuned_from, dataset=dataset)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """Deferred to the end of ``_save_checkpoint`` (the cache and marker are written after Trainer calls this);
+        see :func:`hf_corrector.hub.callbacks.push_checkpoint`."""
+        self._pending_hub_push = checkpoint_folder
+
+    def _push_pending_checkpoint(self) -> None:
+        folder, self._pending_hub_push = getattr(self, "_pending_hub_push", None), None
+        if folder is not None and os.path.isdir(folder):
+            push_checkpoint(self, folder)
+
+
+class _SkipStep(Exception):
+    """Internal: abandon the current step (nonfinite_action='skip')."""
+
+
+def _prepare_retriever(model, processing_class, peft_config) -> RetrieverModel:
+    """The retriever from a model or path, with ``processing_class`` as its tokenizer and PEFT applied."""
+    if model is None:
+        raise ConfigError("CorrectorTrainer needs a model (a RetrieverModel or a path / Hub id)")
+    retriever = load_retriever(model) if isinstance(model, (str, os.PathLike)) else model
+    if not isinstance(retriever, RetrieverModel):
+        raise ConfigError(f"model must be a RetrieverModel or a path, got {type(retriever).__name__}")
+    if processing_class is not None:
+        retriever.tokenizer = processing_class
+    if retriever.tokenizer is None:
+        raise ConfigError("the retriever has no tokenizer; pass processing_class=AutoTokenizer.from_pretrained(...)")
+    _check_tokenizer_fits(retriever)
+    return apply_peft(retriever, peft_config) if peft_config is not None else retriever
+
 
 def _check_tokenizer_fits(retriever: RetrieverModel) -> None:
     """A tokenizer with more tokens than the encoder's embedding matrix would fail deep in torch: fail early."""
@@ -755,43 +576,3 @@ def _check_tokenizer_fits(retriever: RetrieverModel) -> None:
         if rows is not None and size > rows:
             raise ConfigError(f"the tokenizer has {size} tokens but the retriever's {name} embeds only {rows} token ids "
                               f"(a tokenizer of another model?); use the encoder's own tokenizer or resize its embeddings")
-
-
-class _SkipStep(Exception):
-    """Internal: abandon the current step (nonfinite_action='skip')."""
-
-
-def _apply_peft(retriever: RetrieverModel, peft_config) -> RetrieverModel:
-    from peft import get_peft_model
-
-    retriever.encoder = get_peft_model(retriever.encoder, peft_config)
-    if retriever.query_encoder is not None:
-        retriever.query_encoder = get_peft_model(retriever.query_encoder, peft_config)
-    return retriever
-
-
-def _save_peft_retriever(retriever: RetrieverModel, output_dir: str) -> None:
-    """Save merged weights (loadable without peft) and the adapters (for resuming)."""
-    import copy
-
-    from peft import get_peft_model_state_dict
-
-    adapters = {"encoder": get_peft_model_state_dict(retriever.encoder)}
-    if retriever.query_encoder is not None:
-        adapters["query_encoder"] = get_peft_model_state_dict(retriever.query_encoder)
-    os.makedirs(os.path.join(output_dir, PEFT_DIR), exist_ok=True)
-    for name, sd in adapters.items():
-        save_file({k: v.contiguous() for k, v in sd.items()}, os.path.join(output_dir, PEFT_DIR, f"{name}.safetensors"))
-    merged = copy.deepcopy(retriever)
-    merged.encoder = merged.encoder.merge_and_unload()
-    if merged.query_encoder is not None:
-        merged.query_encoder = merged.query_encoder.merge_and_unload()
-    merged.save_pretrained(output_dir)
-
-
-def _load_peft_retriever(retriever: RetrieverModel, folder: Path) -> None:
-    from peft import set_peft_model_state_dict
-
-    set_peft_model_state_dict(retriever.encoder, load_file(str(folder / PEFT_DIR / "encoder.safetensors")))
-    if retriever.query_encoder is not None:
-        set_peft_model_state_dict(retriever.query_encoder, load_file(str(folder / PEFT_DIR / "query_encoder.safetensors")))

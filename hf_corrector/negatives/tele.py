@@ -3,7 +3,7 @@
 With ``tele_negatives=True`` the trainer no longer scores the cache every step. Pools are built per training
 example (a query and one of its positives) at the start of training, after each cache refresh (``on_refresh``)
 and, if ``tele_pool_steps > 0``, every ``tele_pool_steps`` steps in between; those in-between pools are computed
-from the *corrected* cache when the run has a corrector (``trainer.score_transform()``: the MLP / linear
+from the *corrected* cache when the run has a corrector (the sampler's score transform: the MLP / linear
 corrector, or the Nyström map), so the pools follow the encoder without re-embedding.
 
 * **ANN negatives**: the top-``tele_pool_size`` cache rows for the query, encoded now with f, against the (refreshed
@@ -15,7 +15,7 @@ corrector, or the Nyström map), so the pools follow the encoder without re-embe
   then the older momentum pool: recursive as in the official code), capped at ``2 * tele_pool_size`` rows, most
   recent first. The first build has no momentum pool.
 
-Training negatives (the ``select`` hook): ``num_negatives`` per query, drawn without replacement, uniformly within
+Training negatives (:meth:`TeleSampler.sample`): ``num_negatives`` per query, drawn without replacement, uniformly within
 each part. A share ``tele_momentum_weight`` comes from the momentum pool; of the rest, a share
 ``tele_lookahead_weight`` from the lookahead pool and the remainder from the ANN pool (the paper's 0.5 / 0.5).
 Counts are rounded; a part that is switched off (``tele_use_ann`` / ``tele_use_lookahead`` /
@@ -34,7 +34,7 @@ Example:
     ...                                   cache_refresh_steps=500, correction="none")
     >>> trainer = CorrectorTrainer(model=retriever, args=args, train_dataset=data)  # doctest: +SKIP
     >>> trainer.train()  # doctest: +SKIP
-    >>> trainer.method_state["tele"].pools("0")  # doctest: +SKIP
+    >>> trainer.sampler.pools("0")  # doctest: +SKIP
     {'ann': [...], 'lookahead': [...], 'momentum': [...]}
 """
 
@@ -47,8 +47,9 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from ..training.sampling import query_generator, select_negatives
-from .base import Method
+from .base import NegativeSampler, ScoreLimits, TrainingExamples
+from .topk import Selection, query_generator, select_negatives
+from .transforms import ScoreTransform
 
 logger = logging.getLogger(__name__)
 
@@ -71,86 +72,93 @@ def _rows(t: torch.Tensor, i: int) -> list[int]:
     return row[row >= 0].tolist()
 
 
-class TeleNegatives(Method):
+class TeleSampler(NegativeSampler):
     """ANCE-Tele negative pools (``tele_negatives=True``); see the module docstring.
 
     Args:
-        trainer: the :class:`~hf_corrector.CorrectorTrainer` (its ``train_examples`` define the pools).
+        pool_size, momentum_weight, lookahead_weight, use_ann, use_lookahead, use_momentum, pool_steps: the
+            ``tele_*`` training arguments.
+        transform: the score transform the in-between pools are built with (corrector or Nyström).
 
     Attributes:
         ann, lookahead, momentum: (E, width) pools of cache rows per training example (-1 = padding), rows in
-            ``trainer.train_examples`` order.
+            training-example order.
         built_step: the step of the last build (None before the first).
     """
 
-    name = "tele"
+    name = "ance-tele"
+    citation = "ance-tele"
 
-    def __init__(self, trainer: Any, **overrides: Any):
-        args = trainer.args
-        if trainer.train_examples is None:
-            raise ConfigError("tele_negatives needs training examples")
-        self.trainer = trainer
-        self.pool_size = int(overrides.get("pool_size", args.tele_pool_size))
-        self.momentum_weight = float(overrides.get("momentum_weight", args.tele_momentum_weight))
-        self.lookahead_weight = float(overrides.get("lookahead_weight", args.tele_lookahead_weight))
-        self.use_ann = bool(overrides.get("use_ann", args.tele_use_ann))
-        self.use_lookahead = bool(overrides.get("use_lookahead", args.tele_use_lookahead))
-        self.use_momentum = bool(overrides.get("use_momentum", args.tele_use_momentum))
-        self.pool_steps = int(overrides.get("pool_steps", args.tele_pool_steps))
+    def __init__(self, pool_size: int = 200, momentum_weight: float = 0.5, lookahead_weight: float = 0.5,
+                 use_ann: bool = True, use_lookahead: bool = True, use_momentum: bool = True, pool_steps: int = 0,
+                 transform: ScoreTransform | None = None):
+        super().__init__(transform)
+        self.pool_size = int(pool_size)
+        self.momentum_weight = float(momentum_weight)
+        self.lookahead_weight = float(lookahead_weight)
+        self.use_ann, self.use_lookahead, self.use_momentum = bool(use_ann), bool(use_lookahead), bool(use_momentum)
+        self.pool_steps = int(pool_steps)
         if self.pool_size < 1:
             raise ConfigError(f"tele_pool_size must be >= 1, got {self.pool_size}")
         if not (self.use_ann or self.use_lookahead or self.use_momentum):
             raise ConfigError("tele_negatives needs at least one of tele_use_ann / tele_use_lookahead / "
                               "tele_use_momentum")
-        ex = trainer.train_examples
-        self.example_ids: list[int] = [int(e) for e in ex["example_id"]]
+        self.built_step: int | None = None
+        self.num_builds = 0
+
+    @property
+    def description(self) -> str:
+        parts = [n for n, on in (("ANN", self.use_ann), ("lookahead", self.use_lookahead),
+                                 ("momentum", self.use_momentum)) if on]
+        return f"ANCE-Tele pools ({' + '.join(parts)}, {self.pool_size} per pool; {self.transform.name} scores)"
+
+    def setup(self, context) -> None:
+        super().setup(context)
+        if context.examples is None:
+            raise ConfigError("tele_negatives needs training examples")
+        ex: TrainingExamples = context.examples
+        self.example_ids: list[int] = list(ex.example_ids)
         self.index_of = {str(e): i for i, e in enumerate(self.example_ids)}
-        self.query_ids: list[str] = list(ex["query_id"])
-        self.positive_row: list[int] = [int(r) for r in ex["positive_row"]]
-        self.positive_rows: list[list[int]] = [[int(r) for r in rows] for rows in ex["positive_rows"]]
-        queries = list(ex["query"])
+        self.query_ids: list[str] = list(ex.query_ids)
+        self.positive_row: list[int] = list(ex.positive_row)
+        self.positive_rows: list[list[int]] = [list(r) for r in ex.positive_rows]
         self.unique_queries: list[str] = []
         self.query_slot: list[int] = []
         slot_of: dict[str, int] = {}
-        for qid, text in zip(self.query_ids, queries):
+        for qid, text in zip(self.query_ids, ex.queries):
             if qid not in slot_of:
                 slot_of[qid] = len(self.unique_queries)
                 self.unique_queries.append(text)
             self.query_slot.append(slot_of[qid])
         empty = torch.zeros((len(self.example_ids), 0), dtype=torch.long)
         self.ann, self.lookahead, self.momentum = empty, empty.clone(), empty.clone()
-        self.built_step: int | None = None
-        self.num_builds = 0
 
     # -- building the pools -----------------------------------------------------------------------------------------
     def _top(self, vectors: torch.Tensor, exclude: list[list[int]], k: int, transform) -> torch.Tensor:
-        trainer = self.trainer
+        ctx = self.ctx
         out = []
-        vectors = vectors.to(trainer.args.device)  # where the corrector (if any) lives
+        vectors = vectors.to(ctx.device)  # where the corrector (if any) lives
         for start in range(0, vectors.shape[0], QUERY_BLOCK):
             stop = start + QUERY_BLOCK
-            sel = select_negatives(vectors[start:stop], trainer.cache_rows, k, exclude=exclude[start:stop],
-                                   method="topk", num_rows=len(trainer.cache),
-                                   chunk_size=trainer.args.corrector_chunk_size, transform=transform)
+            sel = select_negatives(vectors[start:stop], ctx.cache.read_chunk, k, exclude=exclude[start:stop],
+                                   method="topk", num_rows=len(ctx.cache), chunk_size=ctx.chunk_size,
+                                   transform=transform)
             out.append(sel.indices.cpu())
         return torch.cat(out) if out else torch.zeros((0, k), dtype=torch.long)
 
     @torch.no_grad()
     def build(self, step: int) -> None:
         """Rebuild every example's pools from the current (corrected) cache; the old pool becomes momentum."""
-        trainer = self.trainer
-        args = trainer.args
-        n = len(trainer.cache)
+        ctx = self.ctx
+        n = len(ctx.cache)
         k = min(self.pool_size, n - max(len(p) for p in self.positive_rows))
         if k < 1:
             raise ConfigError(f"the corpus ({n} rows) is too small for tele pools")
-        transform = trainer.score_transform()
+        transform = self.transform.function(step)
         need_ann = self.use_ann or not self.use_lookahead  # momentum-only runs carry ANN pools forward
         new_ann = new_la = torch.zeros((len(self.example_ids), 0), dtype=torch.long)
         if need_ann:
-            q = trainer.retriever.encode_queries(self.unique_queries, batch_size=args.eval_batch_size_encode,
-                                                 max_length=args.query_max_length, device=args.device,
-                                                 show_progress_bar=False).float()
+            q = ctx.encode_queries(self.unique_queries).float()
             # the same query has the same ANN pool for each of its examples: score once per query
             first = {}
             for i, s in enumerate(self.query_slot):
@@ -158,7 +166,7 @@ class TeleNegatives(Method):
             top = self._top(q, [self.positive_rows[first[s]] for s in range(len(self.unique_queries))], k, transform)
             new_ann = top[torch.as_tensor(self.query_slot, dtype=torch.long)]
         if self.use_lookahead:
-            pos = trainer.cache.rows(torch.as_tensor(self.positive_row, dtype=torch.long))
+            pos = ctx.cache.rows(torch.as_tensor(self.positive_row, dtype=torch.long))
             if transform is not None:
                 pos = torch.cat([transform(pos[s:s + QUERY_BLOCK]).float().cpu()
                                  for s in range(0, len(pos), QUERY_BLOCK)])
@@ -209,10 +217,10 @@ class TeleNegatives(Method):
             k_la = k_new if parts["lookahead"] else 0
         return {"momentum": k_mom, "lookahead": k_la, "ann": k_new - k_la}
 
-    def sample(self, key: str, k: int, exclude: Sequence[int], step: int) -> list[int]:
+    def draw(self, key: str, k: int, exclude: Sequence[int], step: int) -> list[int]:
         """``k`` negatives for example ``key`` at ``step`` (deterministic given seed, step and key)."""
         i = self.index_of[str(key)]
-        gen = query_generator(self.trainer.args.seed, step, f"tele:{key}")
+        gen = query_generator(self.ctx.seed, step, f"tele:{key}")
         banned = set(int(r) for r in exclude) | set(self.positive_rows[i])
         parts = self._parts(i)
         chosen: list[int] = []
@@ -232,36 +240,63 @@ class TeleNegatives(Method):
         if len(chosen) < k:  # a part ran short: top up from the whole union
             draw(list(dict.fromkeys(parts["momentum"] + parts["lookahead"] + parts["ann"])), k - len(chosen))
         if len(chosen) < k:  # the union is too small: random non-positive rows
-            n = len(self.trainer.cache)
+            n = len(self.ctx.cache)
             draw(torch.randperm(n, generator=gen).tolist(), k - len(chosen))
         if len(chosen) < k:
             raise ConfigError(f"cannot choose {k} negatives for example {key}: too few non-positive rows")
         return chosen
 
-    def select(self, q: torch.Tensor, exclude: Sequence[Sequence[int]], keys: Sequence[str]) -> torch.Tensor:
-        """The trainer's ``select`` hook: (B, num_negatives) rows from the pools (building them if needed)."""
+    def sample(self, queries: torch.Tensor, exclude: Sequence[Sequence[int]], keys: Sequence[str], k: int, step: int,
+               limits: ScoreLimits | None = None) -> Selection:
+        """``k`` rows per example from its pools (building the pools first if there are none)."""
         if self.built_step is None:
-            self.build(self.trainer.state.global_step)
-        step = self.trainer.state.global_step
-        k = self.trainer.args.num_negatives
-        return torch.as_tensor([self.sample(key, k, ex, step) for key, ex in zip(keys, exclude)], dtype=torch.long)
+            self.build(step)
+        dropped = torch.zeros(len(keys), dtype=torch.long)
+        if limits is not None and (limits.max_scores is not None or limits.skip_top):
+            exclude, dropped = self._limited(queries, exclude, keys, step, limits)
+        rows = torch.as_tensor([self.draw(key, k, ex, step) for key, ex in zip(keys, exclude)], dtype=torch.long)
+        return Selection(indices=rows, scores=self.score_rows(queries, rows, step), dropped=dropped)
+
+    def _limited(self, queries, exclude, keys, step, limits: ScoreLimits) -> tuple[list[list[int]], torch.Tensor]:
+        """``exclude`` plus the pool rows a false-negative limit drops (above the ceiling, or in the top ranks),
+        and how many were dropped per query."""
+        out = []
+        dropped = torch.zeros(len(keys), dtype=torch.long)
+        for qi, (key, ex) in enumerate(zip(keys, exclude)):
+            pool = sorted(self.union(key) - set(ex))
+            if not pool:
+                out.append(list(ex))
+                continue
+            scores = self.score_rows(queries[qi : qi + 1], torch.as_tensor([pool]), step)[0]
+            drop = set()
+            if limits.skip_top:
+                drop.update(pool[j] for j in scores.topk(min(limits.skip_top, len(pool))).indices.tolist())
+            if limits.max_scores is not None:
+                drop.update(r for r, s in zip(pool, scores.tolist()) if s > float(limits.max_scores[qi]))
+            dropped[qi] = len(drop)
+            out.append(list(ex) + sorted(drop))
+        return out, dropped
 
     # -- events -----------------------------------------------------------------------------------------------------
-    def on_refresh(self, step: int) -> None:
+    def on_cache_refreshed(self, step: int) -> None:
+        super().on_cache_refreshed(step)
         self.build(step)
 
     def on_step_end(self, step: int) -> None:
+        super().on_step_end(step)
         if self.pool_steps and step % self.pool_steps == 0 and step != self.built_step:
             self.build(step)
 
     # -- checkpoints ------------------------------------------------------------------------------------------------
     def state_dict(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        state = {"built_step": self.built_step, "num_builds": self.num_builds, "example_ids": self.example_ids}
-        tensors = {name: t.clone() for name, t in (("ann", self.ann), ("lookahead", self.lookahead),
-                                                   ("momentum", self.momentum)) if t.numel()}
+        state, tensors = super().state_dict()
+        state.update({"built_step": self.built_step, "num_builds": self.num_builds, "example_ids": self.example_ids})
+        tensors.update({name: t.clone() for name, t in (("ann", self.ann), ("lookahead", self.lookahead),
+                                                        ("momentum", self.momentum)) if t.numel()})
         return state, tensors
 
     def load_state_dict(self, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        super().load_state_dict(state, tensors)
         if state.get("example_ids") is not None and list(state["example_ids"]) != self.example_ids:
             raise ConfigError("the checkpoint's ANCE-Tele pools belong to other training examples")
         self.built_step = state.get("built_step")

@@ -2,8 +2,8 @@
 
 Scoring every cache row with the corrector each step costs O(N d) (plus the corrector's O(N d h)); with
 ``candidate_index`` set, a faiss index over the *stale* cache returns ``P = candidate_pool_size`` rows per query
-(the ``candidates`` hook) and the trainer re-scores only those with the (corrected) scores, choosing the
-negatives (top-k or Gumbel-top-k) inside the pool.
+and :class:`TwoStageSampler` re-scores only those with the (corrected) scores, choosing the negatives (top-k or
+Gumbel-top-k) inside the pool.
 
 Index kinds (all inner product):
 
@@ -31,8 +31,8 @@ Which query searches the stale index:
   of the exact corrected top-k inside the pool as a function of P.
 * no correction (or the corrector fell back to uncorrected scores): ``q`` itself, exact with a flat index.
 
-Maintenance: the index is built at the first ``candidates`` call (train start) and rebuilt after each full cache
-refresh (``on_refresh``). Rows written back into the cache (``cache_write_back``) are updated in the index at
+Maintenance: the index is built at the first selection (train start) and rebuilt after each full cache
+refresh (``on_cache_refreshed``). Rows written back into the cache (``cache_write_back``) are updated in the index at
 refresh time only: until then the index proposes them by their old vectors, but the second stage scores them by
 their current cache rows. For an exact resume the index is saved with the checkpoint's method state: flat and ivf
 indexes as the vectors of the rows written back since the build (the index is rebuilt deterministically from the
@@ -55,14 +55,16 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .base import Method
+from .base import NegativeSampler, ScoreLimits
+from .topk import Selection, select_negatives
+from .transforms import ScoreTransform
 
 logger = logging.getLogger(__name__)
 
@@ -165,34 +167,39 @@ def _sorted_rows(rows: torch.Tensor) -> torch.Tensor:
     return out.masked_fill(out == big, -1)
 
 
-class CandidateSelection(Method):
-    """The trainer's two-stage selection (``candidate_index`` in ``flat``, ``ivf``, ``hnsw``).
+class TwoStageSampler(NegativeSampler):
+    """Two-stage selection (``candidate_index`` in ``flat``, ``ivf``, ``hnsw``): a faiss index over the stale cache
+    proposes ``pool_size`` rows per query, which are re-scored through the transform and chosen from (top-k or
+    Gumbel-top-k).
 
     Args:
-        trainer: the :class:`~hf_corrector.CorrectorTrainer` (``candidate_index``, ``candidate_pool_size`` and,
-            when present, ``candidate_nprobe``).
-        query_map: optional callable returning a (d, d) matrix ``M`` (or None) with ``<q, h(v)> = <M q, v>`` up to a
-            per-query constant; the index is then searched with ``M q`` (rows: ``q @ M.T``). E.g. the Nyström map
-            ``v -> v W`` gives ``M = W``. The linear corrector's ``M = A^T`` is used automatically.
+        kind, pool_size, nprobe: the ``candidate_*`` training arguments.
+        method, temperature: as for :class:`~hf_corrector.negatives.exhaustive.ExhaustiveSampler`.
+        transform: the score transform; its :meth:`query_map` (linear corrector ``A^T``, Nyström ``W``) turns the
+            query into the one the stale index is searched with.
     """
 
-    name = "candidates"
+    name = "two-stage"
+    citation = "corrector"
 
-    def __init__(self, trainer: Any, query_map: Callable[[], torch.Tensor | None] | None = None, **overrides: Any):
-        args = trainer.args
-        self.trainer = trainer
-        self.query_map = query_map
-        self.index = CandidateIndex(
-            overrides.get("kind", args.candidate_index),
-            int(overrides.get("pool_size", args.candidate_pool_size)),
-            nprobe=int(overrides.get("nprobe", getattr(args, "candidate_nprobe", 16))),
-        )
+    def __init__(self, kind: str = "ivf", pool_size: int = 1024, nprobe: int = 16, method: str = "topk",
+                 temperature: float = 1.0, transform: ScoreTransform | None = None):
+        super().__init__(transform)
+        self.index = CandidateIndex(kind, int(pool_size), nprobe=int(nprobe))
+        self.method = method
+        self.temperature = float(temperature)
         self.built_step: int | None = None
         self.written: set[int] = set()  # rows written back since the build
         self._restore: dict[int, torch.Tensor] | None = None  # build-time rows to put back on rebuild (resume)
+        self.step = 0
+
+    @property
+    def description(self) -> str:
+        return f"two-stage: {self.index.kind} faiss index over the stale cache, {self.index.pool_size} candidates " \
+               f"re-scored with {self.transform.name} scores"
 
     def build(self, step: int) -> None:
-        matrix = self.trainer.cache.matrix()
+        matrix = self.ctx.cache.cache.matrix()
         if self._restore:
             matrix = matrix.float().clone()
             rows = torch.as_tensor(sorted(self._restore), dtype=torch.long)
@@ -205,53 +212,56 @@ class CandidateSelection(Method):
 
     def search_queries(self, q: torch.Tensor) -> torch.Tensor:
         """The vectors the stale index is searched with (``A^T q`` for the linear corrector, ``W q`` for Nyström)."""
-        trainer = self.trainer
         q = q.float()
-        if trainer.use_uncorrected_scores:
-            return q
-        matrix = None
-        corrector = trainer.corrector
-        if corrector is not None:
-            matrix = corrector.query_transform()
-        elif self.query_map is not None:
-            matrix = self.query_map()
+        matrix = self.transform.query_map()
         return q if matrix is None else q @ matrix.to(q.device, torch.float32).T
 
-    def candidates(self, q: torch.Tensor) -> torch.Tensor:
-        """The trainer's ``candidates`` hook: (B, P) cache rows per query, in ascending row order (-1 last).
+    def candidates(self, q: torch.Tensor, step: int) -> torch.Tensor:
+        """(B, P) cache rows per query, in ascending row order (-1 last).
 
         Row order (not rank order) makes Gumbel-top-k with ``P = N`` draw the same noise per row as the full pass,
         so two-stage selection then equals exact selection for both ``topk`` and ``gumbel``.
         """
         if self.index.index is None:
-            self.build(self.trainer.state.global_step)
+            self.build(step)
         return _sorted_rows(self.index.search(self.search_queries(q)))
 
-    def after_step(self, targets: torch.Tensor, fresh: torch.Tensor, q: torch.Tensor, inputs: dict) -> None:
-        if self.trainer.args.cache_write_back and self.index.index is not None:
-            self.written.update(int(r) for r in targets.tolist())
+    def sample(self, queries: torch.Tensor, exclude: Sequence[Sequence[int]], keys: Sequence[str], k: int, step: int,
+               limits: ScoreLimits | None = None) -> Selection:
+        ctx = self.ctx
+        limits = limits or ScoreLimits()
+        transform = self.transform.function(step)  # a Nyström map is fitted before the query map is read
+        candidates = self.candidates(queries, step)
+        return select_negatives(queries, ctx.cache.rows, k, exclude=exclude, method=self.method,
+                                temperature=self.temperature, noise_keys=keys, seed=ctx.seed, step=step,
+                                transform=transform, candidates=candidates, max_scores=limits.max_scores,
+                                skip_top=limits.skip_top)
 
-    def on_refresh(self, step: int) -> None:
+    def on_targets(self, rows: torch.Tensor) -> None:
+        super().on_targets(rows)
+        if self.ctx.cache.write_back and self.index.index is not None:
+            self.written.update(int(r) for r in rows.tolist())
+
+    def on_cache_refreshed(self, step: int) -> None:
+        super().on_cache_refreshed(step)
         self.written.clear()
         self.build(step)
 
     def state_dict(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        state: dict[str, Any] = {"built_step": self.built_step, "kind": self.index.kind}
-        tensors: dict[str, torch.Tensor] = {}
+        state, tensors = super().state_dict()
+        state.update({"built_step": self.built_step, "kind": self.index.kind})
         if self.index.index is None:
             return state, tensors
         if self.index.kind == "hnsw":
-            tensors["index"] = self.serialize_index()
+            tensors["index"] = self.index.serialize()
         elif self.written:
             rows = torch.as_tensor(sorted(self.written), dtype=torch.long)
             tensors["written_rows"] = rows
             tensors["written_vectors"] = self.index.reconstruct(rows)
         return state, tensors
 
-    def serialize_index(self) -> torch.Tensor:
-        return self.index.serialize()
-
     def load_state_dict(self, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        super().load_state_dict(state, tensors)
         self.built_step = state.get("built_step")
         self.written = set()
         self._restore = None

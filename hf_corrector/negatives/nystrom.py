@@ -20,9 +20,9 @@ regression from stale to fresh embeddings:
   rank r, ``W - I`` has rank ``<= r``.
 
 Landmarks are ``uniform`` (rows drawn by a generator seeded with ``(seed, step)``) or ``recent`` (the rows most
-recently selected as training targets, recorded through the trainer's ``after_step`` hook; topped up with uniform
-rows while fewer have been seen). Each refit adds ``m`` (times the number of processes: every process encodes
-the landmarks, so all hold the same ``W``) to ``trainer.cost["landmark_encodings"]``.
+recently selected as training targets, which the cache manager reports after each step; topped up with uniform
+rows while fewer have been seen). Each refit encodes the ``m`` landmarks through the cache manager (sharded over
+the processes, so every process holds the same ``W``) and adds ``m`` to ``cost.landmark_encodings``.
 
 After a full cache refresh the cache is fresh, so ``W`` is reset to the identity (no encodings spent) until the
 next refit. Rows written back into the cache (``cache_write_back``) are already fresh but are mapped by ``W``
@@ -51,8 +51,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CacheMismatchError, ConfigError
-from ..training.sampling import query_generator
-from .base import Method
+from .topk import query_generator
+from .transforms import ScoreTransform
 
 logger = logging.getLogger(__name__)
 
@@ -112,13 +112,11 @@ def _solve_psd(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     return torch.linalg.pinv(A, hermitian=True) @ B
 
 
-class NystromCorrection(Method):
-    """Correction by a Nyström map refitted on re-encoded landmarks (``correction="nystrom"``).
+class NystromTransform(ScoreTransform):
+    """The Nyström map ``rows -> rows @ W``, refitted on re-encoded landmarks (``correction="nystrom"``).
 
     Args:
-        trainer: the :class:`~hf_corrector.CorrectorTrainer`; its arguments ``nystrom_landmarks``,
-            ``nystrom_landmark_selection``, ``nystrom_ridge``, ``nystrom_rank``, ``nystrom_refit_steps`` (and
-            ``nystrom_residual`` when present) configure the method; keyword arguments override them.
+        num_landmarks, selection, ridge, rank, refit_steps, residual: the ``nystrom_*`` training arguments.
 
     Attributes:
         W: the current (d, d) map (None before the first fit).
@@ -128,21 +126,22 @@ class NystromCorrection(Method):
     """
 
     name = "nystrom"
+    citation = "nystrom"
 
-    def __init__(self, trainer: Any, **overrides: Any):
-        args = trainer.args
-        self.trainer = trainer
-        self.num_landmarks = int(overrides.get("num_landmarks", args.nystrom_landmarks))
-        self.selection = overrides.get("selection", args.nystrom_landmark_selection)
-        self.ridge = float(overrides.get("ridge", args.nystrom_ridge))
-        self.rank = overrides.get("rank", args.nystrom_rank)
-        self.refit_steps = int(overrides.get("refit_steps", args.nystrom_refit_steps))
-        self.residual = bool(overrides.get("residual", getattr(args, "nystrom_residual", False)))
-        self.seed = int(args.seed)
+    def __init__(self, num_landmarks: int = 512, selection: str = "uniform", ridge: float = 1e-3,
+                 rank: int | None = None, refit_steps: int = 20, residual: bool = False):
+        super().__init__()
+        self.num_landmarks = int(num_landmarks)
+        self.selection = selection
+        self.ridge = float(ridge)
+        self.rank = rank
+        self.refit_steps = int(refit_steps)
+        self.residual = bool(residual)
         if self.selection not in ("uniform", "recent"):
             raise ConfigError(f"nystrom landmark selection must be 'uniform' or 'recent', got {self.selection!r}")
         if self.num_landmarks < 1 or self.refit_steps < 1:
             raise ConfigError("nystrom_landmarks and nystrom_refit_steps must be >= 1")
+        self.context: Any = None
         self.W: torch.Tensor | None = None
         self.identity = False
         self.landmarks = torch.zeros(0, dtype=torch.long)
@@ -151,32 +150,31 @@ class NystromCorrection(Method):
         self.recent: dict[int, None] = {}  # insertion-ordered: oldest first
         self.last_fit: dict[str, float] = {}
 
+    def setup(self, context: Any) -> None:
+        """Called by the sampler's setup: the cache manager (landmark rows, encoding, cost) and the seed."""
+        self.context = context
+
     # -- fitting ----------------------------------------------------------------------------------------------------
     def choose_landmarks(self, step: int) -> torch.Tensor:
         """The landmark rows for a fit at ``step`` (sorted)."""
-        n = len(self.trainer.cache)
+        n = len(self.context.cache)
         m = min(self.num_landmarks, n)
         chosen: list[int] = []
         if self.selection == "recent":
             chosen = list(self.recent)[-m:]
         if len(chosen) < m:
             taken = set(chosen)
-            perm = torch.randperm(n, generator=query_generator(self.seed, step, "nystrom-landmarks")).tolist()
+            perm = torch.randperm(n, generator=query_generator(self.context.seed, step, "nystrom-landmarks")).tolist()
             chosen += [r for r in perm if r not in taken][: m - len(chosen)]
         return torch.as_tensor(sorted(chosen), dtype=torch.long)
 
     @torch.no_grad()
     def fit(self, step: int) -> torch.Tensor:
-        """Re-encode landmarks with the current g and refit ``W``; returns it."""
-        trainer = self.trainer
-        args = trainer.args
+        """Re-encode landmarks with the current g (counted as ``landmark_encodings``) and refit ``W``."""
+        cache = self.context.cache
         rows = self.choose_landmarks(step)
-        stale = trainer.cache.rows(rows)
-        fresh = trainer.retriever.encode_targets(
-            [trainer.corpus_texts[i] for i in rows.tolist()], batch_size=args.cache_encode_batch_size,
-            max_length=args.target_max_length, device=args.device, show_progress_bar=False,
-        ).float()
-        trainer.cost["landmark_encodings"] += int(rows.numel()) * trainer.accelerator.num_processes
+        stale = cache.rows(rows)
+        fresh = cache.encode_rows(rows, count_as="landmark_encodings", desc="encoding Nyström landmarks").float()
         W = fit_nystrom_map(stale, fresh, self.ridge, self.rank, self.residual)
         corrected = stale @ W
         self.last_fit = {
@@ -192,11 +190,11 @@ class NystromCorrection(Method):
         self.num_fits += 1
         return W
 
-    # -- hooks ------------------------------------------------------------------------------------------------------
-    def transform(self):
-        """The map ``rows -> rows @ W`` (fitting first if there is no map yet); None while ``W`` is the identity."""
+    # -- the map ----------------------------------------------------------------------------------------------------
+    def _function(self, step: int):
+        """``rows -> rows @ W`` (fitting first if there is no map yet); None while ``W`` is the identity."""
         if self.W is None and not self.identity:
-            self.fit(self.trainer.state.global_step)
+            self.fit(step)
         if self.identity:
             return None
         W = self.W
@@ -206,22 +204,18 @@ class NystromCorrection(Method):
 
         return apply
 
-    def query_map(self) -> torch.Tensor | None:
-        """The matrix ``M`` with ``<q, v W> = <M q, v>`` (column vectors; ``M = W``, i.e. rows ``q @ W.T``), so a
-        stale index searched with ``M q`` ranks rows exactly by corrected score; None while there is no map."""
+    def _query_map(self) -> torch.Tensor | None:
+        """``M = W`` with ``<q, v W> = <M q, v>`` (rows: ``q @ W.T``); None while there is no map."""
         if self.identity or self.W is None:
             return None
         return self.W
 
-    def after_step(self, targets: torch.Tensor, fresh: torch.Tensor, q: torch.Tensor, inputs: dict) -> None:
+    # -- events -----------------------------------------------------------------------------------------------------
+    def on_targets(self, rows: torch.Tensor) -> None:
+        """Remember the step's targets (every process's) for ``recent`` landmarks."""
         if self.selection != "recent":
             return
-        trainer = self.trainer
-        if trainer.accelerator.num_processes > 1:
-            rows = trainer.accelerator.pad_across_processes(targets.to(trainer.args.device), dim=0, pad_index=-1)
-            targets = trainer.accelerator.gather(rows).cpu()
-            targets = targets[targets >= 0]
-        for r in targets.tolist():
+        for r in rows.tolist():
             self.recent.pop(r, None)
             self.recent[r] = None
         while len(self.recent) > self.num_landmarks:
@@ -231,10 +225,9 @@ class NystromCorrection(Method):
         if step > 0 and step % self.refit_steps == 0 and step != self.fit_step:
             self.fit(step)
 
-    def on_refresh(self, step: int) -> None:
+    def on_cache_refreshed(self, step: int) -> None:
         """The cache was re-encoded: it is fresh, so the map becomes the identity until the next refit."""
-        d = self.trainer.cache.dim
-        self.W = torch.eye(d)
+        self.W = torch.eye(self.context.cache.dim)
         self.identity = True
         self.fit_step = step
 

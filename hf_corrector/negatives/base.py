@@ -1,0 +1,170 @@
+"""The negative-sampler interface and the narrow context a sampler works in.
+
+A :class:`NegativeSampler` chooses ``k`` cache rows per query. It sees a :class:`SamplerContext` (the cache
+manager, a query encoder, the seed, the device, the training examples), never the trainer. It holds a
+:class:`~hf_corrector.negatives.transforms.ScoreTransform` that maps stale rows before scoring. Periodic work
+arrives as events: ``on_step_end(step)`` (from :class:`~hf_corrector.training.callbacks.SamplerMaintenanceCallback`),
+``on_cache_refreshed(step)`` and ``on_targets(rows)`` (from the cache manager). ``state_dict`` /
+``load_state_dict`` carry its state through checkpoints.
+
+Write your own::
+
+    class RandomNegatives(NegativeSampler):
+        name = "random"
+
+        def sample(self, queries, exclude, keys, k, step, limits=None):
+            n = len(self.context.cache)
+            rows = []
+            for key, ex in zip(keys, exclude):
+                gen = query_generator(self.context.seed, step, key)
+                rows.append([r for r in torch.randperm(n, generator=gen).tolist() if r not in ex][:k])
+            rows = torch.tensor(rows)
+            return Selection(rows, torch.zeros(rows.shape))
+
+    trainer = CorrectorTrainer(..., sampler=RandomNegatives())
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..errors import ConfigError
+from .topk import Selection
+from .transforms import IdentityTransform, ScoreTransform
+
+if TYPE_CHECKING:
+    from ..cache.manager import CacheManager
+
+
+@dataclass
+class TrainingExamples:
+    """What a sampler may know about the training examples (one per query-positive pair), in dataset order."""
+
+    example_ids: list[int]
+    query_ids: list[str]
+    queries: list[str]
+    positive_row: list[int]
+    positive_rows: list[list[int]]
+
+    @classmethod
+    def from_dataset(cls, examples: Any) -> TrainingExamples:
+        return cls([int(e) for e in examples["example_id"]], [str(q) for q in examples["query_id"]],
+                   list(examples["query"]), [int(r) for r in examples["positive_row"]],
+                   [[int(r) for r in rows] for rows in examples["positive_rows"]])
+
+
+@dataclass
+class SamplerContext:
+    """The narrow view of training a sampler gets in :meth:`NegativeSampler.setup`.
+
+    Attributes:
+        cache: the :class:`~hf_corrector.cache.manager.CacheManager` (rows, chunks, texts, encoding, cost).
+        encode_queries: ``encode_queries(texts) -> (n, d)`` with the current query encoder (eval mode).
+        seed: the run's seed (noise and draws are keyed by ``(seed, step, key)``).
+        chunk_size: cache rows scored at once.
+        device: where scoring runs.
+        examples: the training examples (None when there are none).
+    """
+
+    cache: CacheManager
+    encode_queries: Callable[[list[str]], torch.Tensor]
+    seed: int = 0
+    chunk_size: int = 65536
+    device: torch.device | str = "cpu"
+    examples: TrainingExamples | None = None
+
+
+@dataclass
+class ScoreLimits:
+    """False-negative limits for one batch: per-query score ceilings and the number of top ranks to skip."""
+
+    max_scores: torch.Tensor | None = None
+    skip_top: int = 0
+
+
+class NegativeSampler:
+    """Base class of the negative samplers (see the module docstring).
+
+    Class attributes ``name`` and ``citation`` (a BibTeX key of :data:`hf_corrector.hub.cards.CITATIONS`, or None)
+    describe the strategy in model cards and logs.
+    """
+
+    name: str = "sampler"
+    citation: str | None = None
+
+    def __init__(self, transform: ScoreTransform | None = None):
+        self.transform = transform if transform is not None else IdentityTransform()
+        self.context: SamplerContext | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------------------------------
+    def setup(self, context: SamplerContext) -> None:
+        """Called once by the trainer before training; subscribes the sampler to the cache manager's events."""
+        self.context = context
+        context.cache.add_listener(self)
+        setup = getattr(self.transform, "setup", None)
+        if setup is not None:
+            setup(context)
+
+    @property
+    def ctx(self) -> SamplerContext:
+        if self.context is None:
+            raise ConfigError(f"the {self.name} sampler is not set up: call sampler.setup(context) first")
+        return self.context
+
+    @property
+    def citations(self) -> list[str]:
+        """Citation keys of the sampler and its transform."""
+        return [c for c in (self.citation, self.transform.citation) if c]
+
+    @property
+    def description(self) -> str:
+        """One line for cards and logs, e.g. ``exhaustive top-k over corrector scores``."""
+        return f"{self.name} ({self.transform.name} scores)"
+
+    # -- choosing -------------------------------------------------------------------------------------------------------
+    def sample(self, queries: torch.Tensor, exclude: Sequence[Sequence[int]], keys: Sequence[str], k: int, step: int,
+               limits: ScoreLimits | None = None) -> Selection:
+        """``k`` rows per query (never a row of ``exclude[i]``); ``keys`` identify the examples (noise, draws)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def score_rows(self, queries: torch.Tensor, rows: torch.Tensor, step: int) -> torch.Tensor:
+        """(B, m) scores of ``rows`` ((B, m) cache rows) under this sampler's transform (false-negative limits)."""
+        b, m = rows.shape
+        vectors = self.ctx.cache.rows(rows.reshape(-1).clamp(min=0)).to(queries.device)
+        fn = self.transform.function(step)
+        if fn is not None:
+            vectors = fn(vectors).float()
+        return torch.einsum("bd,bmd->bm", queries.float(), vectors.reshape(b, m, -1))
+
+    # -- events ---------------------------------------------------------------------------------------------------------
+    def on_step_end(self, step: int) -> None:
+        """Periodic maintenance after optimizer step ``step``."""
+        handler = getattr(self.transform, "on_step_end", None)
+        if handler is not None:
+            handler(step)
+
+    def on_cache_refreshed(self, step: int) -> None:
+        handler = getattr(self.transform, "on_cache_refreshed", None)
+        if handler is not None:
+            handler(step)
+
+    def on_targets(self, rows: torch.Tensor) -> None:
+        handler = getattr(self.transform, "on_targets", None)
+        if handler is not None:
+            handler(rows)
+
+    # -- checkpoints ----------------------------------------------------------------------------------------------------
+    def state_dict(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """JSON-serialisable state and named tensors (the transform's under ``transform``)."""
+        state, tensors = self.transform.state_dict()
+        return {"transform": state}, {f"transform.{k}": v for k, v in tensors.items()}
+
+    def load_state_dict(self, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        prefix = "transform."
+        self.transform.load_state_dict(state.get("transform", {}),
+                                       {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
