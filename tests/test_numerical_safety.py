@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-import hf_corrector.training.trainer as trainer_module
+import hf_corrector.training.losses as losses_module
 from hf_corrector import CorrectorModel, CorrectorTrainer, CorrectorTrainingArguments, RetrieverModel, StaleCache
 from hf_corrector.cache.stale_cache import CACHE_FILE, INFO_FILE, _arrow_table, _sha256, _write_stream
 from hf_corrector.errors import CacheMismatchError, ConfigError, HFCorrectorError, NonFiniteError
@@ -48,8 +48,8 @@ def _inject(monkeypatch, where: str, holder: dict, steps=(POISON_STEP,)) -> None
         return holder["trainer"].state.global_step in steps and holder["trainer"].model.training
 
     if where == "loss":
-        original_loss = trainer_module.task_loss
-        monkeypatch.setattr(trainer_module, "task_loss",
+        original_loss = losses_module.task_loss
+        monkeypatch.setattr(losses_module, "task_loss",
                             lambda *a, **k: _poison(original_loss(*a, **k)) if poisoned() else original_loss(*a, **k))
     elif where == "target embeddings":
         original_forward = CorrectorTrainingModel.forward

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from transformers import AutoModel, TrainerCallback
 
-import hf_corrector.training.trainer as trainer_module
+import hf_corrector.training.losses as losses_module
 from hf_corrector import (
     CacheMismatchError,
     ConfigError,
@@ -470,7 +470,7 @@ def test_invalid_arguments(tmp_path, bad):
 
 
 def _nan_task_loss_at(monkeypatch, holder, bad_step):
-    original = trainer_module.task_loss
+    original = losses_module.task_loss
 
     def patched(*args, **kwargs):
         loss = original(*args, **kwargs)
@@ -478,7 +478,7 @@ def _nan_task_loss_at(monkeypatch, holder, bad_step):
             return loss * float("nan")
         return loss
 
-    monkeypatch.setattr(trainer_module, "task_loss", patched)
+    monkeypatch.setattr(losses_module, "task_loss", patched)
 
 
 def test_nonfinite_loss_raises_naming_the_step(tmp_path, data, monkeypatch):

@@ -51,3 +51,14 @@ def corrector_loss(
     total = parts.get("corrector_ce", 0.0) + mse_weight * parts.get("corrector_mse", 0.0)
     parts["corrector"] = total if isinstance(total, torch.Tensor) else torch.zeros((), device=q.device)
     return parts
+
+
+def step_losses(q: torch.Tensor, t: torch.Tensor, corrected: torch.Tensor | None, batch, args) -> dict[str, torch.Tensor]:
+    """The step's loss components: ``task_loss`` and, with a corrector, ``corrector_ce`` / ``corrector_mse`` and their
+    weighted sum ``corrector_loss``. ``batch`` is the step's :class:`~hf_corrector.training.targets.TargetBatch`."""
+    losses = {"task_loss": task_loss(q, t, batch.labels, batch.mask, args.temperature)}
+    if corrected is not None:
+        parts = corrector_loss(q, t, corrected, batch.own & batch.mask, args.temperature, args.corrector_loss,
+                               args.corrector_mse_weight)
+        losses.update({"corrector_loss" if name == "corrector" else name: value for name, value in parts.items()})
+    return losses

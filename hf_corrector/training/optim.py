@@ -1,4 +1,4 @@
-"""Learning-rate schedule of a corrector run (to be replaced by transformers' get_scheduler composition)."""
+"""The optimizer and learning-rate schedule of a corrector run: encoders and corrector in separate parameter groups."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 import torch
+from transformers import Trainer
 
 
 def build_lr_scheduler(args: Any, optimizer: torch.optim.Optimizer, num_training_steps: int):
@@ -30,3 +31,23 @@ def build_lr_scheduler(args: Any, optimizer: torch.optim.Optimizer, num_training
 
     lambdas = [(lambda step: 1.0) if g.get("group") == "corrector" else encoder_factor for g in optimizer.param_groups]
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+
+
+NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+
+
+def build_optimizer(model: torch.nn.Module, args: Any) -> torch.optim.Optimizer:
+    """Trainer's optimizer class over three groups: encoder weights (``weight_decay``), encoder biases and norms
+    (no decay), both at ``learning_rate``; the corrector (``corrector.*``) at ``corrector_learning_rate``."""
+    corrector = [p for n, p in model.named_parameters() if n.startswith("corrector.") and p.requires_grad]
+    encoder = [(n, p) for n, p in model.named_parameters() if not n.startswith("corrector.") and p.requires_grad]
+    groups = [
+        {"params": [p for n, p in encoder if not n.endswith(NO_DECAY)], "weight_decay": args.weight_decay,
+         "lr": args.learning_rate, "group": "encoder"},
+        {"params": [p for n, p in encoder if n.endswith(NO_DECAY)], "weight_decay": 0.0, "lr": args.learning_rate,
+         "group": "encoder"},
+        {"params": corrector, "weight_decay": 0.0, "lr": args.corrector_learning_rate, "group": "corrector"},
+    ]
+    optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    optimizer_kwargs.pop("lr", None)
+    return optimizer_cls([g for g in groups if g["params"]], **optimizer_kwargs)

@@ -27,18 +27,14 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import datasets
 import torch
-from safetensors.torch import load_file
 from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import rotate_checkpoints
@@ -47,21 +43,23 @@ from ..cache import StaleCache
 from ..cache.manager import CacheManager
 from ..data.format import RetrievalData
 from ..errors import CacheMismatchError, ConfigError, NonFiniteError
-from ..evaluation.metrics import retrieval_metrics
+from ..evaluation.evaluator import RetrievalEvaluator
 from ..hub.callbacks import ModelCardCallback, push_checkpoint, write_model_cards
 from ..models.corrector import CorrectorConfig, CorrectorModel
 from ..models.retriever import RetrieverModel, load_retriever
 from ..negatives import NegativeSampler, SamplerContext, TrainingExamples, build_miner, build_sampler
 from .callbacks import CacheRefreshCallback, CorrectorFallbackCallback, CorrectorHealth, SamplerMaintenanceCallback
-from .checkpoints import (last_complete_checkpoint, publish_dir, remove_checkpoint_marker, verify_checkpoint,
-                          write_checkpoint_marker)
-from .collator import CorrectorDataCollator, prepare_train_examples
+from .checkpoints import last_complete_checkpoint, remove_checkpoint_marker, verify_checkpoint, write_checkpoint_marker
+from .collator import CorrectorDataCollator
 from .config import CorrectorTrainingArguments
-from .losses import corrector_loss, task_loss
-from .peft_utils import apply_peft, load_peft_retriever, save_peft_retriever
+from .inputs import index_inputs
+from .losses import step_losses
+from .optim import build_lr_scheduler, build_optimizer
+from .peft_utils import apply_peft
 from .staleness import staleness_metrics
 from .targets import build_target_batch
-from .trainer_state import load_extra_state, save_extra_state
+from .trainer_state import (load_extra_state, load_model_weights, publish_model, save_extra_state,
+                            save_model_files)
 
 logger = logging.getLogger(__name__)
 
@@ -126,26 +124,13 @@ class CorrectorTrainer(Trainer):
         retriever = _prepare_retriever(model, processing_class, peft_config)
         self.uses_peft = peft_config is not None
 
-        if isinstance(train_dataset, RetrievalData):
-            corpus = train_dataset.corpus if corpus is None else corpus
-            train_queries = train_dataset.queries
-        else:
-            train_queries = train_dataset
-        if corpus is None:
-            raise ConfigError("pass corpus= (doc_id, text) or a RetrievalData train_dataset")
-        if len(corpus) == 0:
-            raise CacheMismatchError("the corpus is empty")
-        self.corpus = corpus
-        self.doc_ids: list[str] = list(corpus["doc_id"])
-        self.doc_index = {d: i for i, d in enumerate(self.doc_ids)}
-        if len(self.doc_index) != len(self.doc_ids):
-            raise CacheMismatchError("duplicate doc ids in the corpus")
-        self.train_examples = prepare_train_examples(train_queries, self.doc_index) if train_queries is not None else None
-        self.eval_queries = eval_dataset.queries if isinstance(eval_dataset, RetrievalData) else eval_dataset
+        inputs = index_inputs(train_dataset, eval_dataset, corpus)
+        self.corpus, self.doc_ids, self.doc_index = inputs.corpus, inputs.doc_ids, inputs.doc_index
+        self.train_examples, self.eval_queries = inputs.train_examples, inputs.eval_queries
         if args.num_negatives >= len(self.doc_ids):
             raise ConfigError(f"num_negatives={args.num_negatives} needs a corpus larger than {len(self.doc_ids)}")
 
-        corrector = self._prepare_corrector(corrector, retriever, args)
+        corrector = _prepare_corrector(corrector, retriever, args, self.corrector_class)
         if data_collator is None:
             data_collator = self.collator_class(
                 tokenizer=retriever.tokenizer, query_max_length=args.query_max_length or retriever.config.query_max_length,
@@ -158,8 +143,8 @@ class CorrectorTrainer(Trainer):
         self._metrics: dict[str, list[float]] = defaultdict(list)
 
         built = cache is None
-        cache = self._prepare_cache(cache, retriever, corpus)
-        self.cache_manager = self.cache_manager_class(cache, list(corpus["text"]), self._encode_targets,
+        cache = _prepare_cache(cache, retriever, self.corpus, args, self.cache_class)
+        self.cache_manager = self.cache_manager_class(cache, list(self.corpus["text"]), self._encode_targets,
                                                       self.accelerator, write_back=args.cache_write_back)
         if built and args.mines_negatives:  # with in-batch negatives only the cache serves diagnostics
             self.cache_manager.cost.initial_cache_encodings = len(self.doc_ids)
@@ -167,7 +152,9 @@ class CorrectorTrainer(Trainer):
         examples = TrainingExamples.from_dataset(self.train_examples) if self.train_examples is not None else None
         self.sampler.setup(SamplerContext(self.cache_manager, self._encode_queries_for_sampler, seed=args.seed,
                                           chunk_size=args.corrector_chunk_size, device=args.device, examples=examples))
-        self.negatives = build_miner(args, self.sampler, self._negatives_source())
+        source = args.hard_negatives if args.hard_negatives != "auto" else (
+            "dataset+cache" if inputs.has_given_negatives else "cache")
+        self.negatives = build_miner(args, self.sampler, source)
         if self.train_examples is not None and args.num_negatives:
             self.negatives.check_examples([len(r) for r in self.train_examples["negative_rows"]],
                                           self.train_examples["query_id"])
@@ -183,39 +170,6 @@ class CorrectorTrainer(Trainer):
 
     # ---------------------------------------------------------------------------------------------------------------
     # set-up
-    def _prepare_corrector(self, corrector, retriever: RetrieverModel, args) -> CorrectorModel | None:
-        if isinstance(corrector, (str, os.PathLike)):
-            corrector = self.corrector_class.from_pretrained(corrector)
-        trains_corrector = args.uses_corrector and args.mines_negatives
-        if args.uses_corrector and not trains_corrector:
-            logger.info("num_negatives=0 (in-batch negatives only): no corrector is trained")
-        if corrector is None and trains_corrector:
-            corrector = self.corrector_class(CorrectorConfig(
-                embedding_dim=retriever.embedding_dim, architecture=args.correction, hidden_dim=args.corrector_hidden_dim,
-                num_layers=args.corrector_num_layers, retriever_name_or_path=retriever.config.base_model_name_or_path))
-        if corrector is not None and corrector.config.embedding_dim != retriever.embedding_dim:
-            raise CacheMismatchError(f"corrector dimension {corrector.config.embedding_dim} != retriever dimension "
-                                     f"{retriever.embedding_dim}")
-        return corrector if trains_corrector else None
-
-    def _prepare_cache(self, cache, retriever: RetrieverModel, corpus: datasets.Dataset) -> StaleCache:
-        if isinstance(cache, (str, os.PathLike)):
-            cache = self.cache_class.load(cache)
-        if cache is None:
-            logger.info("building the stale cache: encoding %d documents with the starting model", len(self.doc_ids))
-            cache = self.cache_class.build(corpus, retriever, batch_size=self.args.cache_encode_batch_size,
-                                           dtype=self.args.cache_dtype, device=self.args.device)
-        cache.check_corpus(self.doc_ids)
-        cache.check_model(retriever)
-        return cache
-
-    def _negatives_source(self) -> str:
-        source = self.args.hard_negatives
-        if source != "auto":
-            return source
-        has_given = self.train_examples is not None and any(len(r) for r in self.train_examples["negative_rows"])
-        return "dataset+cache" if has_given else "cache"
-
     def _encode_targets(self, texts: list[str], show_progress_bar: bool = False, desc: str | None = None) -> torch.Tensor:
         return self.retriever.encode_targets(texts, batch_size=self.args.cache_encode_batch_size,
                                              max_length=self.args.target_max_length, device=self.args.device,
@@ -254,33 +208,15 @@ class CorrectorTrainer(Trainer):
     # ---------------------------------------------------------------------------------------------------------------
     # optimisation
     def create_optimizer(self, model=None):
-        """One AdamW with the encoders and the corrector in separate parameter groups (own learning rates)."""
-        if self.optimizer is not None:
-            return self.optimizer
-        wrapper = self.model
-        corrector_params = [p for n, p in wrapper.named_parameters() if n.startswith("corrector.") and p.requires_grad]
-        encoder_named = [(n, p) for n, p in wrapper.named_parameters() if not n.startswith("corrector.") and p.requires_grad]
-        no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
-        groups = [
-            {"params": [p for n, p in encoder_named if not n.endswith(no_decay)], "weight_decay": self.args.weight_decay,
-             "lr": self.args.learning_rate, "group": "encoder"},
-            {"params": [p for n, p in encoder_named if n.endswith(no_decay)], "weight_decay": 0.0,
-             "lr": self.args.learning_rate, "group": "encoder"},
-        ]
-        if corrector_params:
-            groups.append({"params": corrector_params, "weight_decay": 0.0, "lr": self.args.corrector_learning_rate,
-                           "group": "corrector"})
-        optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, wrapper)
-        optimizer_kwargs.pop("lr", None)
-        self.optimizer = optimizer_cls([g for g in groups if g["params"]], **optimizer_kwargs)
+        """One optimizer with the encoders and the corrector in separate parameter groups (own learning rates)."""
+        if self.optimizer is None:
+            self.optimizer = build_optimizer(self.model, self.args)
         return self.optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         """Per-group schedule: encoders are frozen (factor 0) during corrector warm-up, then follow
         ``lr_scheduler_type``; the corrector stays constant."""
         if self.lr_scheduler is None:
-            from .optim import build_lr_scheduler
-
             self.lr_scheduler = build_lr_scheduler(self.args, optimizer or self.optimizer, num_training_steps)
             self._created_lr_scheduler = True
         return self.lr_scheduler
@@ -320,12 +256,7 @@ class CorrectorTrainer(Trainer):
                     target_input_ids=tok["input_ids"].to(device), target_attention_mask=tok["attention_mask"].to(device),
                     stale_target_embeddings=stale_rows.to(device) if self.corrector is not None else None)
         q, t, corrected = out["query_embeddings"], out["target_embeddings"], out.get("corrected_embeddings")
-        on_device = batch.to(device)
-        losses = {"task_loss": task_loss(q, t, on_device.labels, on_device.mask, args.temperature)}
-        if corrected is not None:
-            parts = corrector_loss(q, t, corrected, on_device.own & on_device.mask, args.temperature,
-                                   args.corrector_loss, args.corrector_mse_weight)
-            losses.update({"corrector_loss" if name == "corrector" else name: value for name, value in parts.items()})
+        losses = step_losses(q, t, corrected, batch.to(device), args)
         warm = self.state.global_step < args.corrector_warmup_steps
         loss = losses["task_loss"] * (0.0 if warm else 1.0) + losses.get("corrector_loss", 0.0)
         # the tensors first, so that the error names the source of a NaN rather than the loss it spreads to
@@ -409,43 +340,20 @@ class CorrectorTrainer(Trainer):
                               self.cache.iter_chunks(self.args.corrector_chunk_size)])
 
     def retrieval_metrics(self, queries: datasets.Dataset, kinds: list[str], prefix: str = "eval") -> dict[str, float]:
-        qrels = {qid: {d: 1 for d in pos} for qid, pos in zip(queries["query_id"], queries["positive_ids"])}
         q = self.retriever.encode_queries(list(queries["query"]), batch_size=self.args.eval_batch_size_encode,
                                           max_length=self.args.query_max_length, device=self.args.device)
-        out: dict[str, float] = {}
-        for kind in kinds:
-            values = retrieval_metrics(q, self.corpus_embeddings(kind), list(queries["query_id"]), self.doc_ids, qrels)
-            infix = "" if kind == "fresh" else f"{kind}_"
-            out.update({f"{prefix}_{infix}{name}": round(v, 5) for name, v in values.items()})
-        return out
+        return RetrievalEvaluator(queries, self.doc_ids)(q, self.corpus_embeddings, kinds, prefix=prefix)
 
     # ---------------------------------------------------------------------------------------------------------------
     # saving and resuming
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        """Save the retriever (``from_pretrained``-loadable), the corrector in ``corrector/`` and the arguments (JSON),
-        into a temporary sibling folder first and then moved into place (see :func:`publish_dir`)."""
-        if not self.args.should_save:
-            return
-        final = Path(output_dir or self.args.output_dir).resolve()
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-        try:
-            self._save_model_files(str(tmp))
-            publish_dir(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        """Save the retriever, ``corrector/`` and the arguments, written aside and then moved into place."""
+        if self.args.should_save:
+            publish_model(Path(output_dir or self.args.output_dir), self._save_model_files)
 
     def _save_model_files(self, output_dir: str) -> None:
-        os.makedirs(output_dir, exist_ok=True)
-        retriever = self.retriever
-        (save_peft_retriever if self.uses_peft else lambda r, d: r.save_pretrained(d))(retriever, output_dir)
-        if self.corrector is not None:
-            self.corrector.config.retriever_name_or_path = retriever.config.base_model_name_or_path
-            self.corrector.save_pretrained(os.path.join(output_dir, "corrector"))
-        Path(output_dir, "training_args.json").write_text(self.args.to_json_string())
-        Path(output_dir, "reembedding_cost.json").write_text(json.dumps(
-            {**self.cost, "total": self.total_reembedding_cost(), "num_docs": len(self.doc_ids)}, indent=2))
+        save_model_files(output_dir, self.retriever, self.corrector, self.uses_peft, self.args.to_json_string(),
+                         {**self.cost, "total": self.total_reembedding_cost(), "num_docs": len(self.doc_ids)})
 
     def _save_checkpoint(self, model, trial):
         """Trainer's checkpoint plus the cache and this trainer's extra state (cost, sampler state). The folder is
@@ -473,17 +381,7 @@ class CorrectorTrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         wrapper = self.accelerator.unwrap_model(model if model is not None else self.model)
-        folder = Path(resume_from_checkpoint)
-        if self.uses_peft:
-            load_peft_retriever(wrapper.retriever, folder)
-        else:
-            state = load_file(str(folder / "model.safetensors"))
-            missing, unexpected = wrapper.retriever.load_state_dict(state, strict=False)
-            if unexpected or [m for m in missing if "position_ids" not in m]:
-                raise CacheMismatchError(f"{folder}: retriever weights do not match (missing {missing[:3]}, "
-                                         f"unexpected {unexpected[:3]})")
-        if wrapper.corrector is not None:
-            wrapper.corrector.load_state_dict(load_file(str(folder / "corrector" / "model.safetensors")))
+        load_model_weights(Path(resume_from_checkpoint), wrapper.retriever, wrapper.corrector, self.uses_peft)
 
     def _load_best_model(self) -> None:
         self._load_from_checkpoint(self.state.best_model_checkpoint)
@@ -543,6 +441,36 @@ class CorrectorTrainer(Trainer):
         folder, self._pending_hub_push = getattr(self, "_pending_hub_push", None), None
         if folder is not None and os.path.isdir(folder):
             push_checkpoint(self, folder)
+
+
+def _prepare_corrector(corrector, retriever: RetrieverModel, args, corrector_class) -> CorrectorModel | None:
+    """The corrector to train: loaded, given, or built from the arguments (None when no corrector trains)."""
+    if isinstance(corrector, (str, os.PathLike)):
+        corrector = corrector_class.from_pretrained(corrector)
+    trains_corrector = args.uses_corrector and args.mines_negatives
+    if args.uses_corrector and not trains_corrector:
+        logger.info("num_negatives=0 (in-batch negatives only): no corrector is trained")
+    if corrector is None and trains_corrector:
+        corrector = corrector_class(CorrectorConfig(
+            embedding_dim=retriever.embedding_dim, architecture=args.correction, hidden_dim=args.corrector_hidden_dim,
+            num_layers=args.corrector_num_layers, retriever_name_or_path=retriever.config.base_model_name_or_path))
+    if corrector is not None and corrector.config.embedding_dim != retriever.embedding_dim:
+        raise CacheMismatchError(f"corrector dimension {corrector.config.embedding_dim} != retriever dimension "
+                                 f"{retriever.embedding_dim}")
+    return corrector if trains_corrector else None
+
+
+def _prepare_cache(cache, retriever: RetrieverModel, corpus: datasets.Dataset, args, cache_class) -> StaleCache:
+    """The stale cache: loaded from a path, given, or built with the starting model; checked against the corpus."""
+    if isinstance(cache, (str, os.PathLike)):
+        cache = cache_class.load(cache)
+    if cache is None:
+        logger.info("building the stale cache: encoding %d documents with the starting model", len(corpus))
+        cache = cache_class.build(corpus, retriever, batch_size=args.cache_encode_batch_size, dtype=args.cache_dtype,
+                                  device=args.device)
+    cache.check_corpus(list(corpus["doc_id"]))
+    cache.check_model(retriever)
+    return cache
 
 
 class _SkipStep(Exception):

@@ -1,7 +1,10 @@
-"""The corrector trainer's own checkpoint state (beside Trainer's): cost counters, fallback and sampler state.
+"""What a corrector run saves besides Trainer's own files.
 
-JSON in ``corrector_trainer_state.json`` and named tensors in ``corrector_trainer_tensors.safetensors``, each
-written to a temporary file and renamed into place.
+* :func:`save_model_files` / :func:`load_model_weights`: the retriever (merged and as PEFT adapters when LoRA is
+  on), the corrector in ``corrector/``, the arguments and the re-embedding cost;
+* :func:`save_extra_state` / :func:`load_extra_state`: the trainer's checkpoint state (cost counters, fallback and
+  sampler state): JSON in ``corrector_trainer_state.json`` and named tensors in
+  ``corrector_trainer_tensors.safetensors``, each written to a temporary file and renamed into place.
 
 Example:
     >>> save_extra_state(folder, {"cost": {...}}, {"sampler.W": W})  # doctest: +SKIP
@@ -12,11 +15,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from ..errors import CacheMismatchError
+from .checkpoints import publish_dir
+from .peft_utils import load_peft_retriever, save_peft_retriever
 
 EXTRA_STATE = "corrector_trainer_state.json"
 EXTRA_TENSORS = "corrector_trainer_tensors.safetensors"
@@ -42,3 +52,46 @@ def load_extra_state(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tens
     state = json.loads((folder / EXTRA_STATE).read_text())
     tensors = load_file(str(folder / EXTRA_TENSORS)) if (folder / EXTRA_TENSORS).exists() else {}
     return state, tensors
+
+
+def save_model_files(output_dir: str, retriever: Any, corrector: Any, uses_peft: bool, args_json: str,
+                     cost: dict[str, int]) -> None:
+    """The published model: retriever (``from_pretrained``-loadable), ``corrector/``, arguments and cost (JSON)."""
+    os.makedirs(output_dir, exist_ok=True)
+    if uses_peft:
+        save_peft_retriever(retriever, output_dir)
+    else:
+        retriever.save_pretrained(output_dir)
+    if corrector is not None:
+        corrector.config.retriever_name_or_path = retriever.config.base_model_name_or_path
+        corrector.save_pretrained(os.path.join(output_dir, "corrector"))
+    Path(output_dir, "training_args.json").write_text(args_json)
+    Path(output_dir, "reembedding_cost.json").write_text(json.dumps(cost, indent=2))
+
+
+def load_model_weights(folder: Path, retriever: Any, corrector: Any, uses_peft: bool) -> None:
+    """Load a checkpoint's retriever (or its PEFT adapters) and corrector weights in place."""
+    if uses_peft:
+        load_peft_retriever(retriever, folder)
+    else:
+        state = load_file(str(folder / "model.safetensors"))
+        missing, unexpected = retriever.load_state_dict(state, strict=False)
+        if unexpected or [m for m in missing if "position_ids" not in m]:
+            raise CacheMismatchError(f"{folder}: retriever weights do not match (missing {missing[:3]}, "
+                                     f"unexpected {unexpected[:3]})")
+    if corrector is not None:
+        corrector.load_state_dict(load_file(str(folder / "corrector" / "model.safetensors")))
+
+
+def publish_model(output_dir: Path, write: Callable[[str], None]) -> None:
+    """Run ``write(folder)`` into a temporary sibling of ``output_dir`` and move the result into place (atomically
+    unless ``output_dir`` holds other things, such as checkpoints: see :func:`~.checkpoints.publish_dir`)."""
+    final = Path(output_dir).resolve()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        write(str(tmp))
+        publish_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
