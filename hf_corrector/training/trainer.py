@@ -344,32 +344,14 @@ class CorrectorTrainer(Trainer):
         return self.optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
-        """Per-group schedule: encoders are frozen (factor 0) during corrector warm-up, then follow
-        ``lr_scheduler_type`` (linear / constant / cosine, with ``warmup_steps``); the corrector stays constant."""
-        if self.lr_scheduler is not None:
-            return self.lr_scheduler
-        optimizer = optimizer or self.optimizer
-        frozen = self.args.corrector_warmup_steps
-        warmup = self.args.get_warmup_steps(num_training_steps)
-        kind = str(getattr(self.args.lr_scheduler_type, "value", self.args.lr_scheduler_type))
-        total = max(num_training_steps - frozen, 1)
+        """transformers' own ``lr_scheduler_type`` schedule (with ``lr_scheduler_kwargs`` and ``warmup_steps``) for
+        the encoders, frozen during the corrector warm-up; the corrector's group stays constant.
+        See :func:`hf_corrector.training.optim.build_lr_scheduler`."""
+        if self.lr_scheduler is None:
+            from .optim import build_lr_scheduler
 
-        def encoder_factor(step: int) -> float:
-            if step < frozen:
-                return 0.0
-            s = step - frozen
-            if warmup and s < warmup:
-                return (s + 1) / warmup if kind != "constant" else 1.0
-            if kind.startswith("constant"):
-                return 1.0
-            progress = min(1.0, (s - warmup) / max(1, total - warmup))
-            if kind.startswith("cosine"):
-                return 0.5 * (1.0 + math.cos(math.pi * progress))
-            return max(0.0, 1.0 - progress)
-
-        lambdas = [(lambda step: 1.0) if g.get("group") == "corrector" else encoder_factor for g in optimizer.param_groups]
-        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
-        self._created_lr_scheduler = True
+            self.lr_scheduler = build_lr_scheduler(self.args, optimizer or self.optimizer, num_training_steps)
+            self._created_lr_scheduler = True
         return self.lr_scheduler
 
     # ---------------------------------------------------------------------------------------------------------------
