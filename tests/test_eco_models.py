@@ -168,3 +168,13 @@ def test_existing_local_folder_and_tilde_still_load(tmp_path: Path, monkeypatch)
     model = load_retriever("~/saved")
     assert model.embedding_dim == 32 and model.tokenizer is not None
     assert RetrieverModel.from_pretrained(str(tmp_path / "home" / "saved")).config.pooling == "mean"
+
+
+def test_from_pretrained_keeps_the_unused_pooler_frozen(tmp_path: Path) -> None:
+    """BERT's pooler gets no gradient from our pooling: left trainable after ``from_pretrained`` it made DDP fail
+    ("parameters that were not used in producing loss") in the recipe's two-process run."""
+    tiny_retriever(tmp_path).save_pretrained(tmp_path / "saved")
+    for model in (RetrieverModel.from_pretrained(tmp_path / "saved"), load_retriever(str(tmp_path / "saved"))):
+        pooler = [p.requires_grad for n, p in model.named_parameters() if ".pooler." in n]
+        assert pooler == [False, False]
+        assert sum(p.requires_grad for p in model.parameters()) == len(list(model.parameters())) - 2

@@ -211,6 +211,7 @@ class RetrieverModel(PreTrainedModel):
         if isinstance(pretrained_model_name_or_path, (str, os.PathLike)):
             pretrained_model_name_or_path = check_local_folder(pretrained_model_name_or_path, "retriever")
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model._freeze_unused_heads()  # from_pretrained resets requires_grad: an unfrozen pooler breaks DDP
         tok_kwargs = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
         try:
             model.tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **tok_kwargs)
