@@ -27,7 +27,7 @@ Examples:
     python recipes/train.py --config recipes/configs/stdlib_default.yaml --save_strategy steps --save_steps 10 \
         --resume_from_checkpoint true
     accelerate launch --config_file recipes/accelerate/cpu_2proc.yaml recipes/train.py \
-        --config recipes/configs/stdlib_default.yaml --use_cpu true --ddp_backend gloo
+        --config recipes/configs/stdlib_default.yaml --use_cpu true
 """
 
 from __future__ import annotations

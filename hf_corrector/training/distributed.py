@@ -81,8 +81,8 @@ def check_distributed_setup(accelerator_or_state: Any = None, environ: dict[str,
     raise ConfigError(
         f"{launched} processes were launched (WORLD_SIZE={launched}) but training is not distributed ({found}): "
         f"each process would train alone on all the data and overwrite the others' output_dir. "
-        f"On a machine without GPUs pass `--use_cpu true` (TrainingArguments(use_cpu=True); CPU processes talk over "
-        f"gloo, `--ddp_backend gloo`); with GPUs make sure each process sees CUDA. Launch with `accelerate launch` and "
+        f"On a machine without GPUs pass `--use_cpu true` (TrainingArguments(use_cpu=True): the CPU processes then "
+        f"form a gloo group); with GPUs make sure each process sees CUDA. Launch with `accelerate launch` and "
         f"a multi-process config (e.g. `--config_file recipes/accelerate/cpu_2proc.yaml`, or `--multi_gpu "
         f"--num_processes N`, i.e. distributed_type MULTI_GPU), or with torchrun. To train in one process, launch "
         f"with `python` or `--num_processes 1`."
