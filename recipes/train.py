@@ -1,8 +1,16 @@
 """Train a dense retriever with hf-corrector: any AutoModel backbone, any supported data format, every strategy.
 
-Arguments come from the command line and/or a YAML file (``--config``); command-line flags override the file.
+Arguments come from the command line and/or a YAML file (``--config file.yaml`` or ``--config=file.yaml``), read
+the way TRL's ``TrlParser`` reads it: the file's values become the defaults (any YAML value: ``null``, dicts such as
+``lr_scheduler_kwargs: {min_lr: 1.0e-6}``, lists), flags on the command line override them, unknown keys are an
+error, and an ``env:`` section sets environment variables (before the Hugging Face libraries are imported when the
+script is run directly, so ``HF_HUB_OFFLINE`` or ``HF_HOME`` work there).
 Run on one process with ``python recipes/train.py ...`` or on many with
-``accelerate launch --config_file recipes/accelerate/multi_gpu.yaml recipes/train.py --config ...``.
+``accelerate launch --config_file recipes/accelerate/multi_gpu.yaml recipes/train.py --config ...``
+(two CPU processes: ``recipes/accelerate/cpu_2proc.yaml`` and ``--use_cpu true``). Several processes that are not
+distributed are refused (:func:`hf_corrector.training.distributed.check_distributed_setup`).
+``--resume_from_checkpoint true`` resumes from the newest complete checkpoint in ``output_dir`` (a path picks one),
+loading the stale cache saved in it instead of encoding the corpus again.
 
 What it does:
 1. loads the data (``stdlib`` = the embedded Python-stdlib code-search set, a BEIR folder, Tevatron rows or
@@ -16,6 +24,10 @@ What it does:
 Examples:
     python recipes/train.py --config recipes/configs/stdlib_default.yaml
     python recipes/train.py --config recipes/configs/scifact.yaml --data_path ../shared/data/scifact
+    python recipes/train.py --config recipes/configs/stdlib_default.yaml --save_strategy steps --save_steps 10 \
+        --resume_from_checkpoint true
+    accelerate launch --config_file recipes/accelerate/cpu_2proc.yaml recipes/train.py \
+        --config recipes/configs/stdlib_default.yaml --use_cpu true
 """
 
 from __future__ import annotations
@@ -29,10 +41,49 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from transformers import HfArgumentParser
 
-from hf_corrector import CorrectorTrainer, CorrectorTrainingArguments, load_retriever
-from hf_corrector.data import build_stdlib_codesearch, load_retrieval_data
+
+def _config_path(argv: list[str]) -> str | None:
+    """The value of ``--config path`` / ``--config=path`` in ``argv`` (None if absent)."""
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def apply_env_section(config: dict, source: str = "config") -> dict:
+    """Set ``os.environ`` from the ``env:`` section of a YAML config (as TRL does) and return the rest."""
+    config = dict(config)
+    env = config.pop("env", None) or {}
+    if not isinstance(env, dict):
+        raise ValueError(f"{source}: the `env` section must be a mapping of variable names to values, got {env!r}")
+    for key, value in env.items():
+        os.environ[str(key)] = "" if value is None else str(value)
+    return config
+
+
+def load_yaml_config(path: str) -> dict:
+    """The YAML file as a dict ({} for an empty file)."""
+    with open(path, encoding="utf-8") as fh:
+        config = yaml.safe_load(fh) or {}
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: a recipe config must be a YAML mapping of argument names to values")
+    return config
+
+
+if __name__ == "__main__" and _config_path(sys.argv[1:]):  # env before transformers / huggingface_hub read it
+    apply_env_section(load_yaml_config(_config_path(sys.argv[1:])), _config_path(sys.argv[1:]))
+
+import torch  # noqa: E402
+from transformers import HfArgumentParser  # noqa: E402
+
+from hf_corrector import CorrectorTrainer, CorrectorTrainingArguments, load_retriever  # noqa: E402
+from hf_corrector.data import build_stdlib_codesearch, load_retrieval_data  # noqa: E402
+from hf_corrector.errors import ConfigError  # noqa: E402
+from hf_corrector.training.checkpoints import last_complete_checkpoint, verify_checkpoint  # noqa: E402
+from hf_corrector.training.distributed import check_distributed_setup  # noqa: E402
 
 logger = logging.getLogger("hf_corrector.recipes.train")
 
@@ -78,25 +129,63 @@ class DataArguments:
     skip_initial_eval: bool = field(default=False, metadata={"help": "Do not evaluate the starting model."})
 
 
+class RecipeArgumentParser(HfArgumentParser):
+    """``HfArgumentParser`` with TRL's ``TrlParser`` config-file semantics (``--config`` / ``--config=``).
+
+    The YAML file's values become the parser's defaults (so ``null``, dicts and lists arrive as themselves, not as
+    strings to re-parse), command-line flags override them, keys that are no argument are an error, and an ``env:``
+    section sets environment variables.
+
+    Example:
+        >>> parser = RecipeArgumentParser((ModelArguments, DataArguments, CorrectorTrainingArguments))  # doctest: +SKIP
+        >>> model_args, data_args, args = parser.parse_args_and_config(["--config", "c.yaml"])  # doctest: +SKIP
+    """
+
+    def parse_args_and_config(self, args: list[str] | None = None) -> tuple:
+        args = list(sys.argv[1:] if args is None else args)
+        config_file = _config_path(args)
+        if config_file is not None:
+            i = next(i for i, a in enumerate(args) if a == "--config" or a.startswith("--config="))
+            del args[i : i + (2 if args[i] == "--config" else 1)]
+            if _config_path(args) is not None:
+                raise ValueError("--config given twice")
+            config = apply_env_section(load_yaml_config(config_file), config_file)
+            unknown = self.set_defaults_with_config(**config)
+            if unknown:
+                raise ValueError(f"{config_file}: unknown argument(s) {', '.join(sorted(unknown))}; see "
+                                 f"`python recipes/train.py --help`")
+        return self.parse_args_into_dataclasses(args=args, look_for_args_file=False)
+
+    def set_defaults_with_config(self, **values) -> list[str]:
+        """Make ``values`` the defaults of the matching arguments; return the keys that match none."""
+        used = set()
+        for action in self._actions:
+            if action.dest in values:
+                action.default = values[action.dest]
+                action.required = False
+                used.add(action.dest)
+        return [key for key in values if key not in used]
+
+
 def parse_arguments(argv: list[str] | None = None):
     """Parse (ModelArguments, DataArguments, CorrectorTrainingArguments) from ``--config file.yaml`` and flags."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    file_args: list[str] = []
-    if "--config" in argv:
-        i = argv.index("--config")
-        config_file = argv[i + 1]
-        del argv[i : i + 2]
-        with open(config_file) as fh:
-            values = yaml.safe_load(fh) or {}
-        for key, value in values.items():
-            if isinstance(value, list):
-                file_args += [f"--{key}", *map(str, value)]
-            elif value is None:
-                continue
-            else:
-                file_args += [f"--{key}", str(value)]
-    parser = HfArgumentParser((ModelArguments, DataArguments, CorrectorTrainingArguments))
-    return parser.parse_args_into_dataclasses(file_args + argv)
+    parser = RecipeArgumentParser((ModelArguments, DataArguments, CorrectorTrainingArguments))
+    return parser.parse_args_and_config(argv)
+
+
+def resolve_resume(args: CorrectorTrainingArguments) -> str | None:
+    """The checkpoint folder to resume from: ``true`` = the newest complete one in ``output_dir``, a path = that
+    one (verified complete), ``false`` / unset = none."""
+    value = args.resume_from_checkpoint
+    if value is None or str(value).strip().lower() in ("", "false", "no", "0", "none"):
+        return None
+    if value is True or str(value).strip().lower() in ("true", "yes", "1", "last"):
+        found = last_complete_checkpoint(args.output_dir)
+        if found is None:
+            raise ConfigError(f"--resume_from_checkpoint true: no complete checkpoint in {args.output_dir}")
+        return str(found)
+    verify_checkpoint(value)  # CacheCorruptError naming the folder if its save did not finish
+    return str(value)
 
 
 def resolve_model_path(name: str) -> str:
@@ -137,6 +226,8 @@ def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, args = parse_arguments(argv)
     logging.basicConfig(level=logging.INFO if args.process_index == 0 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    check_distributed_setup(args.distributed_state)  # N launched processes must form one distributed run
+    resume = resolve_resume(args)  # before any data loading or encoding: a bad value fails at once
     started = time.time()
     train_data, eval_data = load_data(data_args)
     if eval_data is not None and data_args.max_eval_queries:
@@ -163,22 +254,27 @@ def main(argv: list[str] | None = None) -> dict:
 
     cache_dir = Path(args.output_dir) / "stale_cache"
     cache = data_args.cache_path
-    if cache is None and cache_dir.exists():
+    if resume is not None and (Path(resume) / "stale_cache").is_dir():
+        cache = str(Path(resume) / "stale_cache")  # the checkpoint's cache: no encoding pass that resume would discard
+        logger.info("resuming from %s with the stale cache saved in it", resume)
+    elif cache is None and cache_dir.exists():
         cache = str(cache_dir)  # a rerun into the same folder reuses its cache
     trainer = CorrectorTrainer(model=retriever, args=args, train_dataset=train_data, eval_dataset=eval_data,
                                cache=cache, corrector=model_args.corrector_name_or_path, peft_config=peft_config)
-    if args.should_save:
-        trainer.cache.save(cache_dir)
+    if args.should_save and resume is None:
+        trainer.cache.save(cache_dir)  # the starting cache, for reruns into the same folder
 
     results: dict[str, dict[str, float]] = {}
-    if eval_data is not None and not data_args.skip_initial_eval:
+    if resume is not None and eval_data is not None and not data_args.skip_initial_eval:
+        logger.info("resuming: the starting model was evaluated by the first run; no 'before training' evaluation")
+    elif eval_data is not None and not data_args.skip_initial_eval:
         if trainer.cost["initial_cache_encodings"]:
             # the cache was just written by the starting model: stale = corrected = fresh, no second encoding pass
             before = trainer.retrieval_metrics(eval_data.queries, ["stale"])
             results["before training"] = {k.replace("eval_stale_", "eval_"): v for k, v in before.items()}
         else:
             results["before training"] = trainer.retrieval_metrics(eval_data.queries, ["fresh", "stale"])
-    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resume)
     if eval_data is not None:
         kinds = ["fresh", "stale"] + (["corrected"] if trainer.corrector is not None else [])
         results["after training"] = trainer.retrieval_metrics(eval_data.queries, kinds)
@@ -195,6 +291,11 @@ def main(argv: list[str] | None = None) -> dict:
         "reembedding_cost": {**trainer.cost, "total": trainer.total_reembedding_cost(), "num_docs": train_data.num_docs},
         "wall_time_s": round(time.time() - started, 1),
         "data": train_data.name,
+        "resumed_from": resume,
+        "processes": {"num_processes": trainer.accelerator.num_processes,
+                      "distributed": torch.distributed.is_available() and torch.distributed.is_initialized(),
+                      "distributed_type": str(getattr(trainer.accelerator.distributed_type, "value",
+                                                      trainer.accelerator.distributed_type))},
     }
     if args.should_save:
         Path(args.output_dir, "results.json").write_text(json.dumps(summary, indent=2))

@@ -31,6 +31,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedConfig,
 from transformers.utils import ModelOutput
 
 from ..errors import ConfigError
+from .hub_files import HUB_KWARGS, check_local_folder, read_sentence_transformers_settings
 from .pooling import check_pooling, pool
 
 logger = logging.getLogger(__name__)
@@ -155,14 +156,33 @@ class RetrieverModel(PreTrainedModel):
     ) -> RetrieverModel:
         """Wrap a pretrained ``AutoModel`` backbone (a Hub id or local folder) as a dual encoder.
 
-        A sentence-transformers folder (``modules.json``) gives its pooling, normalisation and max length unless
-        overridden. Extra keyword arguments go to ``AutoModel.from_pretrained`` (e.g. ``num_hidden_layers=2``).
+        A sentence-transformers model (``modules.json``, from a folder or the Hub alike) gives its pooling,
+        normalisation, max length and ``query`` / ``document`` prompts unless overridden, so the retriever encodes
+        like ``SentenceTransformer.encode_query`` / ``encode_document``. Extra keyword arguments go to
+        ``AutoModel.from_pretrained`` (e.g. ``num_hidden_layers=2``, ``revision``, ``local_files_only``). A path
+        that looks local and does not exist raises ``FileNotFoundError("no such folder: ...")`` at once.
+
+        Example:
+            >>> retriever = RetrieverModel.from_backbone("sentence-transformers/all-MiniLM-L6-v2")  # doctest: +SKIP
+            >>> retriever.config.pooling, retriever.config.normalize  # doctest: +SKIP
+            ('mean', True)
         """
-        st = read_sentence_transformers_settings(name_or_path)
+        name_or_path = check_local_folder(name_or_path)
+        hub_kwargs = {k: model_kwargs[k] for k in HUB_KWARGS if k in model_kwargs}
+        st = read_sentence_transformers_settings(name_or_path, **hub_kwargs)
+        if st.get("transformer_path") and not hub_kwargs.get("subfolder"):
+            hub_kwargs["subfolder"] = model_kwargs["subfolder"] = st["transformer_path"]
         pooling = pooling or st.get("pooling", "mean")
         normalize = st.get("normalize", False) if normalize is None else normalize
-        max_len = st.get("max_seq_length", 256)
         encoder = AutoModel.from_pretrained(name_or_path, **model_kwargs)
+        tokenizer = None
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name_or_path, **hub_kwargs)
+        except (OSError, ValueError) as err:
+            logger.warning("no tokenizer found at %s (%s); set retriever.tokenizer before encoding", name_or_path, err)
+        max_len = st.get("max_seq_length", 256)
+        if st and "max_seq_length" not in st and tokenizer is not None and tokenizer.model_max_length < 100_000:
+            max_len = int(tokenizer.model_max_length)  # sentence-transformers >= 5 keeps it in the tokenizer config
         config = RetrieverConfig(
             encoder_config=encoder.config.to_dict(),
             pooling=pooling,
@@ -171,20 +191,28 @@ class RetrieverModel(PreTrainedModel):
             shared_towers=shared_towers,
             query_max_length=query_max_length or min(64, max_len),
             target_max_length=target_max_length or max_len,
+            query_prefix=st.get("query_prefix", ""),
+            target_prefix=st.get("target_prefix", ""),
             base_model_name_or_path=str(name_or_path),
         )
         model = cls(config, encoder=encoder)
-        try:
-            model.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        except (OSError, ValueError) as err:
-            logger.warning("no tokenizer found at %s (%s); set retriever.tokenizer before encoding", name_or_path, err)
+        model.tokenizer = tokenizer
         return model
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """Load a saved retriever (and its tokenizer, when saved alongside)."""
+        """Load a saved retriever (and its tokenizer, when saved alongside).
+
+        A path that looks local and does not exist raises ``FileNotFoundError("no such folder: ...")`` at once.
+
+        Example:
+            >>> RetrieverModel.from_pretrained("out/final")  # doctest: +SKIP
+        """
+        if isinstance(pretrained_model_name_or_path, (str, os.PathLike)):
+            pretrained_model_name_or_path = check_local_folder(pretrained_model_name_or_path, "retriever")
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        tok_kwargs = {k: kwargs[k] for k in ("subfolder", "revision", "token", "cache_dir", "local_files_only") if k in kwargs}
+        model._freeze_unused_heads()  # from_pretrained resets requires_grad: an unfrozen pooler breaks DDP
+        tok_kwargs = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
         try:
             model.tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **tok_kwargs)
         except (OSError, ValueError):
@@ -287,39 +315,16 @@ class RetrieverModel(PreTrainedModel):
         }
 
 
-def read_sentence_transformers_settings(path: str | os.PathLike) -> dict:
-    """Read pooling, normalisation and max length from a local sentence-transformers folder ({} if not one)."""
-    root = Path(path)
-    modules_file = root / "modules.json"
-    if not modules_file.is_file():
-        return {}
-    settings: dict = {}
-    modules = json.loads(modules_file.read_text())
-    for module in modules:
-        kind = module.get("type", "")
-        if kind.endswith("Normalize"):
-            settings["normalize"] = True
-        if kind.endswith("Pooling"):
-            cfg_file = root / module.get("path", "") / "config.json"
-            if cfg_file.is_file():
-                cfg = json.loads(cfg_file.read_text())
-                if cfg.get("pooling_mode_cls_token"):
-                    settings["pooling"] = "cls"
-                elif cfg.get("pooling_mode_lasttoken"):
-                    settings["pooling"] = "last"
-                elif cfg.get("pooling_mode_mean_tokens"):
-                    settings["pooling"] = "mean"
-                else:
-                    raise ConfigError(f"{cfg_file}: pooling mode not supported (only mean, cls, last)")
-    settings.setdefault("normalize", False)
-    bert_cfg = root / "sentence_bert_config.json"
-    if bert_cfg.is_file():
-        settings["max_seq_length"] = int(json.loads(bert_cfg.read_text()).get("max_seq_length", 256))
-    return settings
-
-
 def load_retriever(name_or_path: str | os.PathLike, **kwargs) -> RetrieverModel:
-    """Load a saved :class:`RetrieverModel`, or wrap any other backbone with :meth:`RetrieverModel.from_backbone`."""
+    """Load a saved :class:`RetrieverModel`, or wrap any other backbone with :meth:`RetrieverModel.from_backbone`.
+
+    A path that looks local and does not exist raises ``FileNotFoundError("no such folder: ...")`` at once.
+
+    Example:
+        >>> load_retriever("sentence-transformers/all-MiniLM-L6-v2").config.normalize  # doctest: +SKIP
+        True
+    """
+    name_or_path = check_local_folder(name_or_path)
     cfg_file = Path(name_or_path) / "config.json"
     if cfg_file.is_file():
         is_retriever = json.loads(cfg_file.read_text()).get("model_type") == RetrieverConfig.model_type

@@ -52,6 +52,7 @@ from .callbacks import CacheRefreshCallback, CorrectorFallbackCallback, Correcto
 from .checkpoints import last_complete_checkpoint, remove_checkpoint_marker, verify_checkpoint, write_checkpoint_marker
 from .collator import CorrectorDataCollator
 from .config import CorrectorTrainingArguments
+from .distributed import check_distributed_setup
 from .inputs import index_inputs
 from .losses import step_losses
 from .optim import build_lr_scheduler, build_optimizer
@@ -140,8 +141,11 @@ class CorrectorTrainer(Trainer):
                          model_init=model_init, compute_metrics=compute_metrics, callbacks=callbacks,
                          optimizers=optimizers, optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
                          preprocess_logits_for_metrics=preprocess_logits_for_metrics)
+        check_distributed_setup(self.accelerator)  # N processes that do not form one run would train N models
         self._metrics: dict[str, list[float]] = defaultdict(list)
 
+        if cache is None and args.resume_from_checkpoint:  # the checkpoint holds the cache: do not encode it twice
+            cache = _checkpoint_cache(args.output_dir, args.resume_from_checkpoint)
         built = cache is None
         cache = _prepare_cache(cache, retriever, self.corpus, args, self.cache_class)
         self.cache_manager = self.cache_manager_class(cache, list(self.corpus["text"]), self._encode_targets,
@@ -214,8 +218,9 @@ class CorrectorTrainer(Trainer):
         return self.optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
-        """Per-group schedule: encoders are frozen (factor 0) during corrector warm-up, then follow
-        ``lr_scheduler_type``; the corrector stays constant."""
+        """transformers' own ``lr_scheduler_type`` schedule (with ``lr_scheduler_kwargs`` and ``warmup_steps``) for
+        the encoders, frozen during the corrector warm-up; the corrector's group stays constant.
+        See :func:`hf_corrector.training.optim.build_lr_scheduler`."""
         if self.lr_scheduler is None:
             self.lr_scheduler = build_lr_scheduler(self.args, optimizer or self.optimizer, num_training_steps)
             self._created_lr_scheduler = True
@@ -401,7 +406,7 @@ class CorrectorTrainer(Trainer):
 
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """Trainer's ``train`` that also restores the cache and the trainer's extra state on resume."""
-        if resume_from_checkpoint is True:  # the newest checkpoint whose save finished (incomplete ones are skipped)
+        if _means_true(resume_from_checkpoint):  # the newest complete checkpoint (incomplete ones are skipped)
             resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
                 raise ConfigError(f"no complete checkpoint found in {self.args.output_dir} to resume from")
@@ -471,6 +476,18 @@ def _prepare_cache(cache, retriever: RetrieverModel, corpus: datasets.Dataset, a
     cache.check_corpus(list(corpus["doc_id"]))
     cache.check_model(retriever)
     return cache
+
+
+def _means_true(value) -> bool:
+    """``True`` or the string ``"true"`` (as ``--resume_from_checkpoint true`` arrives from the command line)."""
+    return value is True or (isinstance(value, str) and value.strip().lower() == "true")
+
+
+def _checkpoint_cache(output_dir: str, resume_from_checkpoint: str | bool) -> str | None:
+    """The ``stale_cache`` folder of the checkpoint a run will resume from (None when there is none yet)."""
+    folder = last_complete_checkpoint(output_dir) if _means_true(resume_from_checkpoint) else resume_from_checkpoint
+    path = Path(folder) / CACHE_DIR if folder else None
+    return str(path) if path is not None and path.is_dir() else None
 
 
 class _SkipStep(Exception):

@@ -1,0 +1,212 @@
+"""Where a model's files come from: a local folder or the Hub, read the same way.
+
+* :func:`looks_local` / :func:`check_local_folder`: a name that is obviously a path (``./out``, ``/data/m``,
+  ``~/m``, ``out/run1/final``) and does not exist fails at once with "no such folder", instead of turning into a
+  Hub lookup that fails after retries with a confusing repo-id error.
+* :func:`model_file`: one file of a model (``modules.json``...) from a folder, or through ``huggingface_hub``
+  (``hf_hub_download``, so ``HF_HUB_OFFLINE``, ``HF_HOME`` / ``cache_dir``, ``revision`` and ``token`` work like
+  they do for ``from_pretrained``); ``None`` when the model has no such file.
+* :func:`read_sentence_transformers_settings`: pooling, normalisation, max length and prompts of a
+  sentence-transformers model (old ``pooling_mode_*_token`` flags and the newer single ``pooling_mode`` key).
+
+Example:
+    >>> looks_local("./out/final"), looks_local("sentence-transformers/all-MiniLM-L6-v2")
+    (True, False)
+    >>> read_sentence_transformers_settings("sentence-transformers/all-MiniLM-L6-v2")  # doctest: +SKIP
+    {'pooling': 'mean', 'normalize': True, 'max_seq_length': 256}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import hf_hub_download, try_to_load_from_cache
+from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+from ..errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+#: keyword arguments of ``from_pretrained`` that also say where to download a single file from
+HUB_KWARGS = ("subfolder", "revision", "token", "cache_dir", "local_files_only")
+
+#: sentence-transformers pooling modes -> ours (``pooling_mode`` values and the legacy boolean keys)
+_ST_POOLING = {"mean": "mean", "cls": "cls", "lasttoken": "last"}
+_ST_LEGACY_POOLING = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+#: sentence-transformers prompt names that mean "queries" / "targets"
+_QUERY_PROMPTS = ("query",)
+_TARGET_PROMPTS = ("document", "passage", "corpus", "doc")
+
+
+def looks_local(name_or_path: str | os.PathLike) -> bool:
+    """Whether ``name_or_path`` is meant as a local path rather than a Hub repo id.
+
+    Local: a ``Path`` object; a string that starts with ``.``, ``/``, ``~`` (or a drive letter); one with more than
+    one separator (a Hub id is ``name`` or ``org/name``); one with a backslash on Windows; or one whose first part
+    exists on disk (``out/final`` while ``out/`` exists).
+
+    Example:
+        >>> [looks_local(p) for p in ("bert-base-uncased", "org/name", "~/models/m", "a/b/c", "../m")]
+        [False, False, True, True, True]
+    """
+    if isinstance(name_or_path, os.PathLike):
+        return True
+    name = str(name_or_path)
+    if not name:
+        return False
+    if name.startswith((".", "/", "~")) or (len(name) > 1 and name[1] == ":"):
+        return True
+    if os.altsep and os.altsep in name or (os.sep != "/" and os.sep in name):
+        return True
+    parts = name.split("/")
+    if len(parts) > 2:
+        return True
+    return len(parts) == 2 and os.path.isdir(parts[0])
+
+
+def check_local_folder(name_or_path: str | os.PathLike, what: str = "model") -> str:
+    """Raise ``FileNotFoundError("no such folder: ...")`` when ``name_or_path`` looks local and is not a folder.
+
+    Returns the name to load from: a local path with ``~`` expanded, or the Hub id untouched (Hub errors come
+    from ``huggingface_hub``).
+
+    Example:
+        >>> check_local_folder("./no/such/model")
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: no such folder: './no/such/model' (looked for a local model: ...
+    """
+    if not looks_local(name_or_path):
+        return str(name_or_path)
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return str(path)
+    state = "is a file, not a folder" if path.exists() else "does not exist"
+    raise FileNotFoundError(
+        f"no such folder: {str(name_or_path)!r} (looked for a local {what}: {path.resolve()} {state}; "
+        f"a Hub repo id is 'name' or 'org/name')"
+    )
+
+
+def model_file(name_or_path: str | os.PathLike, filename: str, **hub_kwargs: Any) -> str | None:
+    """Path of ``filename`` in a local folder or a Hub repo (downloaded into the HF cache), or ``None`` if absent.
+
+    ``hub_kwargs`` may hold ``subfolder``, ``revision``, ``token``, ``cache_dir`` and ``local_files_only`` (others
+    are ignored, so ``from_pretrained`` keyword arguments can be passed as they are). Offline with the file not
+    cached, the answer is ``None`` with a warning. A missing repo or revision raises ``huggingface_hub``'s error.
+
+    Example:
+        >>> model_file("sentence-transformers/all-MiniLM-L6-v2", "modules.json")  # doctest: +SKIP
+        '/home/me/.cache/huggingface/hub/models--sentence-transformers--all-MiniLM-L6-v2/snapshots/.../modules.json'
+    """
+    kw = {k: hub_kwargs[k] for k in HUB_KWARGS if hub_kwargs.get(k) is not None}
+    subfolder = kw.pop("subfolder", "") or ""
+    local = Path(name_or_path).expanduser()
+    if local.is_dir():
+        path = local / subfolder / filename
+        return str(path) if path.is_file() else None
+    check_local_folder(name_or_path)
+    repo_id = str(name_or_path)
+    try:
+        return hf_hub_download(repo_id, filename, subfolder=subfolder or None, **kw)
+    except LocalEntryNotFoundError:  # offline (or unreachable) and not in the cache
+        cached = try_to_load_from_cache(repo_id, f"{subfolder}/{filename}" if subfolder else filename,
+                                        cache_dir=kw.get("cache_dir"), revision=kw.get("revision"))
+        if isinstance(cached, str):
+            return cached
+        if cached is None:  # unknown, not "known to be absent"
+            logger.warning("%s: %s is not in the local Hugging Face cache and the Hub cannot be reached; going on "
+                           "without it", repo_id, filename)
+        return None
+    except EntryNotFoundError:  # the repo has no such file
+        return None
+
+
+def _read_json(path: str | None) -> dict:
+    if path is None:
+        return {}
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def _pooling_from_st_config(cfg: dict, where: str) -> str:
+    mode = cfg.get("pooling_mode")
+    if mode is None:
+        active = [m for key, m in _ST_LEGACY_POOLING.items() if cfg.get(key)]
+        mode = active if len(active) != 1 else active[0]
+        if not active:
+            mode = "mean"  # sentence-transformers' own default for a config with every flag off
+    if isinstance(mode, list):
+        mode = mode[0] if len(mode) == 1 else tuple(mode)
+    if mode not in _ST_POOLING:
+        raise ConfigError(f"{where}: sentence-transformers pooling {mode!r} is not supported "
+                          f"(only {', '.join(_ST_POOLING)}); pass pooling= to choose one")
+    return _ST_POOLING[mode]
+
+
+def read_sentence_transformers_settings(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> dict:
+    """Pooling, normalisation, max length and prompts of a sentence-transformers model ({} if it is not one).
+
+    Works the same for a local folder and a Hub repo id (files come through :func:`model_file`). Keys:
+    ``pooling`` (``mean | cls | last``), ``normalize``, ``max_seq_length`` (when the model states it),
+    ``query_prefix`` / ``target_prefix`` (from the ``query`` / ``document`` prompts) and ``transformer_path``
+    (the folder of the Transformer module when it is not the root). Unsupported modules (``Dense``...) are
+    reported with a warning, because the retriever will encode without them.
+
+    Example:
+        >>> read_sentence_transformers_settings("sentence-transformers/all-MiniLM-L6-v2")  # doctest: +SKIP
+        {'pooling': 'mean', 'normalize': True, 'max_seq_length': 256}
+    """
+    modules_path = model_file(name_or_path, "modules.json", **hub_kwargs)
+    if modules_path is None:
+        return {}
+    subfolder = hub_kwargs.get("subfolder") or ""
+
+    def file_in(module_dir: str, name: str) -> str | None:
+        return model_file(name_or_path, name, **{**hub_kwargs, "subfolder": "/".join(p for p in (subfolder, module_dir) if p)})
+
+    settings: dict[str, Any] = {"normalize": False}
+    for module in _read_json(modules_path):
+        kind = str(module.get("type", "")).rsplit(".", 1)[-1]
+        module_dir = module.get("path", "") or ""
+        if kind == "Normalize":
+            settings["normalize"] = True
+        elif kind == "Pooling":
+            cfg = _read_json(file_in(module_dir, "config.json"))
+            settings["pooling"] = _pooling_from_st_config(cfg, f"{name_or_path}/{module_dir}/config.json")
+            if cfg.get("include_prompt") is False:
+                settings["include_prompt"] = False
+        elif kind == "Transformer":
+            if module_dir:
+                settings["transformer_path"] = module_dir
+            bert_cfg = _read_json(file_in(module_dir, "sentence_bert_config.json"))
+            if bert_cfg.get("max_seq_length"):
+                settings["max_seq_length"] = int(bert_cfg["max_seq_length"])
+        else:
+            logger.warning("%s: sentence-transformers module %s (%s) has no counterpart in RetrieverModel; "
+                           "embeddings will differ from SentenceTransformer's", name_or_path, kind, module_dir)
+    st_cfg = _read_json(model_file(name_or_path, "config_sentence_transformers.json", **hub_kwargs))
+    prompts = st_cfg.get("prompts") or {}
+    for names, key in ((_QUERY_PROMPTS, "query_prefix"), (_TARGET_PROMPTS, "target_prefix")):
+        for name in names:
+            if prompts.get(name):
+                settings[key] = prompts[name]
+                break
+    if settings.get("include_prompt") is False and ("query_prefix" in settings or "target_prefix" in settings):
+        logger.warning("%s: the model pools without its prompt tokens (include_prompt=False); RetrieverModel pools "
+                       "over them", name_or_path)
+    return settings
+
+
+__all__ = ["check_local_folder", "looks_local", "model_file", "read_sentence_transformers_settings"]
