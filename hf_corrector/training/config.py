@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from ..errors import ConfigError
+from .validation import validate_arguments
 
 NEGATIVE_SAMPLING = ("topk", "gumbel")
 CORRECTIONS = ("mlp", "linear", "none", "nystrom")
@@ -182,6 +183,7 @@ class CorrectorTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
+        validate_arguments(self)  # first: transformers' own __post_init__ fails with TypeError on e.g. logging_steps="10"
         super().__post_init__()
         if self.num_negatives < 0:
             raise ConfigError(f"num_negatives must be >= 0, got {self.num_negatives}")

@@ -56,6 +56,7 @@ from .collator import CorrectorDataCollator, prepare_train_examples
 from .config import CorrectorTrainingArguments
 from .losses import corrector_loss, task_loss
 from .sampling import select_negatives
+from .validation import check_enough_negatives
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +179,9 @@ class CorrectorTrainer(Trainer):
         self.eval_queries = eval_dataset.queries if isinstance(eval_dataset, RetrievalData) else eval_dataset
         if args.num_negatives >= len(self.doc_ids):
             raise ConfigError(f"num_negatives={args.num_negatives} needs a corpus larger than {len(self.doc_ids)}")
+        if self.train_examples is not None and args.num_negatives > 0:  # names the query that has too few
+            pool = args.candidate_pool_size if args.candidate_index != "none" and not args.tele_negatives else None
+            check_enough_negatives(self.train_examples, len(self.doc_ids), args.num_negatives, pool_size=pool)
 
         # corrector ----------------------------------------------------------------------------------------------------
         if isinstance(corrector, (str, os.PathLike)):
