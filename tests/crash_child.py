@@ -14,6 +14,8 @@ import logging
 import os
 import signal
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +28,7 @@ from hf_corrector.training.config import CorrectorTrainingArguments
 from tests.tiny import tiny_data, tiny_retriever
 
 SHARD_SIZE = 16  # the tiny corpus (120 docs) makes 8 shards
-KILL_POINTS = ("checkpoint_cache", "optimizer", "refresh", "write_back")
+KILL_POINTS = ("checkpoint_cache", "optimizer", "refresh", "write_back", "final_checkpoint")
 
 
 def _die() -> None:
@@ -181,25 +183,50 @@ def _install_kill(point: str) -> None:
                 _die()
 
         StaleCache.update = update
+    elif point == "final_checkpoint":  # dies right after the checkpoint at max_steps is complete (before save_model)
+        original_save = CorrectorTrainer._save_checkpoint
+
+        def save_checkpoint(self, model, trial):
+            original_save(self, model, trial)
+            if self.state.global_step >= self.args.max_steps:
+                _die()
+
+        CorrectorTrainer._save_checkpoint = save_checkpoint
     elif point is not None:
         raise ValueError(f"unknown kill point {point!r}; choose one of {KILL_POINTS}")
 
 
-def train(out_dir: str, kill: str | None = None, resume: bool = False, save_total_limit: int | None = None) -> None:
-    """Train (or resume) the crash tests' run; SIGKILL at ``kill``. A finished run saves ``final/`` (retriever and
-    corrector via ``save_model``), ``final_cache/`` and ``report.json``."""
+def _kill_after(seconds: float) -> None:
+    """SIGKILL this process ``seconds`` from now, wherever it is (a random moment of training or saving)."""
+    timer = threading.Timer(seconds, _die)
+    timer.daemon = True
+    timer.start()
+
+
+def train(out_dir: str, kill: str | None = None, resume: bool | str = False, save_total_limit: int | None = None,
+          kill_after: float | None = None) -> None:
+    """Train (or resume) the crash tests' run; SIGKILL at ``kill``, or ``kill_after`` seconds after training starts
+    (the time of ``train()`` plus the final saves; ``report.json`` records it as ``seconds``). ``resume="auto"``
+    resumes if a complete checkpoint exists and starts afresh otherwise. A finished run saves ``final/`` (retriever
+    and corrector via ``save_model``), ``final_cache/`` and ``report.json``."""
     _setup()
     recorder = _Recorder()
     logging.getLogger("hf_corrector").addHandler(recorder)
     logging.getLogger("hf_corrector").setLevel(logging.INFO)
     _install_kill(kill)
     trainer = make_trainer(out_dir, save_total_limit=save_total_limit)
+    if resume == "auto":
+        resume = last_complete_checkpoint(out_dir) is not None
     resumed_from = last_complete_checkpoint(out_dir) if resume else None
-    trainer.train(resume_from_checkpoint=True if resume else None)
+    start = time.perf_counter()
+    if kill_after is not None:
+        _kill_after(kill_after)
+    output = trainer.train(resume_from_checkpoint=True if resume else None)
     trainer.save_model(os.path.join(out_dir, "final"))
     trainer.cache.save(os.path.join(out_dir, "final_cache"))
     report = {"resumed_from": resumed_from, "global_step": trainer.state.global_step, "cost": trainer.cost,
-              "log": recorder.messages}
+              "log": recorder.messages, "seconds": time.perf_counter() - start,
+              "training_loss": output.training_loss}
     Path(out_dir, "report.json").write_text(json.dumps(report, indent=1))
 
 

@@ -147,6 +147,7 @@ SCENARIOS = {
     "optimizer": (4, 8, None),  # optimizer.pt of checkpoint-8 torn
     "refresh": (4, None, None),  # killed half-way through the full refresh at step 6
     "write_back": (8, None, None),  # killed in the write-back of step 10
+    "final_checkpoint": (12, None, None),  # killed after the checkpoint at max_steps: resuming must not step again
 }
 
 
@@ -210,3 +211,67 @@ def test_final_save_model_is_atomic_and_leaves_no_temporaries(tmp_path):
     assert (out / "checkpoint-2" / "optimizer.pt").read_bytes() == b"state"
     assert (out / "model.safetensors").is_file() and (out / "corrector" / "model.safetensors").is_file()
     assert not [p for p in list(tmp_path.iterdir()) + list(out.iterdir()) if p.name.startswith(".")]
+
+
+def test_resume_from_the_last_checkpoint_of_an_epoch_based_run_does_not_step(tmp_path):
+    """num_train_epochs=1.5 over 5 batches per epoch: max_steps 8, which ends no epoch. Before the fix, resuming
+    from checkpoint-8 skipped 3 batches of epoch 2 and trained step 9."""
+    from tests.tiny import tiny_trainer
+
+    kw = dict(max_steps=-1, num_train_epochs=1.5, save_strategy="steps", save_steps=4, cache_write_back=True)
+    full = tiny_trainer(tmp_path, "a", **kw)
+    assert full.train().global_step == 8
+    resumed = tiny_trainer(tmp_path, "b", **kw)
+    output = resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-8"))
+    assert output.global_step == 8 and resumed.state.global_step == 8
+    mine, theirs = resumed.model.state_dict(), full.model.state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in theirs)
+    assert torch.equal(resumed.cache.matrix(), full.cache.matrix()) and resumed.cost == full.cost
+    assert resumed.state.log_history[-1]["reembedding_total"] == full.state.log_history[-1]["reembedding_total"]
+
+
+# -- (e) killed at random moments, resumed, compared bit for bit --------------------------------------------------------
+RANDOM_KILLS = 24
+
+
+def _same_final(run: Path, reference: Path) -> str | None:
+    """None if ``run`` ended bit-identical to ``reference`` (weights, corrector, cache, cost), else the difference."""
+    try:
+        _assert_same_final(run, reference)
+    except AssertionError as err:
+        return str(err).splitlines()[0]
+    mine, theirs = (json.loads((p / "report.json").read_text()) for p in (run, reference))
+    if (mine["global_step"], mine["cost"]) != (theirs["global_step"], theirs["cost"]):
+        return f"global_step/cost {mine['global_step']} {mine['cost']} != {theirs['global_step']} {theirs['cost']}"
+    return None
+
+
+@pytest.mark.slow
+def test_random_kills_resume_bit_identical(reference_run, tmp_path):
+    """SIGKILL the crash tests' run at a random moment of training or saving (a timer thread in the child), resume
+    from the last complete checkpoint (or start afresh if there is none), and compare with the uninterrupted run;
+    repeated RANDOM_KILLS times, two runs at a time. Prints one line per run and the count."""
+    import random
+
+    seed = random.SystemRandom().randrange(2**31)
+    rng = random.Random(seed)
+    span = json.loads((reference_run / "report.json").read_text())["seconds"]
+    print(f"\nrandom kills: seed {seed}; the uninterrupted run trains and saves in {span:.2f}s")
+    results = []
+    for first in range(0, RANDOM_KILLS, 2):
+        runs = [(tmp_path / f"run-{i}", rng.uniform(0.0, span)) for i in range(first, min(first + 2, RANDOM_KILLS))]
+        codes = run_children(*[(crash_child.train, dict(out_dir=str(out), kill_after=delay)) for out, delay in runs])
+        resumed = run_children(*[(crash_child.train, dict(out_dir=str(out), resume="auto")) for out, _ in runs])
+        for (out, delay), code, code2 in zip(runs, codes, resumed):
+            report = json.loads((out / "report.json").read_text()) if code2 == 0 else {}
+            problem = _same_final(out, reference_run) if code2 == 0 else f"resume exited with {code2}"
+            results.append((out.name, delay, code, report.get("resumed_from"), problem))
+            print(f"  {out.name}: kill at {delay:.2f}s -> exit {code}, resumed from "
+                  f"{Path(report['resumed_from']).name if report.get('resumed_from') else None}: "
+                  f"{'bit-identical' if problem is None else problem}")
+    killed = [r for r in results if r[2] == KILLED]
+    identical = [r for r in killed if r[4] is None]
+    print(f"random kills: {len(identical)}/{len(killed)} killed runs ended bit-identical "
+          f"({len(results) - len(killed)} finished before their kill)")
+    assert len(killed) >= 20
+    assert [r for r in results if r[4] is not None] == []

@@ -50,8 +50,8 @@ from ..evaluation.metrics import retrieval_metrics
 from ..hub.callbacks import ModelCardCallback, push_checkpoint, write_model_cards
 from ..models.corrector import CorrectorConfig, CorrectorModel
 from ..models.retriever import RetrieverModel, load_retriever
-from .checkpoints import (last_complete_checkpoint, publish_dir, remove_checkpoint_marker, verify_checkpoint,
-                          write_checkpoint_marker)
+from .checkpoints import (finish_if_complete, last_complete_checkpoint, publish_dir, remove_checkpoint_marker,
+                          verify_checkpoint, write_checkpoint_marker)
 from .collator import CorrectorDataCollator, prepare_train_examples
 from .config import CorrectorTrainingArguments
 from .losses import corrector_loss, task_loss
@@ -737,8 +737,10 @@ class CorrectorTrainer(Trainer):
             verify_checkpoint(resume_from_checkpoint)  # CacheCorruptError naming the folder if its save did not finish
         if resume_from_checkpoint:
             self._load_extra_state(Path(resume_from_checkpoint))
-        result = super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
-                               ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+        result = finish_if_complete(self, resume_from_checkpoint)  # at max_steps already: Trainer would step
+        if result is None:
+            result = super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
+                                   ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
         total = self.total_reembedding_cost()
         logger.info("re-embedding cost: %s (total %d target encodings, %.2f corpus passes)", self.cost, total,
                     total / max(len(self.doc_ids), 1))
