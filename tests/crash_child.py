@@ -22,6 +22,8 @@ import numpy as np
 import torch
 
 import hf_corrector.cache.stale_cache as stale_cache_module
+from transformers import TrainerCallback
+
 from hf_corrector import CorrectorTrainer, RetrieverModel, StaleCache
 from hf_corrector.training.checkpoints import last_complete_checkpoint
 from hf_corrector.training.config import CorrectorTrainingArguments
@@ -203,12 +205,27 @@ def _kill_after(seconds: float) -> None:
     timer.start()
 
 
+class _KillTimerAtStep(TrainerCallback):
+    """Arms the SIGKILL timer when optimizer step ``step + 1`` begins (relative to the step, so that a slower, busier
+    machine moves the kill along with the step instead of before the first checkpoint)."""
+
+    def __init__(self, step: int, seconds: float):
+        self.step, self.seconds = step, seconds
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            _kill_after(self.seconds)
+            self.step = -1
+        return control
+
+
 def train(out_dir: str, kill: str | None = None, resume: bool | str = False, save_total_limit: int | None = None,
-          kill_after: float | None = None) -> None:
+          kill_after: float | None = None, kill_at_step: int | None = None) -> None:
     """Train (or resume) the crash tests' run; SIGKILL at ``kill``, or ``kill_after`` seconds after training starts
-    (the time of ``train()`` plus the final saves; ``report.json`` records it as ``seconds``). ``resume="auto"``
-    resumes if a complete checkpoint exists and starts afresh otherwise. A finished run saves ``final/`` (retriever
-    and corrector via ``save_model``), ``final_cache/`` and ``report.json``."""
+    (or, with ``kill_at_step=s``, after step s+1 begins). ``report.json`` records the time of ``train()`` plus the
+    final saves as ``seconds``. ``resume="auto"`` resumes if a complete checkpoint exists and starts afresh otherwise.
+    A finished run saves ``final/`` (retriever and corrector via ``save_model``), ``final_cache/`` and
+    ``report.json``."""
     _setup()
     recorder = _Recorder()
     logging.getLogger("hf_corrector").addHandler(recorder)
@@ -219,7 +236,9 @@ def train(out_dir: str, kill: str | None = None, resume: bool | str = False, sav
         resume = last_complete_checkpoint(out_dir) is not None
     resumed_from = last_complete_checkpoint(out_dir) if resume else None
     start = time.perf_counter()
-    if kill_after is not None:
+    if kill_after is not None and kill_at_step is not None:
+        trainer.add_callback(_KillTimerAtStep(kill_at_step, kill_after))
+    elif kill_after is not None:
         _kill_after(kill_after)
     output = trainer.train(resume_from_checkpoint=True if resume else None)
     trainer.save_model(os.path.join(out_dir, "final"))

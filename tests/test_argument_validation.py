@@ -28,7 +28,8 @@ from hf_corrector.training.validation import (ARGUMENT_SPECS, INHERITED_SPECS, L
 from tests.tiny import TINY_TRAINING_DEFAULTS, tiny_retriever, tiny_trainer
 
 BASE_FIELDS = {f.name for f in dataclasses.fields(TrainingArguments)}
-FIELDS = [name for name in sorted(ARGUMENT_SPECS) if name in {f.name for f in dataclasses.fields(CorrectorTrainingArguments)}]
+FIELDS = [name for name in sorted(ARGUMENT_SPECS)
+          if name in {f.name for f in dataclasses.fields(CorrectorTrainingArguments)}]
 #: specs for fields that only some supported transformers versions have
 VERSION_DEPENDENT = {"warmup_ratio"}
 
@@ -42,7 +43,7 @@ def make_args(out: str | Path, **overrides) -> CorrectorTrainingArguments:
     return CorrectorTrainingArguments(str(out), **{**TINY_TRAINING_DEFAULTS, **overrides})
 
 
-# -- coverage of the specs ----------------------------------------------------------------------------------------------
+# -- coverage of the specs --------------------------------------------------------------------------------------------
 def test_every_numeric_field_has_a_spec():
     numeric = set(numeric_fields(CorrectorTrainingArguments))
     assert len(numeric) >= 53  # 28 inherited (transformers 5.x) + 25 of ours at the time of writing
@@ -64,7 +65,7 @@ def test_a_new_numeric_field_without_a_spec_is_detected():
     assert missing == {"corrector_new_knob", "corrector_new_count"}
 
 
-# -- the named examples (each trained on, or crashed late, before validation) ----------------------------------
+# -- the named examples (each trained on, or crashed late, before validation) ---------------------------------
 NAMED = [
     ("temperature", math.nan),
     ("sampling_temperature", math.nan),
@@ -225,7 +226,7 @@ def test_any_value_is_refused_or_trains_one_finite_step(drawn):
         assert args is not None
 
 
-# -- a query whose positives leave fewer than k candidates --------------------------------------------------------------
+# -- a query whose positives leave fewer than k candidates ------------------------------------------------------------
 def _data_with_a_crowded_query() -> RetrievalData:
     docs = [{"doc_id": f"d{i}", "text": f"cell protein w{i} gene"} for i in range(10)]
     queries = [{"query_id": f"q{i}", "query": f"protein w{i}", "positive_ids": [f"d{i}"]} for i in range(8)]

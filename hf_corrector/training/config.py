@@ -183,7 +183,7 @@ class CorrectorTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
-        validate_arguments(self)  # first: transformers' own __post_init__ fails with TypeError on e.g. logging_steps="10"
+        validate_arguments(self)  # first: transformers' __post_init__ raises TypeError on e.g. logging_steps="10"
         super().__post_init__()
         if self.num_negatives < 0:
             raise ConfigError(f"num_negatives must be >= 0, got {self.num_negatives}")
