@@ -14,19 +14,23 @@ import logging
 import os
 import signal
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 import hf_corrector.cache.stale_cache as stale_cache_module
+from transformers import TrainerCallback
+
 from hf_corrector import CorrectorTrainer, RetrieverModel, StaleCache
 from hf_corrector.training.checkpoints import last_complete_checkpoint
 from hf_corrector.training.config import CorrectorTrainingArguments
 from tests.tiny import tiny_data, tiny_retriever
 
 SHARD_SIZE = 16  # the tiny corpus (120 docs) makes 8 shards
-KILL_POINTS = ("checkpoint_cache", "optimizer", "refresh", "write_back")
+KILL_POINTS = ("checkpoint_cache", "optimizer", "refresh", "write_back", "final_checkpoint")
 
 
 def _die() -> None:
@@ -181,25 +185,67 @@ def _install_kill(point: str) -> None:
                 _die()
 
         StaleCache.update = update
+    elif point == "final_checkpoint":  # dies right after the checkpoint at max_steps is complete (before save_model)
+        original_save = CorrectorTrainer._save_checkpoint
+
+        def save_checkpoint(self, model, trial):
+            original_save(self, model, trial)
+            if self.state.global_step >= self.args.max_steps:
+                _die()
+
+        CorrectorTrainer._save_checkpoint = save_checkpoint
     elif point is not None:
         raise ValueError(f"unknown kill point {point!r}; choose one of {KILL_POINTS}")
 
 
-def train(out_dir: str, kill: str | None = None, resume: bool = False, save_total_limit: int | None = None) -> None:
-    """Train (or resume) the crash tests' run; SIGKILL at ``kill``. A finished run saves ``final/`` (retriever and
-    corrector via ``save_model``), ``final_cache/`` and ``report.json``."""
+def _kill_after(seconds: float) -> None:
+    """SIGKILL this process ``seconds`` from now, wherever it is (a random moment of training or saving)."""
+    timer = threading.Timer(seconds, _die)
+    timer.daemon = True
+    timer.start()
+
+
+class _KillTimerAtStep(TrainerCallback):
+    """Arms the SIGKILL timer when optimizer step ``step + 1`` begins (relative to the step, so that a slower, busier
+    machine moves the kill along with the step instead of before the first checkpoint)."""
+
+    def __init__(self, step: int, seconds: float):
+        self.step, self.seconds = step, seconds
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            _kill_after(self.seconds)
+            self.step = -1
+        return control
+
+
+def train(out_dir: str, kill: str | None = None, resume: bool | str = False, save_total_limit: int | None = None,
+          kill_after: float | None = None, kill_at_step: int | None = None) -> None:
+    """Train (or resume) the crash tests' run; SIGKILL at ``kill``, or ``kill_after`` seconds after training starts
+    (or, with ``kill_at_step=s``, after step s+1 begins). ``report.json`` records the time of ``train()`` plus the
+    final saves as ``seconds``. ``resume="auto"`` resumes if a complete checkpoint exists and starts afresh otherwise.
+    A finished run saves ``final/`` (retriever and corrector via ``save_model``), ``final_cache/`` and
+    ``report.json``."""
     _setup()
     recorder = _Recorder()
     logging.getLogger("hf_corrector").addHandler(recorder)
     logging.getLogger("hf_corrector").setLevel(logging.INFO)
     _install_kill(kill)
     trainer = make_trainer(out_dir, save_total_limit=save_total_limit)
+    if resume == "auto":
+        resume = last_complete_checkpoint(out_dir) is not None
     resumed_from = last_complete_checkpoint(out_dir) if resume else None
-    trainer.train(resume_from_checkpoint=True if resume else None)
+    start = time.perf_counter()
+    if kill_after is not None and kill_at_step is not None:
+        trainer.add_callback(_KillTimerAtStep(kill_at_step, kill_after))
+    elif kill_after is not None:
+        _kill_after(kill_after)
+    output = trainer.train(resume_from_checkpoint=True if resume else None)
     trainer.save_model(os.path.join(out_dir, "final"))
     trainer.cache.save(os.path.join(out_dir, "final_cache"))
     report = {"resumed_from": resumed_from, "global_step": trainer.state.global_step, "cost": trainer.cost,
-              "log": recorder.messages}
+              "log": recorder.messages, "seconds": time.perf_counter() - start,
+              "training_loss": output.training_loss}
     Path(out_dir, "report.json").write_text(json.dumps(report, indent=1))
 
 

@@ -147,6 +147,7 @@ SCENARIOS = {
     "optimizer": (4, 8, None),  # optimizer.pt of checkpoint-8 torn
     "refresh": (4, None, None),  # killed half-way through the full refresh at step 6
     "write_back": (8, None, None),  # killed in the write-back of step 10
+    "final_checkpoint": (12, None, None),  # killed after the checkpoint at max_steps: resuming must not step again
 }
 
 
@@ -210,3 +211,76 @@ def test_final_save_model_is_atomic_and_leaves_no_temporaries(tmp_path):
     assert (out / "checkpoint-2" / "optimizer.pt").read_bytes() == b"state"
     assert (out / "model.safetensors").is_file() and (out / "corrector" / "model.safetensors").is_file()
     assert not [p for p in list(tmp_path.iterdir()) + list(out.iterdir()) if p.name.startswith(".")]
+
+
+def test_resume_from_the_last_checkpoint_of_an_epoch_based_run_does_not_step(tmp_path):
+    """num_train_epochs=1.5 over 5 batches per epoch: max_steps 8, which ends no epoch. Before the fix, resuming
+    from checkpoint-8 skipped 3 batches of epoch 2 and trained step 9."""
+    from tests.tiny import tiny_trainer
+
+    kw = dict(max_steps=-1, num_train_epochs=1.5, save_strategy="steps", save_steps=4, cache_write_back=True)
+    full = tiny_trainer(tmp_path, "a", **kw)
+    assert full.train().global_step == 8
+    resumed = tiny_trainer(tmp_path, "b", **kw)
+    output = resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-8"))
+    assert output.global_step == 8 and resumed.state.global_step == 8
+    mine, theirs = resumed.model.state_dict(), full.model.state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in theirs)
+    assert torch.equal(resumed.cache.matrix(), full.cache.matrix()) and resumed.cost == full.cost
+    assert resumed.state.log_history[-1]["reembedding_total"] == full.state.log_history[-1]["reembedding_total"]
+
+
+# -- (e) killed at random moments, resumed, compared bit for bit ------------------------------------------------------
+RANDOM_KILLS = 20  # killed runs wanted (runs whose kill came after the end are checked too, but not counted)
+
+
+def _same_final(run: Path, reference: Path) -> str | None:
+    """None if ``run`` ended bit-identical to ``reference`` (weights, corrector, cache, cost), else the difference."""
+    try:
+        _assert_same_final(run, reference)
+    except AssertionError as err:
+        return str(err).splitlines()[0]
+    mine, theirs = (json.loads((p / "report.json").read_text()) for p in (run, reference))
+    if (mine["global_step"], mine["cost"]) != (theirs["global_step"], theirs["cost"]):
+        return f"global_step/cost {mine['global_step']} {mine['cost']} != {theirs['global_step']} {theirs['cost']}"
+    return None
+
+
+@pytest.mark.slow
+def test_random_kills_resume_bit_identical(reference_run, tmp_path):
+    """SIGKILL the crash tests' run at a random moment of training or saving, resume from the last complete
+    checkpoint (or start afresh if there is none), and compare with the uninterrupted run; repeated until
+    RANDOM_KILLS runs were killed, two runs at a time. Prints one line per run and the count.
+
+    The moment: a random step s in [0, 12) and a random delay in [0, 3 x the mean step time of the uninterrupted
+    run) after step s+1 begins (a timer thread in the child sends SIGKILL), so the kills land in steps, checkpoint
+    saves, refreshes, write-backs and the final save_model, however busy the machine is."""
+    import random
+
+    seed = random.SystemRandom().randrange(2**31)
+    rng = random.Random(seed)
+    reference = json.loads((reference_run / "report.json").read_text())
+    window = 3 * reference["seconds"] / reference["global_step"]
+    print(f"\nrandom kills: seed {seed}; the uninterrupted run trains and saves in {reference['seconds']:.2f}s; "
+          f"kill window {window:.3f}s after a random step begins")
+    results = []
+    while sum(r[2] == KILLED for r in results) < RANDOM_KILLS and len(results) < 2 * RANDOM_KILLS:
+        runs = [(tmp_path / f"run-{i}", rng.randrange(reference["global_step"]), rng.uniform(0.0, window))
+                for i in range(len(results), len(results) + 2)]
+        codes = run_children(*[(crash_child.train, dict(out_dir=str(out), kill_at_step=step, kill_after=delay))
+                               for out, step, delay in runs])
+        resumed = run_children(*[(crash_child.train, dict(out_dir=str(out), resume="auto")) for out, _, _ in runs])
+        for (out, step, delay), code, code2 in zip(runs, codes, resumed):
+            report = json.loads((out / "report.json").read_text()) if code2 == 0 else {}
+            problem = _same_final(out, reference_run) if code2 == 0 else f"resume exited with {code2}"
+            results.append((out.name, delay, code, report.get("resumed_from"), problem))
+            torn = any("skipping incomplete" in m for m in report.get("log", []))
+            print(f"  {out.name}: kill {delay:.3f}s into step {step + 1} -> exit {code}, resumed from "
+                  f"{Path(report['resumed_from']).name if report.get('resumed_from') else None}"
+                  f"{' (torn checkpoint skipped)' if torn else ''}: {'bit-identical' if problem is None else problem}")
+    killed = [r for r in results if r[2] == KILLED]
+    identical = [r for r in killed if r[4] is None]
+    print(f"random kills: {len(identical)}/{len(killed)} killed runs ended bit-identical "
+          f"({len(results) - len(killed)} finished before their kill)")
+    assert len(killed) >= RANDOM_KILLS
+    assert [r for r in results if r[4] is not None] == []

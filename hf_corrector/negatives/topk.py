@@ -143,36 +143,52 @@ def select_negatives(
         chosen.add(p, s, start)
         if best is not None:
             best.add(torch.where(torch.isfinite(p), s, p), s, start)
-    indices, scores = _drop_best(chosen, best, k, skip_top)
+    indices, scores, skipped = _drop_best(chosen, best, k, skip_top)
+    if max_scores is not None and torch.isinf(scores).any():  # the limits left too few rows: take the least risky
+        indices, scores = _fill_from_dropped(q, get, n, chunk_size, transform, exclude, indices, scores, skipped)
     if torch.isinf(scores).any() or indices.shape[1] < k:
-        raise ValueError(f"not enough non-positive rows to choose {k} negatives per query (cache has {n} rows"
-                         + (", after false-negative filtering)" if max_scores is not None or skip_top else ")"))
+        raise ValueError(f"not enough non-positive rows to choose {k} negatives per query (cache has {n} rows)")
     return Selection(indices=indices, scores=scores, dropped=dropped + skip_top)
 
 
-def _drop_best(chosen: _RunningTop, best: _RunningTop | None, k: int, skip_top: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``k`` chosen rows once the ``skip_top`` best rows by score are removed.
+def _drop_best(chosen: _RunningTop, best: _RunningTop | None, k: int, skip_top: int
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``k`` chosen rows (B, k) once the ``skip_top`` best rows by score are removed, with their scores (-inf
+    where a query has fewer), and the skipped rows (B, skip_top).
 
     For top-k the first ``skip_top`` of the top-(k + skip_top) are the best rows. For Gumbel they are found by a
     second running top (by score) and removed from the Gumbel top-(k + skip_top): at most ``skip_top`` of its
     rows can be among them, so at least k remain, and they are the Gumbel top-k of the other rows.
     """
-    priority = chosen.priority
+    scores = chosen.score.masked_fill(torch.isinf(chosen.priority), float("-inf"))
     if not skip_top:
-        return chosen.row, chosen.score.masked_fill(torch.isinf(priority), float("-inf"))
+        return chosen.row, scores, chosen.row[:, :0]
     if best is None:
-        rows, scores, priority = chosen.row[:, skip_top:], chosen.score[:, skip_top:], priority[:, skip_top:]
-        return rows, scores.masked_fill(torch.isinf(priority), float("-inf"))
-    keep = ~(chosen.row[:, :, None] == best.row[:, None, :]).any(-1)
-    out_rows, out_scores = [], []
-    for qi in range(chosen.row.shape[0]):
-        mask = keep[qi] & torch.isfinite(priority[qi])
-        out_rows.append(chosen.row[qi][mask][:k])
-        out_scores.append(chosen.score[qi][mask][:k])
-    width = min(len(r) for r in out_rows)
-    rows = torch.stack([r[:width] for r in out_rows])
-    scores = torch.stack([s[:width] for s in out_scores])
-    return rows, scores
+        return chosen.row[:, skip_top:], scores[:, skip_top:], chosen.row[:, :skip_top]
+    b = chosen.row.shape[0]
+    rows = torch.full((b, k), -1, dtype=torch.long, device=chosen.row.device)
+    out_scores = torch.full((b, k), float("-inf"), device=scores.device)
+    keep = ~(chosen.row[:, :, None] == best.row[:, None, :]).any(-1) & torch.isfinite(scores)
+    for qi in range(b):
+        r, sc = chosen.row[qi][keep[qi]][:k], scores[qi][keep[qi]][:k]
+        rows[qi, : len(r)], out_scores[qi, : len(sc)] = r, sc
+    return rows, out_scores, best.row
+
+
+def _fill_from_dropped(q, get, n, chunk_size, transform, exclude, indices, scores, skipped):
+    """Complete queries that the false-negative limits left short with the rows they dropped, lowest score first
+    (the least likely to be unlabelled positives), so that every query still gets ``k`` negatives."""
+    indices, scores = indices.clone(), scores.clone()
+    for qi in torch.nonzero(torch.isinf(scores).any(1)).flatten().tolist():
+        have = torch.isfinite(scores[qi])
+        taken = indices[qi][have].tolist() + skipped[qi].tolist()
+        blocked = list(exclude[qi]) + taken if exclude is not None else taken
+        missing = int((~have).sum())
+        extra = select_negatives(-q[qi : qi + 1], get, missing, exclude=[blocked], num_rows=n, chunk_size=chunk_size,
+                                 transform=transform)
+        indices[qi, ~have] = extra.indices[0].to(indices.device)
+        scores[qi, ~have] = -extra.scores[0].to(scores.device)
+    return indices, scores
 
 
 def _select_from_candidates(q, cache, k, exclude, method, temperature, noise_keys, seed, step, transform, candidates,
@@ -208,6 +224,12 @@ def _select_from_candidates(q, cache, k, exclude, method, temperature, noise_key
         invalid |= above
     p = p.masked_fill(invalid, float("-inf"))
     tp, ti = p.topk(min(k, p_size), dim=1)
+    if max_scores is not None and torch.isinf(tp).any():  # too few left: rows above the ceiling, lowest score first
+        fallback = (-s).masked_fill(~above, float("-inf")).topk(min(k, p_size), dim=1).indices
+        for qi in torch.nonzero(torch.isinf(tp).any(1)).flatten().tolist():
+            have = torch.isfinite(tp[qi])
+            ti[qi, ~have] = fallback[qi, : int((~have).sum())]
+            tp[qi, ~have] = torch.where(above[qi, ti[qi, ~have]], 0.0, float("-inf"))
     if torch.isinf(tp).any() or tp.shape[1] < k:
         raise ValueError(f"candidate pool of {p_size} is too small to choose {k} negatives per query")
     return Selection(indices=cand.gather(1, ti), scores=s.gather(1, ti), dropped=dropped)

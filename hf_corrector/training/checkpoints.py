@@ -19,7 +19,9 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 from ..cache.stale_cache import _fsync_dir, atomic_replace_dir
 from ..errors import CacheCorruptError
@@ -148,5 +150,64 @@ def publish_dir(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike) -> Non
     shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
-__all__ = ["CHECKPOINT_MARKER", "checkpoint_problem", "last_complete_checkpoint", "publish_dir",
-           "remove_checkpoint_marker", "verify_checkpoint", "write_checkpoint_marker"]
+def checkpoint_global_step(folder: str | os.PathLike) -> int | None:
+    """The optimizer steps done when ``folder`` was saved (``trainer_state.json``), or ``None`` if unknown."""
+    from transformers.trainer import TRAINER_STATE_NAME
+
+    path = Path(folder) / TRAINER_STATE_NAME
+    try:
+        return int(json.loads(path.read_text())["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def planned_max_steps(trainer: Any) -> int:
+    """The optimizer steps the whole run takes (``max_steps``, or epochs times batches), as Trainer computes it."""
+    if trainer.args.max_steps > 0:
+        return int(trainer.args.max_steps)
+    return int(trainer.set_initial_training_values(trainer.args, trainer.get_train_dataloader())[-1])
+
+
+def finish_if_complete(trainer: Any, checkpoint: str | os.PathLike | None) -> Any | None:
+    """End a resumed run that has nothing left to do, exactly where the uninterrupted run ended.
+
+    ``Trainer`` checks for the end of training only after an optimizer step: resumed from a checkpoint written at
+    ``max_steps`` (a run killed after its last checkpoint, e.g. during the final ``save_model``), its loop skips
+    ``global_step % steps_per_epoch`` batches of the last epoch and trains one more step before it stops, so the
+    weights, the corrector and the cache end one step past the uninterrupted run's (unless ``max_steps`` ends an
+    epoch, where the epoch loop is empty).
+
+    If ``checkpoint``'s ``global_step >= max_steps``: load its weights and ``TrainerState`` (the caller has restored
+    the cache and the extra state), run the ``on_train_begin`` / ``on_train_end`` callbacks and the best-model
+    reload like Trainer's zero-step path, and return the ``TrainOutput`` (``training_loss`` 0.0, as Trainer reports
+    for a call that trained no step). Otherwise return ``None``: train as usual.
+    """
+    if not checkpoint:
+        return None
+    from transformers.trainer import TRAINER_STATE_NAME
+    from transformers.trainer_callback import TrainerState
+    from transformers.trainer_utils import TrainOutput, speed_metrics
+
+    step = checkpoint_global_step(checkpoint)
+    max_steps = planned_max_steps(trainer)
+    if step is None or step < max_steps:
+        return None
+    start = time.time()
+    logger.info("checkpoint %s is at global step %d >= max_steps %d: training is complete; restoring it without "
+                "training further", checkpoint, step, max_steps)
+    trainer._load_from_checkpoint(str(checkpoint))
+    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE_NAME))
+    args = trainer.args
+    trainer.control = trainer.callback_handler.on_train_begin(args, trainer.state, trainer.control)
+    metrics = speed_metrics("train", start, num_samples=0, num_steps=0)
+    metrics["total_flos"] = trainer.state.total_flos
+    trainer.log(metrics)
+    if args.load_best_model_at_end and trainer.state.best_model_checkpoint is not None:
+        trainer._load_best_model()
+    trainer.control = trainer.callback_handler.on_train_end(args, trainer.state, trainer.control)
+    return TrainOutput(trainer.state.global_step, 0.0, metrics)
+
+
+__all__ = ["CHECKPOINT_MARKER", "checkpoint_global_step", "checkpoint_problem", "finish_if_complete",
+           "last_complete_checkpoint", "planned_max_steps", "publish_dir", "remove_checkpoint_marker",
+           "verify_checkpoint", "write_checkpoint_marker"]

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from ..errors import ConfigError
+from .validation import validate_arguments
 
 NEGATIVE_SAMPLING = ("topk", "gumbel")
 CORRECTIONS = ("mlp", "linear", "none", "nystrom")
@@ -40,6 +41,8 @@ CORRECTOR_LOSSES = ("ce", "mse", "ce+mse")
 EVAL_CORPUS = ("fresh", "stale", "corrected")
 CANDIDATE_INDEXES = ("none", "flat", "ivf", "hnsw")
 HARD_NEGATIVES = ("auto", "cache", "dataset", "dataset+cache")
+CACHE_DTYPES = ("float32", "float16", "bfloat16")
+NONFINITE_ACTIONS = ("raise", "skip")
 NYSTROM_LANDMARKS = ("uniform", "recent")
 
 
@@ -201,46 +204,22 @@ class CorrectorTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
+        validate_arguments(self)  # numbers first: transformers' __post_init__ raises TypeError on logging_steps="10"
         super().__post_init__()
-        if self.num_negatives < 0:
-            raise ConfigError(f"num_negatives must be >= 0, got {self.num_negatives}")
-        if self.negative_sampling not in NEGATIVE_SAMPLING:
-            raise ConfigError(f"negative_sampling must be one of {NEGATIVE_SAMPLING}, got {self.negative_sampling!r}")
-        if self.correction not in CORRECTIONS:
-            raise ConfigError(f"correction must be one of {CORRECTIONS}, got {self.correction!r}")
-        if self.corrector_loss not in CORRECTOR_LOSSES:
-            raise ConfigError(f"corrector_loss must be one of {CORRECTOR_LOSSES}, got {self.corrector_loss!r}")
-        for name in ("temperature", "sampling_temperature", "corrector_learning_rate"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("cache_refresh_steps", "corrector_warmup_steps", "corrector_fallback_patience", "tele_pool_steps"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.cache_dtype not in ("float32", "float16", "bfloat16"):
-            raise ConfigError(f"cache_dtype must be float32, float16 or bfloat16, got {self.cache_dtype!r}")
+        for name, allowed in (("negative_sampling", NEGATIVE_SAMPLING), ("correction", CORRECTIONS),
+                              ("corrector_loss", CORRECTOR_LOSSES), ("candidate_index", CANDIDATE_INDEXES),
+                              ("nystrom_landmark_selection", NYSTROM_LANDMARKS), ("hard_negatives", HARD_NEGATIVES),
+                              ("cache_dtype", CACHE_DTYPES), ("nonfinite_action", NONFINITE_ACTIONS)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         parts = [p.strip() for p in self.eval_corpus_embeddings.split(",") if p.strip()]
         bad = [p for p in parts if p not in EVAL_CORPUS]
         if bad or not parts:
             raise ConfigError(f"eval_corpus_embeddings takes a comma-separated subset of {EVAL_CORPUS}, got {bad or parts}")
-        if self.candidate_index not in CANDIDATE_INDEXES:
-            raise ConfigError(f"candidate_index must be one of {CANDIDATE_INDEXES}, got {self.candidate_index!r}")
         if self.candidate_index != "none" and self.candidate_pool_size < max(self.num_negatives, 1):
             raise ConfigError("candidate_pool_size must be at least num_negatives")
-        if self.candidate_nprobe < 1:
-            raise ConfigError(f"candidate_nprobe must be >= 1, got {self.candidate_nprobe}")
-        if self.nystrom_landmark_selection not in NYSTROM_LANDMARKS:
-            raise ConfigError(f"nystrom_landmark_selection must be one of {NYSTROM_LANDMARKS}")
-        if self.correction == "nystrom" and (self.nystrom_landmarks < 1 or self.nystrom_refit_steps < 1):
-            raise ConfigError("nystrom_landmarks and nystrom_refit_steps must be >= 1")
-        if not 0.0 <= self.tele_momentum_weight <= 1.0 or not 0.0 <= self.tele_lookahead_weight <= 1.0:
-            raise ConfigError("tele_momentum_weight and tele_lookahead_weight must be in [0, 1]")
         if self.tele_negatives and not (self.tele_use_ann or self.tele_use_lookahead or self.tele_use_momentum):
             raise ConfigError("tele_negatives needs at least one of tele_use_ann / tele_use_lookahead / tele_use_momentum")
-        if self.nonfinite_action not in ("raise", "skip"):
-            raise ConfigError(f"nonfinite_action must be 'raise' or 'skip', got {self.nonfinite_action!r}")
-
-        if self.hard_negatives not in HARD_NEGATIVES:
-            raise ConfigError(f"hard_negatives must be one of {HARD_NEGATIVES}, got {self.hard_negatives!r}")
         self._check_strategy()
 
     def _check_strategy(self) -> None:
@@ -285,10 +264,6 @@ class CorrectorTrainingArguments(TrainingArguments):
                 if on:
                     problems.append(f"{name} has no effect with hard_negatives='dataset' (no negative comes from the "
                                     "cache): use hard_negatives='dataset+cache' or drop it")
-        if self.false_negative_margin is not None and not 0.0 < self.false_negative_margin <= 1.5:
-            problems.append(f"false_negative_margin must be in (0, 1.5], got {self.false_negative_margin}")
-        if self.false_negative_skip_top < 0:
-            problems.append(f"false_negative_skip_top must be >= 0, got {self.false_negative_skip_top}")
         if problems:
             raise ConfigError("invalid strategy: " + "; ".join(problems))
 

@@ -49,7 +49,8 @@ from ..models.corrector import CorrectorConfig, CorrectorModel
 from ..models.retriever import RetrieverModel, load_retriever
 from ..negatives import NegativeSampler, SamplerContext, TrainingExamples, build_miner, build_sampler
 from .callbacks import CacheRefreshCallback, CorrectorFallbackCallback, CorrectorHealth, SamplerMaintenanceCallback
-from .checkpoints import last_complete_checkpoint, remove_checkpoint_marker, verify_checkpoint, write_checkpoint_marker
+from .checkpoints import (finish_if_complete, last_complete_checkpoint, remove_checkpoint_marker, verify_checkpoint,
+                          write_checkpoint_marker)
 from .collator import CorrectorDataCollator
 from .config import CorrectorTrainingArguments
 from .distributed import check_distributed_setup
@@ -59,6 +60,7 @@ from .optim import build_lr_scheduler, build_optimizer
 from .peft_utils import apply_peft
 from .staleness import staleness_metrics
 from .targets import build_target_batch
+from .validation import check_enough_negatives
 from .trainer_state import (load_extra_state, load_model_weights, publish_model, save_extra_state,
                             save_model_files)
 
@@ -130,6 +132,9 @@ class CorrectorTrainer(Trainer):
         self.train_examples, self.eval_queries = inputs.train_examples, inputs.eval_queries
         if args.num_negatives >= len(self.doc_ids):
             raise ConfigError(f"num_negatives={args.num_negatives} needs a corpus larger than {len(self.doc_ids)}")
+        if self.train_examples is not None and args.num_negatives > 0:  # names the query that has too few
+            pool = args.candidate_pool_size if args.candidate_index != "none" and not args.tele_negatives else None
+            check_enough_negatives(self.train_examples, len(self.doc_ids), args.num_negatives, pool_size=pool)
 
         corrector = _prepare_corrector(corrector, retriever, args, self.corrector_class)
         if data_collator is None:
@@ -414,8 +419,10 @@ class CorrectorTrainer(Trainer):
             verify_checkpoint(resume_from_checkpoint)  # CacheCorruptError naming the folder if its save did not finish
         if resume_from_checkpoint:
             self._load_extra_state(Path(resume_from_checkpoint))
-        result = super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
-                               ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+        result = finish_if_complete(self, resume_from_checkpoint)  # at max_steps already: Trainer would step
+        if result is None:
+            result = super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
+                                   ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
         total = self.total_reembedding_cost()
         logger.info("re-embedding cost: %s (total %d target encodings, %.2f corpus passes)", self.cost, total,
                     total / max(len(self.doc_ids), 1))
