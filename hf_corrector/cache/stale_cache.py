@@ -729,10 +729,11 @@ class StaleCache:
         api = HfApi(token=token)
         api.upload_file(path_or_fileobj=json.dumps(self.info(), indent=2).encode(), path_in_repo=INFO_FILE,
                         repo_id=repo_id, repo_type="dataset", commit_message="Add cache provenance")
+        card = _card_renderer if card is None else card
         if card is None:
-            from ..hub.cards import render_cache_card
-
-            card = render_cache_card
+            logger.warning("published %s without a dataset card: no card renderer is registered (import "
+                           "hf_corrector.hub, or pass card=...)", repo_id)
+            return repo_id
         text = card if isinstance(card, str) else card(self, repo_id, token)
         api.upload_file(path_or_fileobj=text.encode(), path_in_repo=CARD_FILE, repo_id=repo_id,
                         repo_type="dataset", commit_message="Add cache card")
