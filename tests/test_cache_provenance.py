@@ -52,7 +52,8 @@ def test_fingerprints_are_stable_and_tell_texts_and_ids_apart(corpus: datasets.D
 
 
 def test_weight_fingerprint_is_of_the_target_tower_and_cheap(tmp_path: Path) -> None:
-    a, a_again, b = tiny_retriever(tmp_path, seed=0), tiny_retriever(tmp_path, seed=0), tiny_retriever(tmp_path, seed=1)
+    a, a_again = tiny_retriever(tmp_path, seed=0), tiny_retriever(tmp_path, seed=0)
+    b = tiny_retriever(tmp_path, seed=1)
     assert fingerprint_retriever(a) == fingerprint_retriever(a_again)
     assert fingerprint_retriever(a) != fingerprint_retriever(b)
     with torch.no_grad():  # one weight nudged by one ulp-scale step is another model
@@ -235,3 +236,13 @@ def test_shard_temporaries_of_dead_builds_are_removed(tmp_path: Path, corpus: da
     StaleCache.build(corpus, retriever, batch_size=8, shard_dir=shards, shard_size=8, show_progress_bar=False)
     assert not dead.exists()
     assert sorted(p.name for p in shards.iterdir()) == ["build_info.json"] + [f"shard-{k:05d}.npy" for k in range(4)]
+
+
+def test_rows_rewritten_during_training_count_as_other_weights(tmp_path: Path, corpus: datasets.Dataset) -> None:
+    retriever = tiny_retriever(tmp_path)
+    cache = StaleCache.build(corpus, retriever, batch_size=8, show_progress_bar=False)
+    cache.update([2, 5], torch.zeros(2, 32), step=4)  # write-back by the weights of step 4
+    with pytest.raises(CacheMismatchError, match=r"2 of 30 rows were rewritten during training \(steps 4..4\)"):
+        cache.check_provenance(retriever)
+    cache.check_provenance(retriever, allow_other_weights=True)
+    cache.check_provenance(doc_ids=list(corpus["doc_id"]), texts=list(corpus["text"]))  # the resume check

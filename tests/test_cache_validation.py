@@ -112,7 +112,7 @@ def test_valid_caches_still_load_zero_copy(tmp_path: Path, dtype: str) -> None:
     assert torch.equal(loaded.matrix(), cache.matrix()) and torch.equal(loaded.steps, cache.steps)
 
 
-# -- property-based: any damage to cache_info.json or cache.arrow ------------------------------------------------------
+# -- property-based: any damage to cache_info.json or cache.arrow ----------------------------------------------------
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True) | st.text(max_size=12)
     | st.sampled_from(["float32", "float16", "bfloat16", "int8", "a" * 64, "0" * 64]),

@@ -1,6 +1,12 @@
 """The stale-cache store and its provenance fingerprints."""
 
-from .provenance import fingerprint_corpus, fingerprint_doc_ids, fingerprint_module, fingerprint_retriever, fingerprint_texts
+from .provenance import (
+    fingerprint_corpus,
+    fingerprint_doc_ids,
+    fingerprint_module,
+    fingerprint_retriever,
+    fingerprint_texts,
+)
 from .stale_cache import (
     INITIAL_STEP,
     StaleCache,

@@ -140,8 +140,18 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-# -- temporary names, leftovers of killed writers, refusing unsafe overwrites -------------------------------------------
-_HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+# -- temporary names, leftovers of killed writers, refusing unsafe overwrites -----------------------------------------
+def _host_tag() -> str:
+    """Hash of the host name and, on Linux, the pid namespace: pids are only comparable within one of these."""
+    ident = socket.gethostname()
+    try:
+        ident += f"/pidns:{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        pass
+    return hashlib.sha256(ident.encode()).hexdigest()[:8]
+
+
+_HOST_TAG = _host_tag()
 _WRITER_TAG = re.compile(r"^(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]{8}$")
 
 
@@ -174,7 +184,7 @@ def _last_touched(path: Path) -> float:
 def _writer_gone(path: Path, tag: str) -> bool:
     """True if the process that wrote the temporary ``path`` (named with ``tag``) can no longer be writing it."""
     match = _WRITER_TAG.match(tag)
-    if match:  # a writer on another host (shared file system) cannot be probed: keep its temporaries
+    if match:  # a writer on another host or in another pid namespace cannot be probed: keep its temporaries
         return match["host"] == _HOST_TAG and not _pid_alive(int(match["pid"]))
     return time.time() - _last_touched(path) > LEGACY_LEFTOVER_AGE_S  # no pid in the name (older hf_corrector)
 
@@ -264,7 +274,8 @@ def _check_save_target(path: Path) -> None:
     entries = os.listdir(path)
     if not entries:
         return
-    foreign = [e for e in entries if e not in CACHE_FOLDER_FILES or (path / e).is_symlink() or not (path / e).is_file()]
+    foreign = [e for e in entries
+               if e not in CACHE_FOLDER_FILES or (path / e).is_symlink() or not (path / e).is_file()]
     if foreign:
         raise UnsafeOverwriteError(
             f"refusing to save the stale cache to {path}: the folder holds files a cache save did not write "
@@ -354,7 +365,8 @@ def _validate_table(table: pa.Table, info: dict, data_where: str, info_where: st
         raise CacheCorruptError(f"{data_where}: column(s) {missing} missing (has {table.column_names}); {_DAMAGED}")
     schema = table.schema
     if not (pa.types.is_string(schema.field("doc_id").type) or pa.types.is_large_string(schema.field("doc_id").type)):
-        raise CacheCorruptError(f"{data_where}: column 'doc_id' is {schema.field('doc_id').type}, not string; {_DAMAGED}")
+        raise CacheCorruptError(f"{data_where}: column 'doc_id' is {schema.field('doc_id').type}, not string; "
+                                f"{_DAMAGED}")
     if not pa.types.is_integer(schema.field("step").type):
         raise CacheCorruptError(f"{data_where}: column 'step' is {schema.field('step').type}, not integer; {_DAMAGED}")
     emb_type = schema.field("embedding").type
@@ -617,7 +629,7 @@ class StaleCache:
         nothing is touched. ``card``: a dataset card written as ``README.md``. Temporaries of killed saves of the
         same ``path`` are removed first (:func:`remove_leftovers`).
         """
-        path = Path(os.path.abspath(path))
+        given, path = Path(path), Path(os.path.abspath(path))
         _check_save_target(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_leftovers(path)
@@ -640,7 +652,7 @@ class StaleCache:
             if tmp.exists():
                 _remove_cache_dir(tmp)
             raise
-        return path
+        return given
 
     @classmethod
     def load(cls, path: str | os.PathLike, verify: str = "checksum", **hub_kwargs) -> StaleCache:
@@ -812,8 +824,10 @@ class StaleCache:
         * ``texts``: the corpus texts in row order must be the ones the cache was built over. Never allowed to differ.
         * ``retriever``: dimension, pooling and normalisation must agree (never allowed to differ); the target
           tower's weights, the target max length (``max_length``, default the retriever's ``target_max_length``)
-          and the target prefix must be the ones that built the cache, unless ``allow_other_weights=True`` says on
-          purpose that this is the stale cache to correct (then the differences are logged).
+          and the target prefix must be the ones that built the cache, and no row may have been rewritten during
+          training (``steps``), unless ``allow_other_weights=True`` says on purpose that this is the stale cache to
+          correct (then the differences are logged). On resume from a checkpoint, whose cache was written by
+          earlier weights by design, check without ``retriever`` (ids and texts only).
 
         A cache saved without fingerprints (before hf_corrector recorded them) cannot be verified: a warning is
         logged and only the checks its provenance allows are made.
@@ -855,6 +869,11 @@ class StaleCache:
             if actual != recorded:
                 differences.append(f"target weights {short(recorded)} (cache, encoder {prov.get('encoder')!r}) vs "
                                    f"{short(actual)} (retriever, encoder {retriever.provenance()['encoder']!r})")
+        rewritten = self.steps != INITIAL_STEP
+        if bool(rewritten.any()):  # write-back / refresh: those rows come from later weights than the recorded ones
+            written = self.steps[rewritten]
+            differences.append(f"{int(rewritten.sum())} of {len(self)} rows were rewritten during training (steps "
+                               f"{int(written.min())}..{int(written.max())}) by later weights")
         length = max_length or retriever.config.target_max_length
         if prov.get("target_max_length") is not None and length is not None and prov["target_max_length"] != length:
             differences.append(f"target max length {prov['target_max_length']} (cache) vs {length} (retriever)")
@@ -894,7 +913,8 @@ def _load_shard(shard_file: Path, shape: tuple[int, int]) -> np.ndarray:
 def _claim_shard_dir(shard_dir: Path, build_info: dict) -> None:
     """Record ``build_info`` in a new shard folder, or check that the shards already there belong to this build."""
     info_file = shard_dir / BUILD_INFO_FILE
-    fix = f"Shards are reused only by the same corpus, weights and settings: delete {shard_dir} or pass a new shard_dir"
+    fix = (f"Shards are reused only by the same corpus, weights and settings: delete {shard_dir} or pass a new "
+           f"shard_dir")
     if not info_file.exists():
         orphans = sorted(p.name for p in shard_dir.glob("shard-*.npy"))
         if orphans:
