@@ -39,6 +39,10 @@ class NonFiniteError(HFCorrectorError, FloatingPointError):
     """A loss, embedding or corrector output became NaN or inf during training."""
 
 
+class UnsafeOverwriteError(HFCorrectorError, FileExistsError):
+    """A save was refused because it would remove or hide files it did not write (names the path and the files)."""
+
+
 __all__ = [
     "HFCorrectorError",
     "DataFormatError",
@@ -46,4 +50,5 @@ __all__ = [
     "CacheCorruptError",
     "ConfigError",
     "NonFiniteError",
+    "UnsafeOverwriteError",
 ]

@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> dict:
     trainer.save_model(args.output_dir)
     trainer.create_model_card()  # README.md (retriever) and corrector/README.md
     if args.should_save:
-        from hf_corrector.hub.cards import render_cache_card
+        from hf_corrector.hub.cache_card import render_cache_card
 
         trainer.cache.save(cache_dir)  # the cache as training left it (unchanged unless write-back / refresh)
         (cache_dir / "README.md").write_text(render_cache_card(trainer.cache, keep_existing_metadata=False))

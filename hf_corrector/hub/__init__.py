@@ -17,6 +17,7 @@ import os
 import tempfile
 from typing import TYPE_CHECKING
 
+from .cache_card import push_cache_to_hub, render_cache_card
 from .callbacks import ModelCardCallback, push_checkpoint, write_model_cards
 from .cards import (
     CardData,
@@ -24,7 +25,6 @@ from .cards import (
     citations_for,
     describe_strategy,
     non_default_hyperparameters,
-    render_cache_card,
     render_corrector_card,
     render_retriever_card,
     template_path,
@@ -77,6 +77,7 @@ __all__ = [
     "describe_strategy",
     "export_sentence_transformers",
     "non_default_hyperparameters",
+    "push_cache_to_hub",
     "push_checkpoint",
     "push_corrector",
     "render_cache_card",

@@ -27,10 +27,9 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 if TYPE_CHECKING:
-    from ..cache import StaleCache
     from ..models.corrector import CorrectorModel
 
 logger = logging.getLogger(__name__)
@@ -541,60 +540,6 @@ def _link(repo_id: str | None) -> str | None:
     return f"[`{repo_id}`](https://huggingface.co/{repo_id})" if is_hub_id(repo_id) else f"`{repo_id}`"
 
 
-def _size_category(n: int) -> str:
-    for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
-                         (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")):
-        if n < limit:
-            return label
-    return "n>1B"
-
-
-def _existing_dataset_metadata(repo_id: str, token: str | None = None) -> dict[str, Any]:
-    """``configs``/``dataset_info`` that ``datasets.push_to_hub`` wrote into the repo's README ({} if none)."""
-    try:
-        existing = DatasetCard.load(repo_id, repo_type="dataset", token=token)
-    except Exception as err:  # noqa: BLE001 - no card yet, offline, or no access: the card is still valid without
-        logger.debug("no existing dataset card for %s (%s)", repo_id, err)
-        return {}
-    data = existing.data.to_dict()
-    return {k: data[k] for k in ("configs", "dataset_info") if k in data}
-
-
-def render_cache_card(cache: StaleCache, repo_id: str | None = None, token: str | None = None,
-                      keep_existing_metadata: bool = True) -> str:
-    """The dataset card of a published stale cache: provenance, rows, step statistics and how to load it.
-
-    With ``keep_existing_metadata`` the ``configs`` / ``dataset_info`` sections that ``datasets`` wrote when the
-    table was pushed are read back from ``repo_id`` and kept (they describe the parquet files and features).
-    """
-    from ..cache import INITIAL_STEP
-
-    info = cache.info()
-    steps = cache.steps
-    written = steps[steps != INITIAL_STEP]
-    step_stats = {"initial_rows": int((steps == INITIAL_STEP).sum()), "updated_rows": int(written.numel()),
-                  "min_step": int(steps.min()) if len(cache) else None,
-                  "max_step": int(steps.max()) if len(cache) else None,
-                  "distinct_steps": int(steps.unique().numel()) if len(cache) else 0}
-    prov = dict(cache.provenance)
-    encoder = prov.get("encoder")
-    extra = _existing_dataset_metadata(repo_id, token) if (repo_id and keep_existing_metadata) else {}
-    data = DatasetCardData(
-        tags=list(CACHE_TAGS),
-        size_categories=_size_category(len(cache)),
-        pretty_name=f"Stale embedding cache ({encoder})" if encoder else "Stale embedding cache",
-        **extra,
-    )
-    text = DatasetCard.from_template(
-        data, template_path=str(template_path(CACHE_TEMPLATE)),
-        repo_id=repo_id, load_id=repo_id or "path/to/cache", info=info, provenance=prov,
-        step_stats=step_stats, encoder_link=_link(encoder) if encoder else None,
-        fmt=_fmt, num_rows=len(cache), dim=cache.dim, dtype=cache.dtype,
-        nbytes=cache.nbytes, corrector_citation=CITATIONS["corrector"],
-    ).content
-    return redact(text, known_secrets())
-
-
 __all__ = [
     "CITATIONS",
     "CardData",
@@ -608,7 +553,6 @@ __all__ = [
     "is_hub_id",
     "non_default_hyperparameters",
     "redact",
-    "render_cache_card",
     "render_corrector_card",
     "render_retriever_card",
     "template_path",
