@@ -222,6 +222,23 @@ def format_table(rows: dict[str, dict[str, float]], names=("ndcg@10", "recall@10
     return "\n".join(lines)
 
 
+def reusable_cache(cache_dir: Path, retriever, train_data, args):
+    """The cache an earlier run left in ``cache_dir`` if it belongs to this model and corpus, else None (rebuild)."""
+    from hf_corrector import StaleCache
+    from hf_corrector.errors import CacheCorruptError, CacheMismatchError
+
+    try:
+        cache = StaleCache.load(cache_dir)
+        cache.check_provenance(retriever, doc_ids=list(train_data.corpus["doc_id"]),
+                               texts=list(train_data.corpus["text"]), allow_other_weights=args.cache_from_other_weights,
+                               max_length=args.target_max_length)
+    except (CacheMismatchError, CacheCorruptError) as err:
+        logger.warning("not reusing %s (%s): building a new cache", cache_dir, err)
+        return None
+    logger.info("reusing the stale cache in %s (same model and corpus)", cache_dir)
+    return cache
+
+
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, args = parse_arguments(argv)
     logging.basicConfig(level=logging.INFO if args.process_index == 0 else logging.WARNING,
@@ -258,7 +275,7 @@ def main(argv: list[str] | None = None) -> dict:
         cache = str(Path(resume) / "stale_cache")  # the checkpoint's cache: no encoding pass that resume would discard
         logger.info("resuming from %s with the stale cache saved in it", resume)
     elif cache is None and cache_dir.exists():
-        cache = str(cache_dir)  # a rerun into the same folder reuses its cache
+        cache = reusable_cache(cache_dir, retriever, train_data, args)  # a rerun into the same folder
     trainer = CorrectorTrainer(model=retriever, args=args, train_dataset=train_data, eval_dataset=eval_data,
                                cache=cache, corrector=model_args.corrector_name_or_path, peft_config=peft_config)
     if args.should_save and resume is None:

@@ -147,6 +147,12 @@ class CorrectorTrainingArguments(TrainingArguments):
         metadata={"help": "Write each step's fresh target embeddings back into the cache (the training-mode "
                           "encodings of the step, dropout included: no extra forward pass)."},
     )
+    cache_from_other_weights: bool = field(
+        default=False,
+        metadata={"help": "The given cache was written on purpose by other weights of this encoder (e.g. the "
+                          "pre-trained model, while training continues from a fine-tuned one): correct it instead of "
+                          "refusing it. A cache over other corpus texts is always refused."},
+    )
     cache_encode_batch_size: int = field(default=64, metadata={"help": "Batch size for corpus (re-)encoding."})
     cache_dtype: str = field(default="float32", metadata={"help": "Cache storage dtype: float32, float16 or bfloat16."})
 

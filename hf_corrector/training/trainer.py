@@ -149,10 +149,11 @@ class CorrectorTrainer(Trainer):
         check_distributed_setup(self.accelerator)  # N processes that do not form one run would train N models
         self._metrics: dict[str, list[float]] = defaultdict(list)
 
-        if cache is None and args.resume_from_checkpoint:  # the checkpoint holds the cache: do not encode it twice
+        from_checkpoint = cache is None and bool(args.resume_from_checkpoint)
+        if from_checkpoint:  # the checkpoint holds the cache: do not encode the corpus only to throw it away
             cache = _checkpoint_cache(args.output_dir, args.resume_from_checkpoint)
         built = cache is None
-        cache = _prepare_cache(cache, retriever, self.corpus, args, self.cache_class)
+        cache = _prepare_cache(cache, retriever, self.corpus, args, self.cache_class, from_checkpoint)
         self.cache_manager = self.cache_manager_class(cache, list(self.corpus["text"]), self._encode_targets,
                                                       self.accelerator, write_back=args.cache_write_back)
         if built and args.mines_negatives:  # with in-batch negatives only the cache serves diagnostics
@@ -398,9 +399,9 @@ class CorrectorTrainer(Trainer):
         self._load_extra_state(Path(self.state.best_model_checkpoint))
 
     def _load_extra_state(self, folder: Path) -> None:
-        if (folder / CACHE_DIR).exists():
+        if (folder / CACHE_DIR).exists():  # written by earlier weights of this run: check the corpus only
             cache = self.cache_class.load(folder / CACHE_DIR)
-            cache.check_corpus(self.doc_ids)
+            cache.check_provenance(doc_ids=self.doc_ids, texts=self.cache_manager.texts)
             self.cache_manager.cache = cache
         loaded = load_extra_state(folder)
         if loaded is not None:
@@ -472,29 +473,26 @@ def _prepare_corrector(corrector, retriever: RetrieverModel, args, corrector_cla
     return corrector if trains_corrector else None
 
 
-def _prepare_cache(cache, retriever: RetrieverModel, corpus: datasets.Dataset, args, cache_class) -> StaleCache:
-    """The stale cache: loaded from a path, given, or built with the starting model; checked against the corpus."""
+def _prepare_cache(cache, retriever: RetrieverModel, corpus: datasets.Dataset, args, cache_class,
+                   from_checkpoint: bool = False) -> StaleCache:
+    """The stale cache: loaded from a path, given, or built with the starting model (at ``target_max_length``).
+
+    A cache must belong to this corpus (ids and texts) and, unless ``cache_from_other_weights`` says on purpose that
+    it is an older encoder's cache to correct, to this target encoder. A checkpoint's cache was written by earlier
+    weights of this run by design: only its corpus is checked.
+    """
     if isinstance(cache, (str, os.PathLike)):
         cache = cache_class.load(cache)
     if cache is None:
         logger.info("building the stale cache: encoding %d documents with the starting model", len(corpus))
-        cache = cache_class.build(corpus, retriever, batch_size=args.cache_encode_batch_size, dtype=args.cache_dtype,
-                                  device=args.device)
-    cache.check_corpus(list(corpus["doc_id"]))
-    cache.check_model(retriever)
+        return cache_class.build(corpus, retriever, batch_size=args.cache_encode_batch_size, dtype=args.cache_dtype,
+                                 device=args.device, max_length=args.target_max_length)
+    cache.check_provenance(None if from_checkpoint else retriever, doc_ids=list(corpus["doc_id"]),
+                           texts=list(corpus["text"]), allow_other_weights=args.cache_from_other_weights,
+                           max_length=args.target_max_length)
+    if from_checkpoint:
+        cache.check_model(retriever)  # dimension, pooling, normalisation
     return cache
-
-
-def _means_true(value) -> bool:
-    """``True`` or the string ``"true"`` (as ``--resume_from_checkpoint true`` arrives from the command line)."""
-    return value is True or (isinstance(value, str) and value.strip().lower() == "true")
-
-
-def _checkpoint_cache(output_dir: str, resume_from_checkpoint: str | bool) -> str | None:
-    """The ``stale_cache`` folder of the checkpoint a run will resume from (None when there is none yet)."""
-    folder = last_complete_checkpoint(output_dir) if _means_true(resume_from_checkpoint) else resume_from_checkpoint
-    path = Path(folder) / CACHE_DIR if folder else None
-    return str(path) if path is not None and path.is_dir() else None
 
 
 class _SkipStep(Exception):
