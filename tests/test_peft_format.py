@@ -10,12 +10,17 @@ import pytest
 import torch
 
 peft = pytest.importorskip("peft")
-from peft import LoraConfig, PeftModel  # noqa: E402
+from peft import LoraConfig, PeftModel
 
-from hf_corrector import CorrectorTrainer, CorrectorTrainingArguments, RetrieverModel  # noqa: E402
-from hf_corrector.training.peft_utils import (PEFT_DIR, PEFT_QUERY_DIR, apply_peft, load_peft_retriever,  # noqa: E402
-                                              save_peft_retriever)
-from tests.tiny import TINY_TRAINING_DEFAULTS, tiny_data, tiny_retriever  # noqa: E402
+from hf_corrector import CorrectorTrainer, CorrectorTrainingArguments, RetrieverModel
+from hf_corrector.training.peft_utils import (
+    PEFT_DIR,
+    PEFT_QUERY_DIR,
+    apply_peft,
+    load_peft_retriever,
+    save_peft_retriever,
+)
+from tests.tiny import TINY_TRAINING_DEFAULTS, tiny_data, tiny_retriever
 
 TEXTS = ["cell protein gene cancer", "virus drug trial brain blood heart w3 w4 w5", "insulin", "tumor therapy w1"]
 

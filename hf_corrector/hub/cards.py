@@ -739,9 +739,9 @@ def _link(repo_id: str | None) -> str | None:
 
 __all__ = [
     "CITATIONS",
-    "CardData",
     "LIBRARY_NAME",
     "TAGS",
+    "CardData",
     "card_data_from_trainer",
     "citations_for",
     "corrector_base_model",
