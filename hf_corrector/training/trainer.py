@@ -46,11 +46,13 @@ from ..errors import CacheMismatchError, ConfigError, NonFiniteError
 from ..evaluation.evaluator import CorpusEmbeddings, RetrievalEvaluator, documents_outside
 from ..evaluation.metrics import exact_search
 from ..hub.callbacks import ModelCardCallback
+from ..hub.cards import public_model_id
 from ..hub.trainer_mixin import CorrectorHubMixin
 from ..models.corrector import CorrectorConfig, CorrectorModel
 from ..models.retriever import RetrieverModel, load_retriever
 from ..negatives import NegativeSampler, SamplerContext, TrainingExamples, build_miner, build_sampler
-from .callbacks import CacheRefreshCallback, CorrectorFallbackCallback, CorrectorHealth, SamplerMaintenanceCallback
+from .callbacks import (CacheRefreshCallback, CorrectorFallbackCallback, CorrectorHealth, RetrieverCallbackHandler,
+                        SamplerMaintenanceCallback)
 from .checkpoints import (finish_if_complete, last_complete_checkpoint, remove_checkpoint_marker, verify_checkpoint,
                           write_checkpoint_marker)
 from .collator import CorrectorDataCollator
@@ -161,8 +163,8 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
                          preprocess_logits_for_metrics=preprocess_logits_for_metrics)
         check_distributed_setup(self.accelerator)  # N processes that do not form one run would train N models
         self._eval_data = eval_dataset
-        # callbacks see the retriever (encode, save_pretrained, config) and its tokenizer, not the internal wrapper
-        self.callback_handler.model, self.callback_handler.processing_class = retriever, retriever.tokenizer
+        self.callback_handler = RetrieverCallbackHandler(self.callback_handler.callbacks, self.model, retriever.tokenizer,
+                                                         self.optimizer, self.lr_scheduler)  # callbacks see the retriever
         self._metrics: dict[str, list[float]] = defaultdict(list)
 
         from_checkpoint = cache is None and bool(args.resume_from_checkpoint)
@@ -471,7 +473,8 @@ def _prepare_corrector(corrector, retriever: RetrieverModel, args, corrector_cla
     if corrector is None and trains_corrector:
         corrector = corrector_class(CorrectorConfig(
             embedding_dim=retriever.embedding_dim, architecture=args.correction, hidden_dim=args.corrector_hidden_dim,
-            num_layers=args.corrector_num_layers, retriever_name_or_path=retriever.config.base_model_name_or_path))
+            num_layers=args.corrector_num_layers,
+            retriever_name_or_path=public_model_id(retriever.config.base_model_name_or_path)))
     if corrector is not None and corrector.config.embedding_dim != retriever.embedding_dim:
         raise CacheMismatchError(f"corrector dimension {corrector.config.embedding_dim} != retriever dimension "
                                  f"{retriever.embedding_dim}")
