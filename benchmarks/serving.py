@@ -60,6 +60,9 @@ def parse_args(argv=None):
     p.add_argument("--output", default=None, help="JSON (default benchmarks/results/serving_<setting>.json)")
     p.add_argument("--work-dir", default=None, help="where the per-seed dumps go (default next to the JSON)")
     p.add_argument("--markdown", default=None, help="also write the Markdown tables here")
+    p.add_argument("--ceilings", type=int, nargs="*", default=[],
+                   help="seeds for which to also fit a residual MLP on h(g') on ALL rows (MSE, and a listwise KL over "
+                        "the corpus for the training queries): the ceiling of any map of the stale cache")
     args = p.parse_args(argv)
     if args.output is None:
         args.output = str(HERE / "results" / f"serving_{args.setting}.json")
@@ -250,7 +253,36 @@ def serving_configs(methods, budgets):
     return out
 
 
-def eval_dump(dump: dict, seed: int, methods, budgets) -> list[dict]:
+def ceiling_mlp(dump: dict, base: "torch.Tensor", loss: str, epochs: int = 200, tau: float = 0.05,
+                hidden: int = 512) -> "torch.Tensor":
+    """A residual MLP on ``base`` rows fitted on EVERY row of the corpus (100% re-encoded): full-batch AdamW,
+    ``loss`` = ``mse`` or ``kl`` (KL between the softmax over the corpus of the training queries' fresh scores and
+    mapped scores, temperature ``tau``). An upper bound of what a map of the stale cache can serve."""
+    import torch
+    import torch.nn.functional as F
+
+    from hf_corrector.serving.maps import ResidualMLPMap
+
+    torch.manual_seed(0)
+    m = ResidualMLPMap(base.shape[1], hidden)
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=1e-4)
+    fresh, qt = dump["fresh"], dump["q_train"]
+    with torch.no_grad():
+        target = F.log_softmax(qt @ fresh.T / tau, -1)
+    for _ in range(epochs):
+        out = m(base)
+        if loss == "mse":
+            value = ((out - fresh) ** 2).sum(-1).mean()
+        else:
+            value = F.kl_div(F.log_softmax(qt @ out.T / tau, -1), target, log_target=True, reduction="batchmean")
+        opt.zero_grad()
+        value.backward()
+        opt.step()
+    with torch.no_grad():
+        return F.normalize(m(base), dim=-1)
+
+
+def eval_dump(dump: dict, seed: int, methods, budgets, ceilings: bool = False) -> list[dict]:
     import torch
 
     from hf_corrector import CorrectorConfig, CorrectorModel
@@ -316,6 +348,11 @@ def eval_dump(dump: dict, seed: int, methods, budgets) -> list[dict]:
             continue
         fn = fit_map(method, stale, fresh, corrector, seed=seed, ridge=1e-3)
         diag[f"ceiling_{method}_fit_on_all"] = metrics(serve_matrix(stale, fn, None, None, normalize=True))
+    if ceilings and corrector is not None:
+        for loss in ("mse", "kl"):
+            with Timer() as t:
+                diag[f"ceiling_mlp_on_h_{loss}_fit_on_all"] = {**metrics(ceiling_mlp(dump, corrected, loss)),
+                                                               "fit_s": round(t.seconds, 1)}
     # oracle selection: the test positives served fresh (how much a perfect choice of rows could give)
     pos = sorted({dump["doc_ids"].index(d) for qr in dump["qrels"].values() for d in qr if d in set(dump["doc_ids"])})
     pos_t = torch.tensor(pos, dtype=torch.long)
@@ -337,7 +374,7 @@ def phase_eval(args) -> None:
         if "error" in rec or rec["seed"] not in args.seeds:
             continue
         dump = torch.load(work / rec["dump"], weights_only=False)
-        evals += eval_dump(dump, rec["seed"], methods, args.budgets)
+        evals += eval_dump(dump, rec["seed"], methods, args.budgets, ceilings=rec["seed"] in args.ceilings)
         out["eval"] = [r for r in out.get("eval", []) if r["seed"] not in {e["seed"] for e in evals}] + evals
         write_json_atomic(args.output, out)
         logger.info("evaluated %s seed %d", args.setting, rec["seed"])
@@ -372,6 +409,22 @@ def render(out: dict, args) -> str:
                      f"{ms([r['test_ndcg@10'] for r in rs])} | {ms([r['frac_fresh_ndcg@10'] for r in rs])} | "
                      f"{ms([r['test_recall@100'] for r in rs])} | {ms([r['test_mrr@10'] for r in rs])} | "
                      f"{ms([r['cos_served_fresh'] for r in rs], 1.0, 3)} |")
+    # diagnostics, mean over seeds
+    diags = [r for r in out.get("eval", []) if r["method"] == "_diagnostics"]
+    if diags:
+        lines += ["", "Diagnostics (nDCG@10 x100, mean ± std over seeds; 'fit on all' = the map fitted on 100% of the "
+                  "corpus re-encoded, an upper bound of that map class):", "",
+                  "| diagnostic | seeds | nDCG@10 | % of fresh |", "|---|---|---|---|"]
+        keys = [k for k in diags[0] if isinstance(diags[0][k], dict) and "ndcg@10" in diags[0][k]]
+        keys += [k for d in diags for k in d if isinstance(d[k], dict) and "ndcg@10" in d[k] and k not in keys]
+        for k in dict.fromkeys(keys):
+            vals = [d[k]["ndcg@10"] for d in diags if k in d]
+            fr = [d[k]["ndcg@10"] / d["fresh"]["ndcg@10"] for d in diags if k in d]
+            lines.append(f"| {k} | {len(vals)} | {ms(vals)} | {ms(fr)} |")
+        for k in ("cos_stale_used", "cos_stale_unused", "cos_corrected_used", "cos_corrected_unused", "num_used"):
+            vals = [d[k] for d in diags if k in d]
+            if vals:
+                lines.append(f"| {k} | {len(vals)} | {statistics.fmean(vals):.3f} | – |")
     return "\n".join(lines)
 
 
