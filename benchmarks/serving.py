@@ -351,8 +351,8 @@ def eval_dump(dump: dict, seed: int, methods, budgets, ceilings: bool = False) -
     if ceilings and corrector is not None:
         for loss in ("mse", "kl"):
             with Timer() as t:
-                diag[f"ceiling_mlp_on_h_{loss}_fit_on_all"] = {**metrics(ceiling_mlp(dump, corrected, loss)),
-                                                               "fit_s": round(t.seconds, 1)}
+                served = ceiling_mlp(dump, corrected, loss)
+            diag[f"ceiling_mlp_on_h_{loss}_fit_on_all"] = {**metrics(served), "fit_s": round(t.seconds, 1)}
     # oracle selection: the test positives served fresh (how much a perfect choice of rows could give)
     pos = sorted({dump["doc_ids"].index(d) for qr in dump["qrels"].values() for d in qr if d in set(dump["doc_ids"])})
     pos_t = torch.tensor(pos, dtype=torch.long)
