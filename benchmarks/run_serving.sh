@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 PY=${PY:-python3}
 for SETTING in S2L stdlib; do
     $PY benchmarks/serving.py --setting $SETTING --phase train --seeds 0 1 2 --threads 1
-    $PY benchmarks/serving.py --setting $SETTING --phase eval --seeds 0 1 2 --threads 1 \
+    $PY benchmarks/serving.py --setting $SETTING --phase eval --seeds 0 1 2 --threads 1 --ceilings 0 \
         --markdown benchmarks/results/serving_${SETTING}.md
 done
+$PY benchmarks/serving.py --summary benchmarks/results/serving_S2L.json benchmarks/results/serving_stdlib.json \
+    | tee benchmarks/results/serving_summary.md

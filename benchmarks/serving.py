@@ -51,7 +51,9 @@ METRICS = ("ndcg@10", "recall@100", "mrr@10")
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--setting", choices=["S2L", "stdlib", "tiny"], required=True)
+    p.add_argument("--setting", choices=["S2L", "stdlib", "tiny"], default=None)
+    p.add_argument("--summary", nargs="+", default=None, metavar="JSON",
+                   help="print the combined table of these results files (mean % of fresh per setting) and exit")
     p.add_argument("--phase", choices=["train", "eval", "all"], default="all")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--budgets", type=float, nargs="+", default=[0.0, 0.01, 0.05, 0.10])
@@ -64,6 +66,10 @@ def parse_args(argv=None):
                    help="seeds for which to also fit a residual MLP on h(g') on ALL rows (MSE, and a listwise KL over "
                         "the corpus for the training queries): the ceiling of any map of the stale cache")
     args = p.parse_args(argv)
+    if args.summary is None and args.setting is None:
+        p.error("--setting is required (or --summary)")
+    if args.summary is not None:
+        return args
     if args.output is None:
         args.output = str(HERE / "results" / f"serving_{args.setting}.json")
     if args.work_dir is None:
@@ -428,9 +434,43 @@ def render(out: dict, args) -> str:
     return "\n".join(lines)
 
 
+def summary(paths: list[str]) -> str:
+    """One row per serving configuration: mean % of fresh nDCG@10 (± std over seeds) in each results file, and the
+    mean over files; per budget the configuration with the best mean is marked."""
+    per: dict[tuple, dict[str, list[float]]] = {}
+    names = []
+    for path in paths:
+        out = json.loads(Path(path).read_text())
+        name = Path(path).stem.replace("serving_", "")
+        names.append(name)
+        for r in out.get("eval", []):
+            if r["method"] != "_diagnostics":
+                key = (r["method"], r["budget"], r["selection"], r["fresh_rows"])
+                per.setdefault(key, {}).setdefault(name, []).append(100 * r["frac_fresh_ndcg@10"])
+    mean = {k: statistics.fmean(statistics.fmean(v) for v in d.values()) for k, d in per.items() if len(d) == len(names)}
+    best = {}
+    for k, m in mean.items():
+        if k[1] not in best or m > mean[best[k[1]]]:
+            best[k[1]] = k
+    lines = ["| method | budget | selection | re-encoded rows served fresh | " + " | ".join(f"% of fresh, {n}" for n in names)
+             + " | mean |", "|---|---|---|---|" + "---|" * (len(names) + 1)]
+    for k in sorted(mean, key=lambda k: (k[1], -mean[k])):
+        cells = []
+        for n in names:
+            v = per[k][n]
+            cells.append(f"{statistics.fmean(v):.1f} ± {statistics.stdev(v) if len(v) > 1 else 0.0:.1f} ({len(v)})")
+        mark = "**" if best[k[1]] == k else ""
+        lines.append(f"| {mark}{k[0]}{mark} | {k[1]:.0%} | {k[2]} | {'yes' if k[3] else 'no'} | " + " | ".join(cells)
+                     + f" | {mark}{mean[k]:.1f}{mark} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    if args.summary is not None:
+        print(summary(args.summary))
+        return
     if args.threads:
         import torch
 
