@@ -123,7 +123,7 @@ def test_from_trainer_counts_reencodings_marks_rows_and_serves_fresh_rows(traine
     assert trainer.cost["refresh_encodings"] - before == round(0.1 * n) == 12
     info = index.serving_info
     assert info["method"] == "corrector_ridge" and info["reencoded_rows"] == 12 and info["reencode_budget"] == 0.1
-    assert info["selection"] == "retrieved" and info["corrector"]["architecture"] == "mlp"
+    assert info["selection"] == "random" and info["corrector"]["architecture"] == "mlp"
     fresh_rows = (index.vectors.steps == trainer.state.global_step).nonzero().flatten()
     assert fresh_rows.numel() == 12 and int((index.vectors.steps == CORRECTED_STEP).sum()) == n - 12
     with torch.no_grad():
@@ -139,7 +139,8 @@ def test_from_trainer_counts_reencodings_marks_rows_and_serves_fresh_rows(traine
 
 def test_search_by_text_and_by_embedding_agree_with_exact_scores(trained):
     trainer, test, _ = trained
-    index = CorrectedIndex.from_trainer(trainer, reencode_budget=0.05, selection="random", show_progress_bar=False)
+    index = CorrectedIndex.from_trainer(trainer, reencode_budget=0.05, selection="retrieved", show_progress_bar=False)
+    assert index.serving_info["selection"] == "retrieved" and index.serving_info["reencoded_rows"] == 6
     queries = list(test.queries["query"])[:4]
     scores, ids = index.search(queries, k=5)
     assert scores.shape == (4, 5) and all(len(r) == 5 for r in ids)

@@ -7,11 +7,18 @@ corrector, which budget, which rows were re-encoded), so they save, load, push a
 
 How a row is served (``method``, see :mod:`hf_corrector.serving.maps`):
 
-* a budget of ``reencode_budget * N`` rows (chosen by ``selection``) is re-encoded with the trained target encoder;
+* a budget of ``reencode_budget * N`` rows (chosen by ``selection``, default a random sample) is re-encoded with
+  the trained target encoder;
 * a deployment map is fitted on those (stale, fresh) pairs (``corrector_ridge``: the trained corrector followed
-  by a ridge-regressed linear residual, the default) and applied to every stale row;
+  by a ridge-regressed linear residual, lambda by 5-fold CV; the default) and applied to every stale row;
 * the re-encoded rows are served as their fresh vectors (``serve_fresh=True``), rows are L2-normalised when the
-  retriever normalises its embeddings.
+  retriever normalises its embeddings (worth about 2 nDCG@10 points over the raw corrector output).
+
+The defaults (``corrector_ridge``, 5%, ``random``) are the best configuration measured within a 5% budget by
+``benchmarks/serving.py`` (mean fraction of fresh nDCG@10 over SciFact S2L and the stdlib main job, 3 seeds each;
+see BENCHMARKS.md). How close it gets depends on the drift: when the stale embeddings still hold what the new encoder
+sees it serves about 99% of a fresh re-encoding; when the encoder drifted far (S2L, cos(g', g) = 0.78), no map of
+g' gets past about 87% of fresh even fitted on the whole corpus, and only re-encoding more rows helps.
 
 Column ``step`` tells the rows apart: :data:`CORRECTED_STEP` (-2) for mapped rows, the training step for rows
 re-encoded at deployment.
@@ -48,7 +55,7 @@ VECTORS_DIR = "vectors"
 INDEX_FILE = "index.faiss"
 DEFAULT_METHOD = "corrector_ridge"
 DEFAULT_BUDGET = 0.05
-DEFAULT_SELECTION = "retrieved"
+DEFAULT_SELECTION = "random"
 
 
 def serve_matrix(stale: torch.Tensor | StaleCache, fn: Callable[[torch.Tensor], torch.Tensor],
