@@ -20,6 +20,7 @@ from .cache import StaleCache
 from .data.format import RetrievalData
 from .models import CorrectorConfig, CorrectorModel, RetrieverConfig, RetrieverModel, load_retriever
 from .training import CorrectorTrainer, CorrectorTrainingArguments
+from .serving import CorrectedIndex, build_corrected_index
 from . import hub as _hub  # noqa: F401,E402  registers the cache card renderer (cache/ imports nothing from hub/)
 
 __all__ = [
@@ -33,6 +34,8 @@ __all__ = [
     "RetrievalData",
     "CorrectorTrainer",
     "CorrectorTrainingArguments",
+    "CorrectedIndex",
+    "build_corrected_index",
     "HFCorrectorError",
     "DataFormatError",
     "CacheMismatchError",

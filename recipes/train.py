@@ -127,6 +127,10 @@ class DataArguments:
     max_eval_queries: int | None = field(default=None, metadata={"help": "Evaluate on at most N queries."})
     cache_path: str | None = field(default=None, metadata={"help": "A saved StaleCache (folder or Hub dataset id)."})
     skip_initial_eval: bool = field(default=False, metadata={"help": "Do not evaluate the starting model."})
+    serve_reencode_budget: float | None = field(
+        default=0.05, metadata={"help": "After training, build the deployable corrected index (hf_corrector.serving) "
+                                        "re-encoding this fraction of the corpus, evaluate it and save it to "
+                                        "output_dir/served_index (None: skip; needs a corrector)."})
 
 
 class RecipeArgumentParser(HfArgumentParser):
@@ -215,7 +219,8 @@ def format_table(rows: dict[str, dict[str, float]], names=("ndcg@10", "recall@10
     """A compact Markdown table: one row per (stage, corpus representation)."""
     lines = ["| model | corpus embeddings | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for label, metrics in rows.items():
-        for kind, infix in (("fresh", ""), ("stale", "stale_"), ("corrected", "corrected_")):
+        for kind, infix in (("fresh", ""), ("stale", "stale_"), ("corrected", "corrected_"),
+                            ("served from the deployable index", "served_")):
             if f"eval_{infix}{names[0]}" in metrics:
                 values = " | ".join(f"{metrics[f'eval_{infix}{n}']:.4f}" for n in names)
                 lines.append(f"| {label} | {kind} | {values} |")
@@ -295,6 +300,18 @@ def main(argv: list[str] | None = None) -> dict:
     if eval_data is not None:
         kinds = ["fresh", "stale"] + (["corrected"] if trainer.corrector is not None else [])
         results["after training"] = trainer.retrieval_metrics(eval_data.queries, kinds)
+    served = None
+    if data_args.serve_reencode_budget is not None and trainer.corrector is not None:
+        from hf_corrector.evaluation.evaluator import RetrievalEvaluator
+        from hf_corrector.serving import CorrectedIndex
+
+        served = CorrectedIndex.from_trainer(trainer, reencode_budget=data_args.serve_reencode_budget)
+        if eval_data is not None:
+            q = trainer.retriever.encode_queries(list(eval_data.queries["query"]), batch_size=args.eval_batch_size_encode,
+                                                 max_length=args.query_max_length, device=args.device)
+            results["after training"].update(RetrievalEvaluator(eval_data.queries, trainer.doc_ids)(
+                q, {"served": served.vectors.matrix()}, prefix="eval"))
+    if eval_data is not None:
         trainer.log(results["after training"])
     trainer.save_model(args.output_dir)
     trainer.create_model_card()  # README.md (retriever) and corrector/README.md
@@ -302,6 +319,8 @@ def main(argv: list[str] | None = None) -> dict:
         from hf_corrector.hub.cache_card import render_cache_card
 
         trainer.cache.save(cache_dir)  # the cache as training left it (unchanged unless write-back / refresh)
+        if served is not None:
+            served.save(Path(args.output_dir) / "served_index")
         (cache_dir / "README.md").write_text(render_cache_card(trainer.cache, keep_existing_metadata=False))
     summary = {
         "results": results,
