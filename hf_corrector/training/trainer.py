@@ -155,7 +155,8 @@ class CorrectorTrainer(Trainer):
         built = cache is None
         cache = _prepare_cache(cache, retriever, self.corpus, args, self.cache_class, from_checkpoint)
         self.cache_manager = self.cache_manager_class(cache, list(self.corpus["text"]), self._encode_targets,
-                                                      self.accelerator, write_back=args.cache_write_back)
+                                                      self.accelerator, write_back=args.cache_write_back,
+                                                      sharding=args.cache_sharding)
         if built and args.mines_negatives:  # with in-batch negatives only the cache serves diagnostics
             self.cache_manager.cost.initial_cache_encodings = len(self.doc_ids)
         self.sampler = sampler if sampler is not None else build_sampler(args, lambda: self.corrector)
@@ -344,11 +345,12 @@ class CorrectorTrainer(Trainer):
         if kind == "fresh":
             return self.cache_manager.encode_corpus("encoding the corpus for evaluation")
         transform = self.sampler.transform.function(self.state.global_step) if kind == "corrected" else None
+        cache = self.cache_manager.gathered()  # sharded: the shards gathered (every rank calls it)
         if transform is None:
-            return self.cache.matrix().float()
+            return cache.matrix().float()
         with torch.no_grad():
             return torch.cat([transform(chunk).float().cpu() for _, chunk in
-                              self.cache.iter_chunks(self.args.corrector_chunk_size)])
+                              cache.iter_chunks(self.args.corrector_chunk_size)])
 
     def retrieval_metrics(self, queries: datasets.Dataset, kinds: list[str], prefix: str = "eval") -> dict[str, float]:
         q = self.retriever.encode_queries(list(queries["query"]), batch_size=self.args.eval_batch_size_encode,
@@ -379,9 +381,10 @@ class CorrectorTrainer(Trainer):
             self.args.save_total_limit = limit
         if self.accelerator.num_processes > 1:
             self.accelerator.wait_for_everyone()  # every rank's files are written before the marker
+        cache = self.cache_manager.gathered(main_only=True)  # sharded: the shards gathered (every rank calls it)
         if not self.args.should_save or not folder.exists():
             return
-        self.cache.save(folder / CACHE_DIR)
+        cache.save(folder / CACHE_DIR)
         sampler_state, tensors = self.sampler.state_dict()
         save_extra_state(folder, {"cost": self.cost, "fallback": self.fallback_callback.state_dict(),
                                   "sampler": sampler_state, "global_step": self.state.global_step}, tensors)
