@@ -498,6 +498,18 @@ def _prepare_cache(cache, retriever: RetrieverModel, corpus: datasets.Dataset, a
     return cache
 
 
+def _means_true(value) -> bool:
+    """``True`` or the string ``"true"`` (as ``--resume_from_checkpoint true`` arrives from the command line)."""
+    return value is True or (isinstance(value, str) and value.strip().lower() == "true")
+
+
+def _checkpoint_cache(output_dir: str, resume_from_checkpoint: str | bool) -> str | None:
+    """The ``stale_cache`` folder of the checkpoint a run will resume from (None when there is none yet)."""
+    folder = last_complete_checkpoint(output_dir) if _means_true(resume_from_checkpoint) else resume_from_checkpoint
+    path = Path(folder) / CACHE_DIR if folder else None
+    return str(path) if path is not None and path.is_dir() else None
+
+
 class _SkipStep(Exception):
     """Internal: abandon the current step (nonfinite_action='skip')."""
 
