@@ -265,7 +265,7 @@ class RetrieverModel(PreTrainedModel):
         )
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def encode(
         self,
         texts: Sequence[str],
@@ -277,23 +277,26 @@ class RetrieverModel(PreTrainedModel):
     ) -> torch.Tensor:
         """Encode texts in batches without gradients; returns a float32 CPU tensor of shape (len(texts), d).
 
-        Texts are sorted by length to save padding; the output is in input order.
+        Texts are sorted by length to save padding (as ``SentenceTransformer.encode``); the output is in input order.
+        Runs under ``torch.inference_mode`` (no autograd bookkeeping); the result is an ordinary tensor.
         """
         device = torch.device(device) if device is not None else self.device
         was_training = self.training
         self.eval()
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        out = torch.empty(len(texts), self.embedding_dim, dtype=torch.float32)
+        parts: list[torch.Tensor] = []
         show = len(texts) > 4 * batch_size if show_progress_bar is None else show_progress_bar
         try:
             desc = "encode queries" if side == "query" else "encode targets"
             for start in tqdm(range(0, len(texts), batch_size), desc=desc, disable=not show):
-                idx = order[start : start + batch_size]
-                batch = self.tokenize([texts[i] for i in idx], side, max_length)
-                batch = {k: v.to(device) for k, v in batch.items()}
-                out[idx] = self.embed(batch["input_ids"], batch["attention_mask"], side).float().cpu()
+                batch = self.tokenize([texts[i] for i in order[start : start + batch_size]], side, max_length)
+                parts.append(self.embed(batch["input_ids"].to(device), batch["attention_mask"].to(device), side))
         finally:
             self.train(was_training)
+        with torch.inference_mode(False):  # an ordinary tensor: callers may write it back or use it under autograd
+            out = torch.empty(len(texts), self.embedding_dim, dtype=torch.float32)
+            if parts:
+                out[torch.as_tensor(order)] = torch.cat(parts).float().cpu()
         return out
 
     def encode_queries(self, texts: Sequence[str], **kwargs) -> torch.Tensor:
