@@ -271,7 +271,16 @@ def rank_worker(cache_path: str, mode: str, out_json: str, steps: int, queries: 
             sel = sampler.sample(q, [[] for _ in range(per_rank)], [str(i) for i in range(per_rank)], k, step)
             times.append(time.perf_counter() - t0)
             chosen = sel.indices
-    result = {"mode": mode, "world": world, "rank": rank, "rows_held": len(manager.cache), "base_rss_mb": base,
+        # the same scan without any communication: this rank's rows, all the step's queries
+        from hf_corrector.negatives.topk import select_negatives_sharded
+
+        local = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            select_negatives_sharded(q_all, manager.read_chunk, k, manager.local_rows, n, lambda t: [t],
+                                     exclude=[[] for _ in range(queries)])
+            local.append(time.perf_counter() - t0)
+    result = {"local_scan_only_s": min(local), "mode": mode, "world": world, "rank": rank, "rows_held": len(manager.cache), "base_rss_mb": base,
               "peak_rss_mb": peak.peak_mb, "cache_attributable_peak_mb": peak.peak_mb - base,
               "cache_bytes_mb": n * d * 4 / 2**20, "step_times_s": times, "median_select_s": statistics.median(times[1:]),
               "chosen": chosen.tolist(), "queries_per_rank": per_rank}
