@@ -84,8 +84,9 @@ class ExhaustiveSampler(NegativeSampler):
         cache = self.ctx.cache
         coll = cache.collectives
         everyone, counts = coll.all_gather_rows(q.cpu())
-        exclude_all = [ex for part in coll.all_gather_object([list(e) for e in exclude]) for ex in part]
-        keys_all = [key for part in coll.all_gather_object(list(keys)) for key in part]
+        parts = coll.all_gather_object(([list(e) for e in exclude], list(keys)))  # one gather for both
+        exclude_all = [ex for part in parts for ex in part[0]]
+        keys_all = [key for part in parts for key in part[1]]
         limit_all = None
         if max_scores is not None:
             limit_all, _ = coll.all_gather_rows(max_scores.float().cpu())

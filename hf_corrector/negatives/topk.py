@@ -275,7 +275,8 @@ def select_negatives_sharded(
 
     chosen = merged(chosen, k + skip_top)
     best = merged(best, skip_top) if best is not None else None
-    dropped = sum(t.long() for t in all_gather(dropped))
+    if max_scores is not None:  # otherwise nothing was dropped anywhere: no gather needed
+        dropped = sum(t.long() for t in all_gather(dropped))
 
     def fill(q_, get_, n_, chunk_size_, transform_, exclude_, indices, scores, skipped):
         indices, scores = indices.clone(), scores.clone()
