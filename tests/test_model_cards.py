@@ -76,15 +76,24 @@ def test_retriever_card_metadata(trained):
     trainer, metrics, out = trained
     card = ModelCard.load(out / "README.md")
     data = card.data.to_dict()
-    assert data["library_name"] == "hf-corrector" and data["license"] == "apache-2.0"
+    # a saved retriever is a sentence-transformers model, and its card says so
+    assert data["library_name"] == "sentence-transformers" and data["pipeline_tag"] == "sentence-similarity"
+    assert data["license"] == "apache-2.0"
     assert data["base_model"] == "tiny-bert" and data["datasets"] == ["tiny-train"]
-    expected_tags = {"dense-retrieval", "hf-corrector", "corrector-networks", "generated_from_trainer", "my-tag"}
+    expected_tags = {"sentence-transformers", "sentence-similarity", "dense-retrieval", "hf-corrector",
+                     "corrector-networks", "generated_from_trainer", "my-tag"}
     assert expected_tags <= set(data["tags"])
+    widget = data["widget"]
+    assert len(widget) == 1 and widget[0]["source_sentence"] == trainer.train_examples[0]["query"]
+    assert widget[0]["sentences"][0] == trainer.corpus_texts[trainer.train_examples[0]["positive_row"]]
+    assert len(widget[0]["sentences"]) == 3
     results = {r.metric_type: r for r in card.data.eval_results}
+    # the Hub's standard metric types, for the model's own (fresh) quality only
+    assert set(results) == {"ndcg_at_10", "recall_at_10", "recall_at_100", "mrr_at_10"}, set(results)
     assert results["ndcg_at_10"].metric_value == pytest.approx(metrics["eval_ndcg@10"])
-    assert results["corrected_mrr_at_10"].metric_value == pytest.approx(metrics["eval_corrected_mrr@10"])
+    assert results["mrr_at_10"].metric_value == pytest.approx(metrics["eval_mrr@10"])
+    assert results["recall_at_100"].metric_value == pytest.approx(metrics["eval_recall@100"])
     assert results["ndcg_at_10"].dataset_name == "tiny-test" and results["ndcg_at_10"].task_type == "text-retrieval"
-    assert "reembedding_cost" not in results  # not a ranking metric
 
 
 def test_retriever_card_body(trained):
@@ -95,7 +104,8 @@ def test_retriever_card_body(trained):
     header = next(line for line in text.splitlines() if line.startswith("| Step | Epoch |"))
     assert "nDCG@10 (stale)" in header and "MRR@10 (corrected)" in header and "Re-embedding cost" in header
     assert f"{metrics['eval_stale_ndcg@10']:.4f}" in rows[-1]
-    assert "full re-embedding every 2 steps" in text
+    assert f"{trainer.negatives.describe()}; full re-embedding of the corpus every 2 steps" in text
+    assert "Training data: tiny-train (36 queries, 120 documents)" in text
     cost = trainer.cost
     assert cost["num_refreshes"] == 2
     assert f"| {cost['refresh_encodings']} ({cost['num_refreshes']} refreshes) |" in text
@@ -116,12 +126,18 @@ def test_corrector_card_written_next_to_the_corrector(trained):
     trainer, _, out = trained
     card = ModelCard.load(out / "corrector" / "README.md")
     assert card.data.library_name == "hf-corrector" and "corrector" in card.data.tags
-    assert card.data.base_model is None  # no Hub repo yet: the retriever is the parent folder
+    assert card.data.base_model == "tiny-bert"  # the model the retriever (parent folder) was trained from
     assert "the retriever in the parent folder" in card.text and 'subfolder="corrector"' in card.text
     assert (out / "corrector" / "config.json").is_file()
     rendered = render_corrector_card(trainer.model_card_data, retriever_repo_id="me/retriever", repo_id="me/corrector")
     again = ModelCard(rendered)
     assert again.data.base_model == "me/retriever"
+    # in the retriever's own repo (subfolder), the corrector never names that repo, i.e. itself, as base_model
+    inside = ModelCard(render_corrector_card(trainer.model_card_data, retriever_repo_id="me/retriever",
+                                             subfolder="corrector"))
+    assert inside.data.base_model == "tiny-bert"
+    alone = CardData(model_name="c")
+    assert ModelCard(render_corrector_card(alone, retriever_repo_id="me/c", repo_id="me/c")).data.base_model is None
     assert 'AutoModel.from_pretrained("me/corrector")' in again.text
 
 
@@ -146,7 +162,8 @@ def test_no_corrector_strategy_card(tmp_path):
     trainer.save_model()
     trainer.create_model_card()
     text = (tmp_path / "out" / "README.md").read_text()
-    assert "stale cache, no correction" in text and "No evaluation was run." in text
+    assert "exhaustive top-k over identity scores, 3 per query; no re-embedding of the corpus" in text
+    assert "No evaluation was run." in text
     assert "subfolder=\"corrector\"" not in text and not (tmp_path / "out" / "corrector").exists()
     assert "model-index" not in ModelCard.load(tmp_path / "out" / "README.md").data.to_dict()
 
@@ -179,7 +196,8 @@ def test_local_base_model_stays_out_of_metadata(tmp_path):
     assert not is_hub_id(local) and not is_hub_id("../x") and is_hub_id("org/name") and is_hub_id("bert-base-uncased")
     card = ModelCard(render_retriever_card(CardData(model_name="m", base_model=local, train_dataset_name=local)))
     assert card.data.base_model is None and card.data.datasets is None
-    assert f"`{local}`" in card.text
+    assert local not in card.content and str(tmp_path.parent) not in card.content
+    assert f"starting from a local model (`{tmp_path.name}`)" in card.text
 
 
 def test_cache_dataset_card(tmp_path):

@@ -65,13 +65,17 @@ def test_prefixes_become_prompts(tmp_path):
                                retriever.encode_targets(TEXTS), atol=1e-5, rtol=0)
 
 
-def test_separate_towers_need_an_explicit_tower(tmp_path):
-    retriever = tiny_retriever(tmp_path, shared_towers=False)
+def test_separate_towers_export_as_a_router_or_one_tower(tmp_path):
+    retriever = tiny_retriever(tmp_path, shared_towers=False).eval()
     with torch.no_grad():  # make the towers differ
         for p in retriever.query_encoder.parameters():
             p.add_(0.05)
-    with pytest.raises(ConfigError, match="separate query and document towers"):
-        export_sentence_transformers(retriever, tmp_path / "st")
+    both = _st(export_sentence_transformers(retriever, tmp_path / "st"))  # a Router: one route per tower
+    assert [type(m).__name__ for m in both] == ["Router", "Pooling", "Normalize"]
+    torch.testing.assert_close(both.encode_query(TEXTS, convert_to_tensor=True).cpu(),
+                               retriever.encode_queries(TEXTS), atol=1e-5, rtol=0)
+    torch.testing.assert_close(both.encode_document(TEXTS, convert_to_tensor=True).cpu(),
+                               retriever.encode_targets(TEXTS), atol=1e-5, rtol=0)
     with pytest.warns(UserWarning, match="only the target tower"):
         target = export_sentence_transformers(retriever, tmp_path / "st-target", tower="target")
     with pytest.warns(UserWarning, match="only the query tower"):

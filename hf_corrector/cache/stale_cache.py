@@ -690,17 +690,20 @@ class StaleCache:
         :class:`CacheCorruptError` naming the file and field. ``verify``: ``"checksum"`` (also SHA-256 and no
         NaN/inf; reads the whole file), ``"rows"`` (zero-copy and instant: pages are read when first touched) or
         ``"none"`` (the same as ``"rows"``; kept for compatibility). Any other value raises :class:`ConfigError`.
-        Temporaries of killed saves of the same folder are removed (:func:`remove_leftovers`).
+        Temporaries of killed saves of the same folder are removed (:func:`remove_leftovers`). A path that looks local
+        (see :func:`hf_corrector.models.hub_files.looks_local`, e.g. ``"out/stale_cache"`` while ``out/`` exists) and
+        does not exist raises ``FileNotFoundError("no such folder: ...")`` at once, without a Hub lookup.
         """
         if verify not in VERIFY_MODES:
             raise ConfigError(f"StaleCache.load: verify={verify!r} is not one of {list(VERIFY_MODES)} ('checksum': "
                               f"SHA-256, row count and no NaN/inf; 'rows' / 'none': row count and schema only)")
-        path_obj = Path(path)
+        from ..models.hub_files import check_local_folder, looks_local
+
+        path_obj = Path(path).expanduser()
         if not path_obj.exists():
-            text = str(path)
-            if isinstance(path, os.PathLike) or path_obj.is_absolute() or text.startswith(".") or text.count("/") > 1:
-                raise CacheCorruptError(f"no saved cache at {path_obj} (the folder does not exist)")
-            cache = cls.from_hub(text, verify=verify, **hub_kwargs)
+            if looks_local(path):  # "out/stale_cache" with out/ present, "./c", "/abs/c", "a/b/c", a Path
+                check_local_folder(path, "stale cache")  # FileNotFoundError("no such folder: ..."), no Hub lookup
+            cache = cls.from_hub(str(path), verify=verify, **hub_kwargs)
             return cache if rows is None else cache.slice_rows(*rows)
         remove_leftovers(path_obj)
         info_file, data_file = path_obj / INFO_FILE, path_obj / CACHE_FILE

@@ -9,10 +9,12 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import datasets
 import torch
 
+from ..errors import ConfigError
 from .metrics import DEFAULT_METRICS, retrieval_metrics
 
 
@@ -42,3 +44,66 @@ class RetrievalEvaluator:
             infix = "" if kind == "fresh" else f"{kind}_"
             out.update({f"{prefix}_{infix}{name}": round(v, 5) for name, v in values.items()})
         return out
+
+
+def documents_outside(queries: datasets.Dataset, doc_index: Mapping[str, int], corpus: datasets.Dataset | None
+                      ) -> tuple[list[str], list[str]]:
+    """Held-out positives that are not in the training corpus, as (doc ids, texts) taken from ``corpus`` (the
+    evaluation data's own corpus), so that evaluation searches them too instead of counting them as misses.
+
+    Raises :class:`ConfigError` naming a query when such a positive has no text anywhere.
+    """
+    missing: dict[str, str] = {}
+    for qid, positives in zip(queries["query_id"], queries["positive_ids"]):
+        for doc in positives:
+            if doc not in doc_index and doc not in missing:
+                missing[doc] = qid
+    if not missing:
+        return [], []
+    texts = {}
+    if corpus is not None:
+        wanted = set(missing)
+        texts = {d: t for d, t in zip(corpus["doc_id"], corpus["text"]) if d in wanted}
+    absent = [d for d in missing if d not in texts]
+    if absent:
+        raise ConfigError(f"query {missing[absent[0]]!r} of the evaluation data has the positive {absent[0]!r}, which "
+                          f"is neither in the training corpus nor in the evaluation data's corpus ({len(absent)} such "
+                          "documents): pass the evaluation data as RetrievalData with its corpus, or add the "
+                          "documents to the training corpus")
+    ids = list(missing)
+    return ids, [texts[d] for d in ids]
+
+
+class CorpusEmbeddings:
+    """The corpus as evaluation sees it: ``fresh`` (re-encoded now), ``stale`` (the cache) or ``corrected`` (the
+    score transform applied to the cache, chunk by chunk), followed by the fresh rows of ``extra`` documents
+    (ids, texts) outside the training corpus.
+
+    Args:
+        cache_manager: the run's :class:`~hf_corrector.cache.manager.CacheManager`.
+        transform: ``transform(step)`` -> the map of stale rows (None = identity), e.g. ``sampler.transform.function``.
+        chunk_size: cache rows transformed at once.
+    """
+
+    def __init__(self, cache_manager: Any, transform: Callable[[int], Callable | None], chunk_size: int = 65536):
+        self.cache_manager = cache_manager
+        self.transform = transform
+        self.chunk_size = chunk_size
+
+    @torch.no_grad()
+    def __call__(self, kind: str, step: int = 0, extra: tuple[list[str], list[str]] = ([], [])) -> torch.Tensor:
+        manager = self.cache_manager
+        if kind == "fresh":
+            corpus = manager.encode_corpus("encoding the corpus for evaluation")
+            if not extra[0]:
+                return corpus
+            return torch.cat([corpus, manager.encode_targets(extra[1], desc="encoding evaluation documents")])
+        if extra[0]:
+            raise ConfigError(f"{len(extra[0])} held-out positives (e.g. {extra[0][0]!r}) are not in the training "
+                              f"corpus, so the {kind} cache has no row for them: evaluate with "
+                              "eval_corpus_embeddings='fresh', or add them to the training corpus")
+        transform = self.transform(step) if kind == "corrected" else None
+        if transform is None:
+            return manager.gathered().matrix().float()  # a sharded cache: the shards gathered (a collective)
+        cache = manager.gathered()
+        return torch.cat([transform(chunk).float().cpu() for _, chunk in cache.iter_chunks(self.chunk_size)])

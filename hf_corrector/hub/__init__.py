@@ -8,7 +8,8 @@
   (loadable with ``AutoModel.from_pretrained`` once ``hf_corrector`` is imported).
 * ``StaleCache.push_to_hub(repo)`` / ``StaleCache.load(repo)`` publish a cache as a dataset with its card
   (:func:`render_cache_card`).
-* :func:`export_sentence_transformers` writes a folder ``SentenceTransformer(path)`` loads.
+* every saved retriever is a sentence-transformers model (``SentenceTransformer(repo)`` loads it without
+  hf-corrector); :func:`export_sentence_transformers` writes a standalone sentence-transformers folder.
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ from .cards import (
     citations_for,
     describe_strategy,
     non_default_hyperparameters,
+    public_name,
     render_corrector_card,
     render_retriever_card,
+    strategy_and_citations,
     template_path,
 )
-from .sentence_transformers_export import export_sentence_transformers
+from .sentence_transformers_export import export_sentence_transformers, write_sentence_transformers_files
 
 if TYPE_CHECKING:
     from ..models.corrector import CorrectorModel
@@ -50,7 +53,7 @@ def push_corrector(
     """
     from huggingface_hub import HfApi
 
-    from .cards import corrector_details, framework_versions, known_secrets
+    from .cards import corrector_details, framework_versions, is_hub_id, known_secrets
 
     retriever_repo_id = retriever_repo_id or corrector.config.retriever_name_or_path
     card = card_data if card_data is not None else CardData()
@@ -60,7 +63,13 @@ def push_corrector(
     api = HfApi(token=token)
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     with tempfile.TemporaryDirectory() as tmp:
-        corrector.save_pretrained(tmp)
+        recorded = corrector.config.retriever_name_or_path
+        if not is_hub_id(recorded):  # a local path must not be published in config.json
+            corrector.config.retriever_name_or_path = None
+        try:
+            corrector.save_pretrained(tmp)
+        finally:
+            corrector.config.retriever_name_or_path = recorded
         readme = render_corrector_card(card, retriever_repo_id=retriever_repo_id, repo_id=repo_id,
                                        secrets=[s for s in (token, *known_secrets()) if s])
         with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as fh:
@@ -77,12 +86,15 @@ __all__ = [
     "describe_strategy",
     "export_sentence_transformers",
     "non_default_hyperparameters",
+    "public_name",
     "push_cache_to_hub",
     "push_checkpoint",
     "push_corrector",
     "render_cache_card",
     "render_corrector_card",
     "render_retriever_card",
+    "strategy_and_citations",
     "template_path",
     "write_model_cards",
+    "write_sentence_transformers_files",
 ]

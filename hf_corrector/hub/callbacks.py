@@ -116,6 +116,8 @@ def write_model_cards(trainer: CorrectorTrainer, output_dir: str | os.PathLike |
                 card.extra_tags.append(tag)
     if overrides.get("model_name") and not card.repo_id:
         card.model_name = overrides["model_name"]
+    # a saved retriever carries the sentence-transformers modules (RetrieverModel.save_pretrained); not saved yet: it will
+    card.sentence_transformers = (output_dir / "modules.json").is_file() or not (output_dir / "config.json").is_file()
     secrets = known_secrets(trainer.args)
     (output_dir / "README.md").write_text(render_retriever_card(card, secrets=secrets), encoding="utf-8")
     if trainer.corrector is not None:

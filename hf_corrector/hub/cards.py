@@ -2,8 +2,13 @@
 
 Cards are Jinja templates (``model_cards/*.md.j2``, shipped in the wheel as ``hf_corrector.model_cards``) rendered
 with :meth:`huggingface_hub.ModelCard.from_template`; the YAML header is a :class:`huggingface_hub.ModelCardData`
-(``library_name="hf-corrector"``, tags, ``base_model``, ``datasets`` and a ``model-index`` built from
-:class:`huggingface_hub.EvalResult`).
+(tags, ``base_model``, ``datasets`` and a ``model-index`` built from :class:`huggingface_hub.EvalResult`). A saved
+retriever is a sentence-transformers model, so its card reads like one (``library_name: sentence-transformers``,
+``pipeline_tag: sentence-similarity``, a ``widget``); the corrector's card has ``library_name: hf-corrector``.
+
+Cards never show a local path: a base model or dataset that is not a Hub id is named by its folder name only, a
+local copy of a Hub model in the Hugging Face cache (``models--org--name/snapshots/...``) by its Hub id, and every
+snippet in a card runs as written (tested against a local Hub).
 
 :class:`CardData` holds everything a card shows. :class:`~hf_corrector.hub.callbacks.ModelCardCallback` fills it
 during training; :func:`card_data_from_trainer` fills it from a trainer at any time.
@@ -21,6 +26,7 @@ import logging
 import os
 import platform
 import re
+import tempfile
 from dataclasses import dataclass, field
 from enum import Enum
 from importlib import resources
@@ -35,7 +41,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 LIBRARY_NAME = "hf-corrector"
+ST_LIBRARY_NAME = "sentence-transformers"
 TAGS = ["dense-retrieval", "hf-corrector", "corrector-networks", "generated_from_trainer"]
+#: tags of a sentence-transformers model card (the retriever's)
+ST_TAGS = ["sentence-transformers", "sentence-similarity", "feature-extraction"]
+#: model-index metric types: the Hub's standard names (``ndcg_at_10``...), for the fresh-corpus metrics only
+_STANDARD_METRICS = re.compile(r"(ndcg|recall|mrr|map|precision|accuracy)(@\d+)?")
 CACHE_TAGS = ["hf-corrector", "embeddings", "stale-cache", "dense-retrieval"]
 TEMPLATES_PACKAGE = "hf_corrector.model_cards"
 RETRIEVER_TEMPLATE = "retriever.md.j2"
@@ -85,6 +96,7 @@ _CORE_HYPERPARAMETERS = ("learning_rate", "per_device_train_batch_size", "max_st
 _EVAL_SKIP = {"runtime", "samples_per_second", "steps_per_second", "loss"}
 _STALENESS_KEYS = ("staleness_cos_stale", "staleness_cos_corrected", "negatives_overlap_fresh")
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)?")
+_HF_CACHE_SNAPSHOT = re.compile(r"(?:^|/)models--([^/]+)/snapshots/[^/]+")
 
 
 @dataclass
@@ -101,6 +113,7 @@ class CardData:
     train_dataset_name: str | None = None
     eval_dataset_name: str | None = None
     num_train_queries: int | None = None
+    num_train_pairs: int | None = None
     num_eval_queries: int | None = None
     num_docs: int | None = None
     strategy: str | None = None
@@ -114,6 +127,9 @@ class CardData:
     eval_rows: list[dict[str, Any]] = field(default_factory=list)
     framework_versions: dict[str, str] = field(default_factory=dict)
     citations: list[str] = field(default_factory=lambda: [CITATIONS["corrector"]])
+    widget: list[dict[str, Any]] = field(default_factory=list)
+    #: the saved retriever carries the sentence-transformers modules (its card is a sentence-transformers card)
+    sentence_transformers: bool = True
     # set by users, never by training
     license: str | None = None
     language: str | list[str] | None = None
@@ -133,17 +149,18 @@ class CardData:
 # ---------------------------------------------------------------------------------------------------------------------
 # templates
 def template_path(name: str) -> Path:
-    """Path of a card template: from the installed package (``hf_corrector.model_cards``) or the source tree."""
+    """Path of a card template: from the source tree next to this package (a checkout or a worktree, whose
+    templates may differ from an editable install's), else from the installed package ``hf_corrector.model_cards``."""
+    source = Path(__file__).resolve().parents[2] / "model_cards" / name
+    if source.is_file():
+        return source
     try:
         candidate = resources.files(TEMPLATES_PACKAGE) / name
         if candidate.is_file():
             return Path(str(candidate))
-    except (ModuleNotFoundError, TypeError):  # source checkout (or an editable install made before the mapping)
+    except (ModuleNotFoundError, TypeError):
         pass
-    source = Path(__file__).resolve().parents[2] / "model_cards" / name
-    if source.is_file():
-        return source
-    raise FileNotFoundError(f"card template {name!r} not found in {TEMPLATES_PACKAGE} or {source.parent}")
+    raise FileNotFoundError(f"card template {name!r} not found in {source.parent} or {TEMPLATES_PACKAGE}")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -155,6 +172,71 @@ def is_hub_id(name: str | None) -> bool:
     if os.path.isabs(name) or name.startswith((".", "~")) or os.path.exists(name):
         return False
     return bool(_HUB_ID.fullmatch(name)) and ".." not in name
+
+
+def public_model_id(name: str | os.PathLike | None) -> str | None:
+    """The Hub id a model name stands for: a Hub id itself, or the id of a Hugging Face cache snapshot folder
+    (``.../models--org--name/snapshots/<sha>``); ``None`` for any other local path.
+
+    Example:
+        >>> public_model_id("/home/me/.cache/huggingface/hub/models--org--name/snapshots/abc123")
+        'org/name'
+        >>> public_model_id("/data/my-model") is None
+        True
+    """
+    if name is None:
+        return None
+    text = str(name)
+    if is_hub_id(text):
+        return text
+    match = _HF_CACHE_SNAPSHOT.search(text.replace(os.sep, "/"))
+    if match:
+        candidate = match.group(1).replace("--", "/")
+        return candidate if is_hub_id(candidate) else None
+    return None
+
+
+def public_name(name: str | os.PathLike | None) -> str | None:
+    """What a card may show for a model or dataset name: its Hub id, else the last part of a local path (never the
+    path itself; ``None`` for an empty name).
+
+    Example:
+        >>> public_name("/tmp/run1/my-model"), public_name("org/name")
+        ('my-model', 'org/name')
+    """
+    if name is None or str(name) == "":
+        return None
+    hub_id = public_model_id(name)
+    if hub_id is not None:
+        return hub_id
+    text = str(name).rstrip("/\\")
+    return Path(text).name or None
+
+
+def scrub_local_paths(text: str, paths: list[str | os.PathLike | None] | tuple = ()) -> str:
+    """Replace each local path of ``paths`` (and its resolved form) occurring in ``text`` by its folder name.
+
+    The last line of defence for cards: values meant for cards go through :func:`public_name` first.
+    """
+    candidates = set()
+    for path in paths:
+        if not path:
+            continue
+        raw = str(path)
+        if not (os.path.isabs(raw) or raw.startswith(("~", "."))):
+            continue
+        candidates.add(raw)
+        try:
+            candidates.add(str(Path(raw).expanduser().resolve()))
+        except (OSError, RuntimeError):
+            pass
+    for candidate in sorted(candidates, key=len, reverse=True):  # longest first: nested paths
+        if len(candidate) <= 1:
+            continue
+        # the candidate and any path below it, e.g. the temp dir and /tmp/run1/model -> "model"
+        pattern = re.compile(re.escape(candidate.rstrip("/\\")) + r"(?:[/\\][\w.\-]+)*(?![\w.\-])")
+        text = pattern.sub(lambda m: Path(m.group(0)).name or "local folder", text)
+    return text
 
 
 def redact(text: str, secrets: list[str | None] | tuple[str | None, ...] = ()) -> str:
@@ -291,7 +373,12 @@ def non_default_hyperparameters(args: Any, always: tuple[str, ...] = _CORE_HYPER
             out[name] = value
         elif name in default and not _same(default[name], value):
             out[name] = value
-    return out
+    return {name: (public_name(value) if _is_local_path(value) else value) for name, value in out.items()}
+
+
+def _is_local_path(value: Any) -> bool:
+    return isinstance(value, str) and bool(value) and (os.path.isabs(value) or value.startswith(("./", "../", "~"))
+                                                       or (os.sep in value and os.path.exists(value)))
 
 
 def eval_rows_from_history(log_history: list[dict[str, Any]], prefix: str = "eval_") -> list[dict[str, Any]]:
@@ -343,19 +430,21 @@ def eval_columns(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def eval_results(card: CardData) -> list[EvalResult]:
-    """``model-index`` entries for the last evaluation's ranking metrics."""
+    """``model-index`` entries for the last evaluation's ranking metrics, with the Hub's standard metric types
+    (``ndcg_at_10``, ``recall_at_100``, ``mrr_at_10``...).
+
+    Only the model's own quality goes there (documents freshly encoded); the stale and corrected cache metrics are
+    training diagnostics and stay in the card's table.
+    """
     metrics = card.final_metrics
-    dataset = card.eval_dataset_name or card.train_dataset_name or "custom"
+    dataset = public_name(card.eval_dataset_name or card.train_dataset_name) or "custom"
     out = []
     for name, value in metrics.items():
-        if "@" not in name and name not in ("map", "stale_map", "corrected_map"):
+        if not _STANDARD_METRICS.fullmatch(name):
             continue
-        label = metric_label(name)
-        if "(" not in label:
-            label += " (fresh corpus embeddings)"
         out.append(EvalResult(task_type="text-retrieval", task_name="Retrieval", dataset_type=dataset,
                               dataset_name=dataset, metric_type=name.replace("@", "_at_"), metric_value=value,
-                              metric_name=label))
+                              metric_name=metric_label(name)))
     return out
 
 
@@ -374,8 +463,9 @@ def _fmt(value: Any) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _tags(card: CardData, extra: list[str] | None = None) -> list[str]:
-    tags = list(TAGS)
+def _tags(card: CardData, extra: list[str] | None = None, first: bool = False) -> list[str]:
+    """Our tags, the card's ``extra_tags`` and ``extra`` (``first``: ``extra`` leads, as ST tags do)."""
+    tags = list(extra or []) + list(TAGS) if first else list(TAGS)
     for tag in list(card.extra_tags) + list(extra or []):
         if tag not in tags:
             tags.append(tag)
@@ -403,7 +493,7 @@ def retriever_details(retriever: Any) -> dict[str, Any]:
             "target_max_length": cfg.target_max_length, "query_prefix": cfg.query_prefix,
             "target_prefix": cfg.target_prefix, "softmax_temperature": cfg.softmax_temperature,
             "backbone": backbone, "num_parameters": params,
-            "base_model_name_or_path": cfg.base_model_name_or_path}
+            "base_model_name_or_path": public_name(cfg.base_model_name_or_path)}
 
 
 def corrector_details(corrector: CorrectorModel | None) -> dict[str, Any] | None:
@@ -418,11 +508,13 @@ def corrector_details(corrector: CorrectorModel | None) -> dict[str, Any] | None
 
 
 def pick_base_model(retriever: Any, exclude: str | None = None) -> str | None:
-    """The Hub id this retriever was initialised from: its loaded checkpoint, else its backbone (``None`` if local)."""
+    """The Hub id this retriever was initialised from: its loaded checkpoint, else its backbone; a local copy in the
+    Hugging Face cache counts as its Hub id. ``None`` when it only exists as a local folder."""
     cfg = retriever.config
     for name in (getattr(cfg, "name_or_path", None), getattr(cfg, "base_model_name_or_path", None)):
-        if is_hub_id(name) and name != exclude:
-            return name
+        hub_id = public_model_id(name)
+        if hub_id is not None and hub_id != exclude:
+            return hub_id
     return None
 
 
@@ -437,19 +529,82 @@ def update_static(card: CardData, trainer: Any) -> CardData:
     if card.base_model is None or card.base_model == card.repo_id:
         card.base_model = pick_base_model(retriever, exclude=card.repo_id)
     card.corrector = corrector_details(trainer.corrector)
-    card.strategy = describe_strategy(args)
+    num_refreshes = int(trainer.cost.get("num_refreshes", 0) or 0)
+    card.strategy, keys = strategy_and_citations(trainer, num_refreshes)
     card.hyperparameters = non_default_hyperparameters(args)
     card.num_docs = len(trainer.doc_ids)
-    card.num_train_queries = len(trainer.train_examples) if trainer.train_examples is not None else None
-    card.num_eval_queries = len(trainer.eval_queries) if trainer.eval_queries is not None else None
+    train = trainer.train_examples
+    card.num_train_queries = _distinct_queries(train)
+    card.num_train_pairs = len(train) if train is not None else None
+    card.num_eval_queries = _distinct_queries(trainer.eval_queries)
+    if not card.widget:
+        card.widget = widget_examples(trainer)
     total = trainer.total_reembedding_cost()
     card.reembedding_cost = {**trainer.cost, "total": total,
                              "corpus_passes": round(total / max(len(trainer.doc_ids), 1), 3)}
     card.global_step = int(trainer.state.global_step)
     card.epoch = trainer.state.epoch
     card.framework_versions = framework_versions()
-    card.citations = citations_for(args, trainer.cost.get("num_refreshes", 0))
+    card.citations = [CITATIONS[k] for k in keys]
     return card
+
+
+def _distinct_queries(rows: Any) -> int | None:
+    """Distinct query ids of a queries / training-examples dataset (training rows are (query, positive) pairs)."""
+    if rows is None:
+        return None
+    if "query_id" in getattr(rows, "column_names", []):
+        return len(set(rows["query_id"]))
+    return len(rows)
+
+
+def strategy_and_citations(trainer: Any, num_refreshes: int = 0) -> tuple[str, list[str]]:
+    """The training strategy in one line and the :data:`CITATIONS` keys, from the trainer's own objects.
+
+    ``trainer.negatives.describe()`` says how negatives were chosen and ``trainer.negatives.citations`` which
+    papers that follows; the refresh schedule and extras come from the arguments, and ANCE is cited when a full
+    refresh ran. A trainer without ``negatives`` falls back to :func:`describe_strategy` / :func:`citations_for`.
+    """
+    args = trainer.args
+    negatives = getattr(trainer, "negatives", None)
+    if negatives is None or not callable(getattr(negatives, "describe", None)):
+        texts = citations_for(args, num_refreshes)
+        return describe_strategy(args), [k for k, v in CITATIONS.items() if v in texts]
+    refresh = int(getattr(args, "cache_refresh_steps", 0) or 0)
+    if int(getattr(args, "num_negatives", 0) or 0) == 0:
+        text = "in-batch negatives only"
+    else:
+        text = negatives.describe()
+    text += f"; full re-embedding of the corpus every {refresh} steps" if refresh else "; no re-embedding of the corpus"
+    extras = []
+    if getattr(args, "cache_write_back", False):
+        extras.append("cache write-back")
+    if getattr(args, "corrector_warmup_steps", 0):
+        extras.append(f"{args.corrector_warmup_steps} corrector warm-up steps")
+    text += f" ({', '.join(extras)})" if extras else ""
+    keys = ["corrector"]
+    if int(getattr(args, "num_negatives", 0) or 0):
+        keys += list(getattr(negatives, "citations", []) or [])
+    if num_refreshes or refresh:
+        keys.append("ance")
+    unknown = [k for k in keys if k not in CITATIONS]
+    if unknown:
+        logger.warning("model card: no citation for %s (known: %s)", unknown, ", ".join(CITATIONS))
+    return text, list(dict.fromkeys(k for k in keys if k in CITATIONS))
+
+
+def widget_examples(trainer: Any, max_chars: int = 300) -> list[dict[str, Any]]:
+    """A ``sentence-similarity`` widget entry from the training data: a query, its positive and two other texts."""
+    train = getattr(trainer, "train_examples", None)
+    texts = getattr(trainer, "corpus_texts", None)
+    if train is None or not texts or len(train) == 0 or "query" not in train.column_names:
+        return []
+    row = train[0]
+    positive = row.get("positive_rows", row.get("positive_row"))
+    first = positive[0] if isinstance(positive, (list, tuple)) and positive else positive
+    picked = [int(first)] if isinstance(first, int) and 0 <= first < len(texts) else []
+    picked += [i for i in range(len(texts)) if i not in picked][: 3 - len(picked)]
+    return [{"source_sentence": str(row["query"])[:max_chars], "sentences": [str(texts[i])[:max_chars] for i in picked]}]
 
 
 def update_from_history(card: CardData, log_history: list[dict[str, Any]]) -> CardData:
@@ -480,9 +635,13 @@ def card_data_from_trainer(trainer: Any, card: CardData | None = None) -> CardDa
 # ---------------------------------------------------------------------------------------------------------------------
 # rendering
 def _model_card_data(card: CardData, base_model: str | None, tags: list[str], eval_results_: list[EvalResult] | None,
-                     model_name: str | None, datasets_: list[str] | None) -> ModelCardData:
+                     model_name: str | None, datasets_: list[str] | None, sentence_transformers: bool = False
+                     ) -> ModelCardData:
+    extra: dict[str, Any] = {}
+    if sentence_transformers and card.widget:
+        extra["widget"] = card.widget
     return ModelCardData(
-        library_name=LIBRARY_NAME,
+        library_name=ST_LIBRARY_NAME if sentence_transformers else LIBRARY_NAME,
         tags=tags,
         base_model=base_model if is_hub_id(base_model) else None,
         datasets=[d for d in (datasets_ or []) if is_hub_id(d)] or None,
@@ -490,70 +649,113 @@ def _model_card_data(card: CardData, base_model: str | None, tags: list[str], ev
         model_name=model_name if eval_results_ else None,
         license=card.license,
         language=card.language,
-        pipeline_tag="feature-extraction",
+        pipeline_tag="sentence-similarity" if sentence_transformers else "feature-extraction",
+        **extra,
     )
 
 
+def _local_paths(card: CardData) -> list[str | None]:
+    """Local paths a card must not show (scrubbed from the rendered text as a last resort)."""
+    return [card.base_model, card.train_dataset_name, card.eval_dataset_name, os.getcwd(), tempfile.gettempdir(),
+            os.path.expanduser("~")]
+
+
+def _public_card(card: CardData) -> dict[str, Any]:
+    """``card`` as the templates see it: names are Hub ids or bare folder names, never local paths."""
+    data = card.to_dict()
+    for key in ("base_model", "train_dataset_name", "eval_dataset_name"):
+        data[key] = public_name(data[key])
+    data["retriever"] = dict(data["retriever"] or {})
+    if "base_model_name_or_path" in data["retriever"]:
+        data["retriever"]["base_model_name_or_path"] = public_name(data["retriever"]["base_model_name_or_path"])
+    return data
+
+
 def render_retriever_card(card: CardData, repo_id: str | None = None, secrets: list[str] | None = None) -> str:
-    """The retriever's README.md (YAML metadata + Markdown)."""
+    """The retriever's README.md (YAML metadata + Markdown): a sentence-transformers card (unless
+    ``card.sentence_transformers`` is off) whose snippets run as written once the model is at ``repo_id``."""
     repo_id = repo_id or card.repo_id
     load_id = repo_id or card.model_name or "path/to/model"
     results = eval_results(card)
     model_name = card.model_name or (repo_id or "retriever").split("/")[-1]
     datasets_ = [d for d in (card.train_dataset_name,) if d]
-    data = _model_card_data(card, card.base_model, _tags(card, ["sentence-embeddings"]), results, model_name,
-                            datasets_)
+    extra = ST_TAGS if card.sentence_transformers else ["sentence-embeddings"]
+    base_model = public_model_id(card.base_model)
+    data = _model_card_data(card, base_model if base_model != repo_id else None, _tags(card, extra, first=True),
+                            results, model_name, datasets_, sentence_transformers=card.sentence_transformers)
     rows = card.eval_rows
     columns = eval_columns(rows)
+    c = _public_card(card)
     text = ModelCard.from_template(
         data, template_path=str(template_path(RETRIEVER_TEMPLATE)),
-        c=card.to_dict(), repo_id=repo_id, load_id=load_id, model_title=model_name,
+        c=c, repo_id=repo_id, load_id=load_id, model_title=model_name,
         eval_columns=[(name, metric_label(name)) for name in columns], eval_rows=rows,
         has_corrector=card.corrector is not None, fmt=_fmt, cost=card.reembedding_cost,
-        base_model_link=_link(card.base_model),
+        base_model_link=_link(base_model),
+        base_model_name=c["base_model"] or c["retriever"].get("base_model_name_or_path"),
+        st=card.sentence_transformers,
     ).content
-    return redact(text, secrets or known_secrets())
+    return redact(scrub_local_paths(text, _local_paths(card)), secrets or known_secrets())
+
+
+def corrector_base_model(card: CardData, retriever_repo_id: str | None, home_repo_id: str | None) -> str | None:
+    """What the corrector card names as ``base_model``: the retriever whose cache it corrects when that is another
+    repo, else the model the retriever was trained from; never the repo the corrector itself lives in."""
+    for candidate in (retriever_repo_id, public_model_id(card.base_model)):
+        if is_hub_id(candidate) and candidate != home_repo_id:
+            return candidate
+    return None
 
 
 def render_corrector_card(card: CardData, retriever_repo_id: str | None = None, repo_id: str | None = None,
                           subfolder: str | None = None, secrets: list[str] | None = None) -> str:
-    """The corrector's README.md; ``base_model`` names the retriever whose cache it corrects.
+    """The corrector's README.md; ``base_model`` names the retriever whose cache it corrects (or, in the retriever's
+    own repo, the retriever's base model), never the corrector's own repo.
 
     ``repo_id``/``subfolder``: where the corrector lives (its own repo, or ``corrector/`` in the retriever's).
     """
     retriever_repo_id = retriever_repo_id or card.repo_id
+    home = repo_id or (retriever_repo_id if subfolder else None)
     load_id = repo_id or retriever_repo_id or card.model_name or "path/to/model"
-    title = f"Corrector network for {retriever_repo_id or card.model_name or 'a dense retriever'}"
-    data = _model_card_data(card, retriever_repo_id, _tags(card, ["corrector"]), None, None,
+    retriever_load_id = retriever_repo_id if is_hub_id(retriever_repo_id) else (load_id if subfolder else None)
+    title = f"Corrector network for {public_name(retriever_repo_id) or card.model_name or 'a dense retriever'}"
+    base_model = corrector_base_model(card, retriever_repo_id, home)
+    data = _model_card_data(card, base_model, _tags(card, ["corrector"]), None, None,
                             [d for d in (card.train_dataset_name,) if d])
     text = ModelCard.from_template(
         data, template_path=str(template_path(CORRECTOR_TEMPLATE)),
-        c=card.to_dict(), retriever_repo_id=retriever_repo_id, load_id=load_id, subfolder=subfolder,
-        model_title=title, fmt=_fmt, retriever_link=_link(retriever_repo_id),
+        c=_public_card(card), retriever_repo_id=retriever_repo_id, load_id=load_id, subfolder=subfolder,
+        retriever_load_id=retriever_load_id, model_title=title, fmt=_fmt, retriever_link=_link(retriever_repo_id),
     ).content
-    return redact(text, secrets or known_secrets())
+    return redact(scrub_local_paths(text, _local_paths(card)), secrets or known_secrets())
 
 
 def _link(repo_id: str | None) -> str | None:
     if not repo_id:
         return None
-    return f"[`{repo_id}`](https://huggingface.co/{repo_id})" if is_hub_id(repo_id) else f"`{repo_id}`"
+    name = public_name(repo_id)
+    return f"[`{name}`](https://huggingface.co/{name})" if is_hub_id(repo_id) else f"`{name}` (a local folder)"
 
 
 __all__ = [
     "CITATIONS",
-    "CardData",
     "LIBRARY_NAME",
     "TAGS",
+    "CardData",
     "card_data_from_trainer",
     "citations_for",
+    "corrector_base_model",
     "describe_strategy",
     "eval_results",
     "eval_rows_from_history",
     "is_hub_id",
     "non_default_hyperparameters",
+    "public_model_id",
+    "public_name",
     "redact",
     "render_corrector_card",
     "render_retriever_card",
+    "scrub_local_paths",
+    "strategy_and_citations",
     "template_path",
 ]

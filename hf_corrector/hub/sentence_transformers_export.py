@@ -1,26 +1,33 @@
-"""Export a :class:`~hf_corrector.RetrieverModel` as a sentence-transformers model folder.
+"""Write a :class:`~hf_corrector.RetrieverModel` as a sentence-transformers model.
 
-The folder has the classic layout every sentence-transformers version loads::
+:meth:`RetrieverModel.save_pretrained` (so also ``trainer.save_model`` and every push) writes this layout next to
+its own files, which makes every saved or published retriever a sentence-transformers model:
+``SentenceTransformer(folder_or_repo)`` loads it **without hf-corrector installed**, and
+``RetrieverModel.from_pretrained`` / ``AutoModel.from_pretrained`` (after ``import hf_corrector``) keep reading
+the root ``config.json`` / ``model.safetensors``. The ``Transformer`` module therefore lives in a subfolder (the
+root ``config.json`` is the retriever's), which costs a second copy of the encoder weights::
 
-    config.json, model.safetensors, tokenizer files   the backbone (module 0: Transformer), saved at the root
-    sentence_bert_config.json                         max_seq_length
+    config.json, model.safetensors, tokenizer files   RetrieverModel (hf-corrector)
+    modules.json, config_sentence_transformers.json   module list; prompts (query / document prefixes), similarity
+    0_Transformer/                                    the backbone, its tokenizer, sentence_bert_config.json
     1_Pooling/config.json                             mean | cls | last-token pooling
     2_Normalize/                                      only when the retriever L2-normalises
-    modules.json, config_sentence_transformers.json   module list; prompts (query / document prefixes), similarity
+    corrector/                                        the corrector network (hf-corrector only)
 
-``SentenceTransformer(path).encode(texts)`` then returns ``retriever.encode_targets(texts)``, and with prefixes
-``encode_query`` / ``encode_document`` (prompts ``query`` / ``document``) match ``encode_queries`` /
-``encode_targets``. sentence-transformers is not needed to export, only to load.
+A retriever with **separate towers** is written with sentence-transformers' asymmetric ``Router`` module
+(sentence-transformers >= 5.0): ``router_config.json`` at the root and ``query_0_Transformer/`` /
+``document_0_Transformer/``; ``encode_query`` and ``encode_document`` then use the matching tower, each with its
+own max length, and plain ``encode`` uses the document tower.
 
-Caveats:
-    * A SentenceTransformer has one encoder: a retriever with separate towers raises unless ``tower`` picks one.
-    * One ``max_seq_length`` for both sides: the exported side's max length (documents by default). Queries longer
-      than that are truncated differently than by ``encode_queries`` (which uses ``query_max_length``).
+:func:`export_sentence_transformers` writes the classic standalone layout (Transformer at the root) for a folder
+that only sentence-transformers has to read. sentence-transformers is not needed to write either, only to load.
+
+Caveat (shared towers): one ``max_seq_length`` for both sides, the document one (``target_max_length``); queries
+longer than ``query_max_length`` are truncated later by ``encode_query`` than by ``encode_queries``.
 
 Example:
-    >>> from hf_corrector.hub import export_sentence_transformers  # doctest: +SKIP
-    >>> export_sentence_transformers(retriever, "st-model")  # doctest: +SKIP
-    >>> SentenceTransformer("st-model").encode(["a document"])  # doctest: +SKIP
+    >>> retriever.save_pretrained("out/final")  # doctest: +SKIP
+    >>> SentenceTransformer("out/final").encode_query(["a query"])  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -28,17 +35,25 @@ from __future__ import annotations
 import copy
 import importlib.metadata
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from ..models.retriever import RetrieverModel
 
-ST_MIN_VERSION_WRITTEN = "2.2.0"  # the layout below is read by sentence-transformers >= 2.2
+logger = logging.getLogger(__name__)
+
+ST_MIN_VERSION_WRITTEN = "2.2.0"  # the single-tower layout below is read by sentence-transformers >= 2.2
+ST_ROUTER_MIN_VERSION = "5.0.0"  # Router (asymmetric towers) came with sentence-transformers 5.0
+#: the Transformer module's folder inside a saved retriever (the root holds the retriever's own config.json)
+TRANSFORMER_DIR = "0_Transformer"
+#: module types as every sentence-transformers version resolves them (v6 maps the old paths to the new modules)
+_TYPES = {name: f"sentence_transformers.models.{name}" for name in ("Transformer", "Pooling", "Normalize", "Router")}
 
 
 def _version(dist: str, default: str) -> str:
@@ -48,63 +63,86 @@ def _version(dist: str, default: str) -> str:
         return default
 
 
-def _plain_encoder(encoder):
+def _plain_encoder(encoder: Any) -> Any:
     """The encoder as a plain ``transformers`` model (PEFT adapters merged into a copy)."""
     if hasattr(encoder, "merge_and_unload"):
         return copy.deepcopy(encoder).merge_and_unload()
     return encoder
 
 
-def export_sentence_transformers(
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def _write_transformer(encoder: Any, tokenizer: Any, folder: Path, max_length: int, safe_serialization: bool) -> None:
+    """A sentence-transformers ``Transformer`` module: backbone, tokenizer and ``sentence_bert_config.json``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _plain_encoder(encoder).save_pretrained(folder, safe_serialization=safe_serialization)
+    tokenizer.save_pretrained(folder)
+    _write_json(folder / "sentence_bert_config.json", {"max_seq_length": int(max_length), "do_lower_case": False})
+
+
+def _check_tower(retriever: RetrieverModel, tower: str | None) -> str:
+    """``"both"`` (shared towers or a Router), ``"query"`` or ``"target"`` (one tower of two exported alone)."""
+    if tower not in (None, "query", "target"):
+        raise ConfigError(f"tower must be 'query', 'target' or None, got {tower!r}")
+    separate = retriever.query_encoder is not None and not retriever.config.shared_towers
+    if not separate or tower is None:
+        return "both"
+    other = "query" if tower == "target" else "target"
+    warnings.warn(f"exporting only the {tower} tower of a retriever with separate towers; the {other} tower is "
+                  "not exported", UserWarning, stacklevel=3)
+    return tower
+
+
+def write_sentence_transformers_files(
     retriever: RetrieverModel,
     path: str | os.PathLike,
     tower: Literal["query", "target"] | None = None,
+    transformer_dir: str = TRANSFORMER_DIR,
     safe_serialization: bool = True,
 ) -> Path:
-    """Write ``retriever`` as a sentence-transformers folder at ``path`` and return the path.
+    """Write the sentence-transformers modules of ``retriever`` into ``path`` (see the module docstring).
 
     Args:
         retriever: a :class:`RetrieverModel` with a tokenizer.
-        path: the output folder (created; existing files of the same names are overwritten).
-        tower: for a retriever with separate towers, ``"target"`` (documents) or ``"query"`` exports that encoder
-            (with a warning: the other side is lost); ignored for shared towers.
-        safe_serialization: save weights as safetensors.
+        path: the folder (created); files of the same names are overwritten, nothing else is touched.
+        tower: for separate towers, export only ``"query"`` or ``"target"`` as a plain single-encoder model (with a
+            warning); ``None`` writes both towers behind a ``Router``. Ignored for shared towers.
+        transformer_dir: folder of the single ``Transformer`` module (``""``: the root, for a standalone export).
+        safe_serialization: safetensors weights.
 
     Raises:
-        ConfigError: separate towers without ``tower``, no tokenizer, or an unknown ``tower``.
+        ConfigError: no tokenizer, or an unknown ``tower``.
     """
     cfg = retriever.config
     if retriever.tokenizer is None:
         raise ConfigError("the retriever has no tokenizer to export; set `retriever.tokenizer` first")
-    if tower not in (None, "query", "target"):
-        raise ConfigError(f"tower must be 'query', 'target' or None, got {tower!r}")
-    separate = retriever.query_encoder is not None and not cfg.shared_towers
-    if separate and tower is None:
-        raise ConfigError(
-            "this retriever has separate query and document towers, but a SentenceTransformer has a single encoder. "
-            "Pass tower='target' to export the document encoder (or tower='query' for the query encoder); the other "
-            "tower is not exported."
-        )
-    if separate:
-        other = "query" if tower == "target" else "target"
-        warnings.warn(f"exporting only the {tower} tower of a retriever with separate towers; the {other} tower is "
-                      "not exported", UserWarning, stacklevel=2)
-        side = tower
-    else:
-        side = "both"
-    encoder = _plain_encoder(retriever.tower("query" if side == "query" else "target"))
-
+    side = _check_tower(retriever, tower)
+    router = side == "both" and retriever.query_encoder is not None and not cfg.shared_towers
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    encoder.save_pretrained(path, safe_serialization=safe_serialization)
-    retriever.tokenizer.save_pretrained(path)
 
-    max_length = cfg.query_max_length if side == "query" else cfg.target_max_length
-    (path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": int(max_length),
-                                                                "do_lower_case": False}, indent=2))
-    pooling_dir = path / "1_Pooling"
-    pooling_dir.mkdir(exist_ok=True)
-    (pooling_dir / "config.json").write_text(json.dumps({
+    if router:
+        _write_transformer(retriever.tower("query"), retriever.tokenizer, path / "query_0_Transformer",
+                           cfg.query_max_length, safe_serialization)
+        _write_transformer(retriever.tower("target"), retriever.tokenizer, path / "document_0_Transformer",
+                           cfg.target_max_length, safe_serialization)
+        _write_json(path / "router_config.json", {
+            "types": {"query_0_Transformer": _TYPES["Transformer"], "document_0_Transformer": _TYPES["Transformer"]},
+            "structure": {"query": ["query_0_Transformer"], "document": ["document_0_Transformer"]},
+            "parameters": {"default_route": "document", "allow_empty_key": True, "route_mappings": {}},
+        })
+        modules = [{"idx": 0, "name": "0", "path": "", "type": _TYPES["Router"]}]
+    else:
+        encoder = retriever.tower("query" if side == "query" else "target")
+        max_length = cfg.query_max_length if side == "query" else cfg.target_max_length
+        _write_transformer(encoder, retriever.tokenizer, path / transformer_dir if transformer_dir else path,
+                           max_length, safe_serialization)
+        modules = [{"idx": 0, "name": "0", "path": transformer_dir, "type": _TYPES["Transformer"]}]
+
+    (path / "1_Pooling").mkdir(exist_ok=True)
+    _write_json(path / "1_Pooling" / "config.json", {
         "word_embedding_dimension": retriever.embedding_dim,
         "pooling_mode_cls_token": cfg.pooling == "cls",
         "pooling_mode_mean_tokens": cfg.pooling == "mean",
@@ -113,31 +151,49 @@ def export_sentence_transformers(
         "pooling_mode_weightedmean_tokens": False,
         "pooling_mode_lasttoken": cfg.pooling == "last",
         "include_prompt": True,  # a prefix is part of the text, as in RetrieverModel.tokenize
-    }, indent=2))
-    modules = [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-    ]
+    })
+    modules.append({"idx": 1, "name": "1", "path": "1_Pooling", "type": _TYPES["Pooling"]})
     if cfg.normalize:
         (path / "2_Normalize").mkdir(exist_ok=True)
-        modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
-                        "type": "sentence_transformers.models.Normalize"})
-    (path / "modules.json").write_text(json.dumps(modules, indent=2))
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": _TYPES["Normalize"]})
+    _write_json(path / "modules.json", modules)
 
     prompts = {}
-    if side in ("both", "query") and cfg.query_prefix:
-        prompts["query"] = cfg.query_prefix
-    if side in ("both", "target") and cfg.target_prefix:
-        prompts["document"] = cfg.target_prefix
-    st_config = {
-        "__version__": {"sentence_transformers": _version("sentence-transformers", ST_MIN_VERSION_WRITTEN),
-                        "transformers": _version("transformers", "unknown"), "pytorch": _version("torch", "unknown")},
+    if side in ("both", "query"):
+        prompts["query"] = cfg.query_prefix or ""
+    if side in ("both", "target"):
+        prompts["document"] = cfg.target_prefix or ""
+    written_by = _version("sentence-transformers", ST_ROUTER_MIN_VERSION if router else ST_MIN_VERSION_WRITTEN)
+    _write_json(path / "config_sentence_transformers.json", {
+        "__version__": {"sentence_transformers": written_by, "transformers": _version("transformers", "unknown"),
+                        "pytorch": _version("torch", "unknown")},
+        "model_type": "SentenceTransformer",
         "prompts": prompts,
-        "default_prompt_name": None,
+        # plain encode() is encode_document(), as it is encode_targets() here (it also takes the document route)
+        "default_prompt_name": "document" if prompts.get("document") else None,
         "similarity_fn_name": "cosine" if cfg.normalize else "dot",
-    }
-    (path / "config_sentence_transformers.json").write_text(json.dumps(st_config, indent=2))
+    })
+    logger.debug("wrote the sentence-transformers modules of the retriever into %s", path)
     return path
 
 
-__all__ = ["export_sentence_transformers"]
+def export_sentence_transformers(
+    retriever: RetrieverModel,
+    path: str | os.PathLike,
+    tower: Literal["query", "target"] | None = None,
+    safe_serialization: bool = True,
+) -> Path:
+    """Write ``retriever`` as a standalone sentence-transformers folder (Transformer at the root); return the path.
+
+    A retriever saved with ``save_pretrained`` already loads with ``SentenceTransformer``; use this for a folder
+    without the hf-corrector files. Separate towers are written behind a ``Router`` unless ``tower`` picks one.
+
+    Example:
+        >>> export_sentence_transformers(retriever, "st-model")  # doctest: +SKIP
+        >>> SentenceTransformer("st-model").encode(["a document"])  # doctest: +SKIP
+    """
+    return write_sentence_transformers_files(retriever, path, tower=tower, transformer_dir="",
+                                             safe_serialization=safe_serialization)
+
+
+__all__ = ["TRANSFORMER_DIR", "export_sentence_transformers", "write_sentence_transformers_files"]

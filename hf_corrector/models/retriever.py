@@ -219,11 +219,37 @@ class RetrieverModel(PreTrainedModel):
             logger.info("no tokenizer saved with %s", pretrained_model_name_or_path)
         return model
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """Save weights (safetensors), config and the tokenizer."""
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, sentence_transformers: bool = True,
+                        **kwargs) -> None:
+        """Save weights (safetensors), config, the tokenizer and the sentence-transformers modules.
+
+        With a tokenizer and ``sentence_transformers=True`` (default) the folder is also a sentence-transformers
+        model: ``SentenceTransformer(folder)`` encodes like :meth:`encode_queries` / :meth:`encode_targets`, without
+        hf-corrector (see :mod:`hf_corrector.hub.sentence_transformers_export`; it costs a second copy of the encoder
+        weights, in ``0_Transformer/``). ``push_to_hub=True`` pushes the whole folder, extra files included.
+
+        Example:
+            >>> retriever.save_pretrained("out/final")  # doctest: +SKIP
+            >>> SentenceTransformer("out/final").encode_query(["a query"])  # doctest: +SKIP
+        """
+        push = kwargs.pop("push_to_hub", False)
+        hub_kwargs = {k: kwargs.pop(k) for k in ("repo_id", "commit_message", "commit_description", "private", "token",
+                                                 "revision", "create_pr") if k in kwargs}
         super().save_pretrained(save_directory, *args, **kwargs)
-        if self.tokenizer is not None and kwargs.get("is_main_process", True):
+        if not kwargs.get("is_main_process", True):
+            return
+        if self.tokenizer is not None:
             self.tokenizer.save_pretrained(save_directory)
+            if sentence_transformers:
+                from ..hub.sentence_transformers_export import write_sentence_transformers_files
+
+                write_sentence_transformers_files(self, save_directory,
+                                                  safe_serialization=kwargs.get("safe_serialization", True))
+        elif sentence_transformers:
+            logger.info("no tokenizer: %s is not written as a sentence-transformers model", save_directory)
+        if push:  # after every file is written (PreTrainedModel would push before the tokenizer and modules)
+            repo_id = hub_kwargs.pop("repo_id", Path(save_directory).name)
+            self.push_to_hub(repo_id, **hub_kwargs)
 
     # -- encoding ----------------------------------------------------------------------------------------------
     @property

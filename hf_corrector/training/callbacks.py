@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from transformers import TrainerCallback
+from transformers.trainer_callback import CallbackHandler
 
 logger = logging.getLogger(__name__)
 
@@ -119,3 +120,14 @@ class CorrectorFallbackCallback(TrainerCallback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.bad_steps = int(state.get("bad_steps", 0))
         self.transform.bypassed = bool(state.get("bypassed", False))
+
+
+class RetrieverCallbackHandler(CallbackHandler):
+    """Trainer's callback handler, except that callbacks get the retriever (``encode_*``, ``save_pretrained``,
+    ``config``) as ``model`` instead of the trainer's internal wrapper, whatever Trainer assigns (it re-assigns
+    ``model`` when training starts, possibly DDP-wrapped)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "model" and value is not None:
+            value = getattr(getattr(value, "module", value), "retriever", value)
+        super().__setattr__(name, value)

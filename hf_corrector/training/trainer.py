@@ -37,18 +37,22 @@ import datasets
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import rotate_checkpoints
+from transformers.trainer_utils import PredictionOutput, rotate_checkpoints
 
 from ..cache import StaleCache
 from ..cache.manager import CacheManager
 from ..data.format import RetrievalData
 from ..errors import CacheMismatchError, ConfigError, NonFiniteError
-from ..evaluation.evaluator import RetrievalEvaluator
-from ..hub.callbacks import ModelCardCallback, push_checkpoint, write_model_cards
+from ..evaluation.evaluator import CorpusEmbeddings, RetrievalEvaluator, documents_outside
+from ..evaluation.metrics import exact_search
+from ..hub.callbacks import ModelCardCallback
+from ..hub.cards import public_model_id
+from ..hub.trainer_mixin import CorrectorHubMixin
 from ..models.corrector import CorrectorConfig, CorrectorModel
 from ..models.retriever import RetrieverModel, load_retriever
 from ..negatives import NegativeSampler, SamplerContext, TrainingExamples, build_miner, build_sampler
-from .callbacks import CacheRefreshCallback, CorrectorFallbackCallback, CorrectorHealth, SamplerMaintenanceCallback
+from .callbacks import (CacheRefreshCallback, CorrectorFallbackCallback, CorrectorHealth, RetrieverCallbackHandler,
+                        SamplerMaintenanceCallback)
 from .checkpoints import (finish_if_complete, last_complete_checkpoint, remove_checkpoint_marker, verify_checkpoint,
                           write_checkpoint_marker)
 from .collator import CorrectorDataCollator
@@ -86,8 +90,15 @@ class CorrectorTrainingModel(nn.Module):
             result["corrected_embeddings"] = self.corrector(stale_target_embeddings)
         return result
 
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None,
+                                        every_n_layers: int = 1, offload: bool = False) -> None:
+        """What ``TrainingArguments(gradient_checkpointing=True)`` calls: checkpoint the encoder tower(s)."""
+        for tower in (self.retriever.encoder, self.retriever.query_encoder):
+            if tower is not None:
+                tower.activation_checkpointing_enable(activation_checkpointing_kwargs, every_n_layers, offload)
 
-class CorrectorTrainer(Trainer):
+
+class CorrectorTrainer(CorrectorHubMixin, Trainer):
     """A :class:`~transformers.Trainer` for dual encoders with a stale cache and a corrector network.
 
     Args (beyond ``Trainer``'s):
@@ -124,6 +135,10 @@ class CorrectorTrainer(Trainer):
         args = args if args is not None else CorrectorTrainingArguments("corrector-trainer-output")
         if not isinstance(args, CorrectorTrainingArguments):
             raise ConfigError("args must be CorrectorTrainingArguments")
+        if compute_metrics is not None or preprocess_logits_for_metrics is not None:
+            raise ConfigError("CorrectorTrainer computes retrieval metrics itself (nDCG@10, Recall@10/100, MRR@10 over "
+                              "the whole corpus) in evaluate(); compute_metrics / preprocess_logits_for_metrics would "
+                              "never be called: drop them, or subclass and override retrieval_metrics()")
         retriever = _prepare_retriever(model, processing_class, peft_config)
         self.uses_peft = peft_config is not None
 
@@ -147,6 +162,9 @@ class CorrectorTrainer(Trainer):
                          optimizers=optimizers, optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
                          preprocess_logits_for_metrics=preprocess_logits_for_metrics)
         check_distributed_setup(self.accelerator)  # N processes that do not form one run would train N models
+        self._eval_data = eval_dataset
+        self.callback_handler = RetrieverCallbackHandler(self.callback_handler.callbacks, self.model, retriever.tokenizer,
+                                                         self.optimizer, self.lr_scheduler)  # callbacks see the retriever
         self._metrics: dict[str, list[float]] = defaultdict(list)
 
         from_checkpoint = cache is None and bool(args.resume_from_checkpoint)
@@ -325,48 +343,70 @@ class CorrectorTrainer(Trainer):
     # ---------------------------------------------------------------------------------------------------------------
     # evaluation
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        """nDCG@10, Recall@10/100 and MRR@10 of held-out queries over the whole corpus.
-
-        ``eval_corpus_embeddings`` picks the corpus representation(s): ``fresh`` (re-encoded now; its metrics carry
-        no infix), ``stale`` (the cache) and ``corrected`` (the score transform applied to the cache), side by side.
-        """
-        queries = eval_dataset.queries if isinstance(eval_dataset, RetrievalData) else eval_dataset
-        queries = queries if queries is not None else self.eval_queries
+        """nDCG@10, Recall@10/100 and MRR@10 of held-out queries over the whole corpus (a dict of datasets: each,
+        prefixed ``{prefix}_{name}``). ``eval_corpus_embeddings`` picks the corpus representation(s): ``fresh``
+        (re-encoded now; no infix), ``stale`` (the cache) and ``corrected`` (the transformed cache), side by side.
+        Held-out positives outside the training corpus are searched too (``fresh``; taken from the evaluation
+        data's corpus)."""
+        data = eval_dataset if eval_dataset is not None else self._eval_data
+        if isinstance(data, str) and isinstance(self._eval_data, dict):  # Trainer's "name of one of the datasets"
+            data, metric_key_prefix = self._eval_data[data], f"{metric_key_prefix}_{data}"
+        if isinstance(data, dict):
+            return {k: v for name, part in data.items() for k, v in
+                    self.evaluate(part, ignore_keys, f"{metric_key_prefix}_{name}").items()}
+        queries = data.queries if isinstance(data, RetrievalData) else data
         if queries is None:
             raise ConfigError("evaluate() needs an eval_dataset (RetrievalData or a queries Dataset)")
-        metrics = self.retrieval_metrics(queries, self.args.eval_corpus_list, prefix=metric_key_prefix)
+        extra = documents_outside(queries, self.doc_index, data.corpus if isinstance(data, RetrievalData) else None)
+        metrics = self.retrieval_metrics(queries, self.args.eval_corpus_list, prefix=metric_key_prefix, extra=extra)
         metrics[f"{metric_key_prefix}_reembedding_cost"] = self.total_reembedding_cost()
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics=metrics)
         return metrics
 
-    def corpus_embeddings(self, kind: str) -> torch.Tensor:
-        """The corpus as ``fresh`` (re-encoded), ``stale`` (the cache) or ``corrected`` (transformed cache) rows."""
-        if kind == "fresh":
-            return self.cache_manager.encode_corpus("encoding the corpus for evaluation")
-        transform = self.sampler.transform.function(self.state.global_step) if kind == "corrected" else None
-        cache = self.cache_manager.gathered()  # sharded: the shards gathered (every rank calls it)
-        if transform is None:
-            return cache.matrix().float()
-        with torch.no_grad():
-            return torch.cat([transform(chunk).float().cpu() for _, chunk in
-                              cache.iter_chunks(self.args.corrector_chunk_size)])
-
-    def retrieval_metrics(self, queries: datasets.Dataset, kinds: list[str], prefix: str = "eval") -> dict[str, float]:
+    def predict(self, test_dataset, ignore_keys=None, metric_key_prefix: str = "test") -> PredictionOutput:
+        """Retrieval as ``Trainer.predict`` returns it: ``predictions`` (Q, 100) corpus rows ranked for each query
+        (fresh embeddings) and ``metrics`` as :meth:`evaluate` computes them (``test_`` prefix)."""
+        queries = test_dataset.queries if isinstance(test_dataset, RetrievalData) else test_dataset
         q = self.retriever.encode_queries(list(queries["query"]), batch_size=self.args.eval_batch_size_encode,
                                           max_length=self.args.query_max_length, device=self.args.device)
-        return RetrievalEvaluator(queries, self.doc_ids)(q, self.corpus_embeddings, kinds, prefix=prefix)
+        _, rows = exact_search(q, self.corpus_embeddings("fresh"), 100)
+        return PredictionOutput(rows.numpy(), None, self.evaluate(test_dataset, ignore_keys, metric_key_prefix))
+
+    def corpus_embeddings(self, kind: str, extra: tuple[list[str], list[str]] = ([], [])) -> torch.Tensor:
+        """The corpus as ``fresh``, ``stale`` or ``corrected`` rows (see :class:`CorpusEmbeddings`)."""
+        return CorpusEmbeddings(self.cache_manager, self.sampler.transform.function,
+                                self.args.corrector_chunk_size)(kind, self.state.global_step, extra)
+
+    def retrieval_metrics(self, queries: datasets.Dataset, kinds: list[str], prefix: str = "eval",
+                          extra: tuple[list[str], list[str]] = ([], [])) -> dict[str, float]:
+        q = self.retriever.encode_queries(list(queries["query"]), batch_size=self.args.eval_batch_size_encode,
+                                          max_length=self.args.query_max_length, device=self.args.device)
+        evaluator = RetrievalEvaluator(queries, self.doc_ids + extra[0])
+        return evaluator(q, lambda kind: self.corpus_embeddings(kind, extra), kinds, prefix=prefix)
 
     # ---------------------------------------------------------------------------------------------------------------
     # saving and resuming
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Trainer's ``save_model`` (call it on every process, as Trainer's checkpoints do); with a sharded cache the
+        shards are gathered first (a collective) so that the main process saves one whole cache."""
+        self._cache_to_save = self.cache_manager.gathered(main_only=True)
+        try:
+            super().save_model(output_dir, _internal_call)
+        finally:
+            self._cache_to_save = None
+
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """Save the retriever, ``corrector/`` and the arguments, written aside and then moved into place."""
         if self.args.should_save:
             publish_model(Path(output_dir or self.args.output_dir), self._save_model_files)
 
     def _save_model_files(self, output_dir: str) -> None:
+        """The retriever, ``corrector/``, the arguments, the cost and the cache (``stale_cache/``: what continuing
+        training needs; ``StaleCache.load(output_dir + "/stale_cache")``)."""
         save_model_files(output_dir, self.retriever, self.corrector, self.uses_peft, self.args.to_json_string(),
                          {**self.cost, "total": self.total_reembedding_cost(), "num_docs": len(self.doc_ids)})
+        (getattr(self, "_cache_to_save", None) or self.cache).save(Path(output_dir) / CACHE_DIR)
 
     def _save_checkpoint(self, model, trial):
         """Trainer's checkpoint plus the cache and this trainer's extra state (cost, sampler state). The folder is
@@ -381,10 +421,8 @@ class CorrectorTrainer(Trainer):
             self.args.save_total_limit = limit
         if self.accelerator.num_processes > 1:
             self.accelerator.wait_for_everyone()  # every rank's files are written before the marker
-        cache = self.cache_manager.gathered(main_only=True)  # sharded: the shards gathered (every rank calls it)
         if not self.args.should_save or not folder.exists():
             return
-        cache.save(folder / CACHE_DIR)
         sampler_state, tensors = self.sampler.state_dict()
         save_extra_state(folder, {"cost": self.cost, "fallback": self.fallback_callback.state_dict(),
                                   "sampler": sampler_state, "global_step": self.state.global_step}, tensors)
@@ -434,30 +472,6 @@ class CorrectorTrainer(Trainer):
                                        "reembedding_total": total, "step": self.state.global_step})
         return result
 
-    # ---------------------------------------------------------------------------------------------------------------
-    # Hub
-    @property
-    def model_card_data(self):
-        """The :class:`~hf_corrector.hub.CardData` of the cards (set ``license``, ``cache_repo_id``... on it)."""
-        return self.model_card_callback.card_data
-
-    def create_model_card(self, language=None, license=None, tags=None, model_name=None, finetuned_from=None,
-                          tasks=None, dataset_tags=None, dataset=None, dataset_args=None, **kwargs) -> None:
-        """Our retriever card in ``output_dir/README.md`` and the corrector card in ``output_dir/corrector/README.md``."""
-        if self.is_world_process_zero():
-            write_model_cards(self, self.args.output_dir, language=language, license=license, tags=tags,
-                              model_name=model_name, finetuned_from=finetuned_from, dataset=dataset)
-
-    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
-        """Deferred to the end of ``_save_checkpoint`` (the cache and marker are written after Trainer calls this);
-        see :func:`hf_corrector.hub.callbacks.push_checkpoint`."""
-        self._pending_hub_push = checkpoint_folder
-
-    def _push_pending_checkpoint(self) -> None:
-        folder, self._pending_hub_push = getattr(self, "_pending_hub_push", None), None
-        if folder is not None and os.path.isdir(folder):
-            push_checkpoint(self, folder)
-
 
 def _prepare_corrector(corrector, retriever: RetrieverModel, args, corrector_class) -> CorrectorModel | None:
     """The corrector to train: loaded, given, or built from the arguments (None when no corrector trains)."""
@@ -469,7 +483,8 @@ def _prepare_corrector(corrector, retriever: RetrieverModel, args, corrector_cla
     if corrector is None and trains_corrector:
         corrector = corrector_class(CorrectorConfig(
             embedding_dim=retriever.embedding_dim, architecture=args.correction, hidden_dim=args.corrector_hidden_dim,
-            num_layers=args.corrector_num_layers, retriever_name_or_path=retriever.config.base_model_name_or_path))
+            num_layers=args.corrector_num_layers,
+            retriever_name_or_path=public_model_id(retriever.config.base_model_name_or_path)))
     if corrector is not None and corrector.config.embedding_dim != retriever.embedding_dim:
         raise CacheMismatchError(f"corrector dimension {corrector.config.embedding_dim} != retriever dimension "
                                  f"{retriever.embedding_dim}")

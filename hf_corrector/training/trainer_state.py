@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import CacheMismatchError
+from ..hub.cards import public_model_id
 from .checkpoints import publish_dir
 from .peft_utils import load_peft_retriever, save_peft_retriever
 
@@ -63,7 +64,7 @@ def save_model_files(output_dir: str, retriever: Any, corrector: Any, uses_peft:
     else:
         retriever.save_pretrained(output_dir)
     if corrector is not None:
-        corrector.config.retriever_name_or_path = retriever.config.base_model_name_or_path
+        corrector.config.retriever_name_or_path = public_model_id(retriever.config.base_model_name_or_path)
         corrector.save_pretrained(os.path.join(output_dir, "corrector"))
     Path(output_dir, "training_args.json").write_text(args_json)
     Path(output_dir, "reembedding_cost.json").write_text(json.dumps(cost, indent=2))
