@@ -169,11 +169,12 @@ class CorrectorTrainingArguments(TrainingArguments):
                           "or tele_negatives)."},
     )
     corrected_view_steps: int = field(
-        default=0,
+        default=10,
         metadata={"help": "Amortised correction for correction='mlp': materialise the corrected view h(g') of the "
                           "cache (in the cache's dtype, or scoring_dtype) with a frozen copy of h taken every M steps "
                           "and scan it between recomputations, instead of applying h to every row every step. "
-                          "0 = apply h every step."},
+                          "0 = apply h every step. Default 10: on S2r (20 steps) and S2L (60 steps), 3 seeds, M = 10 "
+                          "stays within seed noise of M = 1 (BENCHMARKS.md) at a tenth of the correction work."},
     )
     scoring_dtype: str = field(
         default="float32",
