@@ -139,8 +139,8 @@ def trainer_kwargs(row: str, args) -> dict:
     elif row.startswith("corrector"):
         kw.update(correction="mlp", corrector_loss={"corrector_ce": "ce", "corrector_mse": "mse"}.get(row, "ce+mse"),
                   corrector_learning_rate=args.corrector_lr)
-        if row.startswith("corrector_view"):
-            kw["corrected_view_steps"] = int(row[len("corrector_view"):])
+        # the stored corrector rows correct every row at every step; corrector_view<M> rows amortise over M steps
+        kw["corrected_view_steps"] = int(row[len("corrector_view"):]) if row.startswith("corrector_view") else 0
     elif row == "nystrom":  # landmarks re-encoded at step 0 and every 2T/3 steps (library default 512 landmarks)
         kw.update(correction="nystrom", nystrom_refit_steps=max(1, math.ceil(2 * args.steps / 3)))
     elif row == "tele":
