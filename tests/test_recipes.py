@@ -83,7 +83,7 @@ def test_full_run_on_local_tevatron_layout(tmp_path: Path) -> None:
     from huggingface_hub import ModelCard
 
     card = ModelCard.load(out / "README.md")
-    assert card.data.library_name == "hf-corrector"
+    assert card.data.library_name == "sentence-transformers"  # the retriever is a sentence-transformers model
     assert "corrector" in ModelCard.load(out / "corrector" / "README.md").content.lower()
     assert "StaleCache.load" in (out / "stale_cache" / "README.md").read_text()
 
