@@ -406,7 +406,8 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
         training needs; ``StaleCache.load(output_dir + "/stale_cache")``)."""
         save_model_files(output_dir, self.retriever, self.corrector, self.uses_peft, self.args.to_json_string(),
                          {**self.cost, "total": self.total_reembedding_cost(), "num_docs": len(self.doc_ids)})
-        (getattr(self, "_cache_to_save", None) or self.cache).save(Path(output_dir) / CACHE_DIR)
+        cache = getattr(self, "_cache_to_save", None)  # sharded: the gathered cache (see save_model)
+        (cache if cache is not None else self.cache).save(Path(output_dir) / CACHE_DIR)
 
     def _save_checkpoint(self, model, trial):
         """Trainer's checkpoint plus the cache and this trainer's extra state (cost, sampler state). The folder is
