@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from _common import PeakRSS, write_json_atomic  # noqa: E402
+from _common import PeakRSS, write_json_atomic
 
 
 def parse_args(argv=None):
@@ -177,23 +177,22 @@ def part_selection(args, res):
     for b_all in (32, 64):
         q_all = torch.nn.functional.normalize(torch.randn(b_all, d, generator=g), dim=-1)
         ex_all = [[i] for i in range(b_all)]
-        t, _ = best(lambda: select_negatives(q_all, view, k, exclude=ex_all, num_rows=n), 2)
+        t, _ = best(lambda q_all=q_all, ex_all=ex_all: select_negatives(q_all, view, k, exclude=ex_all, num_rows=n), 2)
         tg, _ = best(lambda: a @ w, 3)
         out[f"scan_float32_{b_all}q_fraction_of_gemm"] = (2 * n * d * b_all / t) / (2 * 8192 * d * 2 * d / tg)
-    t_today, today_all = best(lambda: select_negatives(q, cache, k, exclude=excl, num_rows=n,
+    t_today, _ = best(lambda: select_negatives(q, cache, k, exclude=excl, num_rows=n,
                                                        transform=_apply_eval(h)), 1)
     out.update(per_step_corrected_s=t_today, per_step_corrected_fraction_of_gemm=(flops_h + 2 * n * d * b) / t_today / 1e9 / gemm)
     res["selection"] = out
 
 
 def part_step(args, res):
-    import torch
+
+    from quality import default_model
+    from transformers import TrainerCallback
 
     from hf_corrector import CorrectorTrainer, CorrectorTrainingArguments, RetrieverModel, StaleCache
     from hf_corrector.data import load_beir
-    from quality import default_model
-
-    from transformers import TrainerCallback
 
     times = []
 
@@ -288,8 +287,6 @@ def rank_worker(cache_path: str, mode: str, out_json: str, steps: int, queries: 
 
 
 def part_sharded(args, res):
-    import torch
-
     from hf_corrector import StaleCache
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="scale_"))
@@ -310,7 +307,7 @@ def part_sharded(args, res):
         target = work / f"{mode}.json"
         cmd = launcher + me + tail + [mode, str(target), "--sharded-steps", str(args.sharded_steps),
                                       "--queries", str(args.queries), "--k", str(args.k)]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         if proc.returncode:
             raise RuntimeError(proc.stderr[-3000:])
         out[mode] = [json.loads(p.read_text()) for p in sorted(work.glob(f"{mode}.json.rank*"))]

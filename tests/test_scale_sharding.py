@@ -59,8 +59,8 @@ def _simulate(world: int, fn):
 def test_sharded_selection_equals_one_process(method, limits):
     cache, q, exclude = _data()
     n, keys = cache.shape[0], [f"ex{i}" for i in range(q.shape[0])]
-    kw = dict(exclude=exclude, method=method, temperature=0.2, noise_keys=keys, seed=3, step=7, chunk_size=16,
-              skip_top=limits.get("skip_top", 0))
+    kw = {"exclude": exclude, "method": method, "temperature": 0.2, "noise_keys": keys, "seed": 3, "step": 7,
+          "chunk_size": 16, "skip_top": limits.get("skip_top", 0)}
     if limits.get("max_scores"):
         kw["max_scores"] = (q @ cache.T).topk(6, dim=1).values[:, -1]  # drops ~5 rows per query
     full = select_negatives(q, cache, 4, num_rows=n, **kw)
@@ -77,7 +77,7 @@ def test_sharded_selection_equals_one_process(method, limits):
 
 def test_gumbel_noise_is_per_row_not_per_chunk():
     cache, q, exclude = _data()
-    kw = dict(exclude=exclude, method="gumbel", temperature=0.5, noise_keys=["a", "b", "c", "d", "e"], seed=1, step=2)
+    kw = {"exclude": exclude, "method": "gumbel", "temperature": 0.5, "noise_keys": list("abcde"), "seed": 1, "step": 2}
     small, big = select_negatives(q, cache, 6, chunk_size=7, **kw), select_negatives(q, cache, 6, chunk_size=1000, **kw)
     assert torch.equal(small.indices, big.indices)
     assert torch.equal(row_noise(1, 2, "a", (10, 20)), row_noise(1, 2, "a", torch.arange(10, 20)))

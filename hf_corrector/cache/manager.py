@@ -166,6 +166,18 @@ class CacheManager:
         rows = rows.tolist() if isinstance(rows, torch.Tensor) else rows
         return [self.texts[i] for i in rows]
 
+    def prepare_save(self) -> None:
+        """Before a save (on every process): a sharded cache is gathered on the main process (:meth:`cache_to_save`)."""
+        self._to_save = self.gathered(main_only=True) if self.sharded else None
+
+    def cache_to_save(self) -> StaleCache:
+        """The whole cache to write: the cache itself, or (sharded) what :meth:`prepare_save` gathered."""
+        cache, self._to_save = getattr(self, "_to_save", None), None
+        if cache is None and self.sharded:
+            raise ConfigError("a sharded cache is saved through trainer.save_model() called on every process (it "
+                              "gathers the shards first: CacheManager.prepare_save)")
+        return cache if cache is not None else self.cache
+
     # -- events ---------------------------------------------------------------------------------------------------------
     def add_listener(self, listener: Any) -> None:
         """Subscribe an object with ``on_cache_refreshed(step)`` and/or ``on_targets(rows)``."""

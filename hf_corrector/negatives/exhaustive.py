@@ -62,14 +62,13 @@ class ExhaustiveSampler(NegativeSampler):
             if offset is not None and max_scores is not None:
                 max_scores = max_scores.to(offset.device) - offset
         else:
-            view = self.transform.view(step)  # amortised correction: scan the materialised h_s(g')
-            if view is not None:
-                read = view
-            else:
-                transform = self.transform.function(step)
-        options = dict(method=self.method, temperature=self.temperature, seed=ctx.seed, step=step,
-                       chunk_size=ctx.chunk_size, transform=transform, skip_top=limits.skip_top,
-                       score_dtype=self.score_dtype)
+            transform = self.transform.function(step)  # None: score the stale rows (no correction, or fallback)
+            view = self.transform.view(step) if transform is not None else None
+            if view is not None:  # amortised correction: scan the materialised h_s(g') instead
+                read, transform = view, None
+        options = {"method": self.method, "temperature": self.temperature, "seed": ctx.seed, "step": step,
+                   "chunk_size": ctx.chunk_size, "transform": transform, "skip_top": limits.skip_top,
+                   "score_dtype": self.score_dtype}
         if getattr(ctx.cache, "sharded", False):
             selection = self._sample_sharded(q, read, k, exclude, keys, max_scores, options)
         else:

@@ -388,13 +388,8 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
     # ---------------------------------------------------------------------------------------------------------------
     # saving and resuming
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Trainer's ``save_model`` (call it on every process, as Trainer's checkpoints do); with a sharded cache the
-        shards are gathered first (a collective) so that the main process saves one whole cache."""
-        self._cache_to_save = self.cache_manager.gathered(main_only=True)
-        try:
-            super().save_model(output_dir, _internal_call)
-        finally:
-            self._cache_to_save = None
+        self.cache_manager.prepare_save()  # sharded: gathers the shards (a collective; every process calls save_model)
+        super().save_model(output_dir, _internal_call)
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """Save the retriever, ``corrector/`` and the arguments, written aside and then moved into place."""
@@ -406,8 +401,7 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
         training needs; ``StaleCache.load(output_dir + "/stale_cache")``)."""
         save_model_files(output_dir, self.retriever, self.corrector, self.uses_peft, self.args.to_json_string(),
                          {**self.cost, "total": self.total_reembedding_cost(), "num_docs": len(self.doc_ids)})
-        cache = getattr(self, "_cache_to_save", None)  # sharded: the gathered cache (see save_model)
-        (cache if cache is not None else self.cache).save(Path(output_dir) / CACHE_DIR)
+        self.cache_manager.cache_to_save().save(Path(output_dir) / CACHE_DIR)
 
     def _save_checkpoint(self, model, trial):
         """Trainer's checkpoint plus the cache and this trainer's extra state (cost, sampler state). The folder is
