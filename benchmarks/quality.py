@@ -50,6 +50,9 @@ from _common import PeakRSS, Timer, maxrss_mb, write_json_atomic, write_tiny_bei
 
 ALL_ROWS = ["inbatch", "stale", "refresh_half", "refresh_quarter", "refresh_tenth", "corrector_ce", "corrector_mse", "corrector_cemse",
             "corrector_refresh", "nystrom", "tele", "st_mnrl", "st_mnrl_hn"]
+#: amortised correction (corrected_view_steps=M) of the corrector_cemse row: corrector_view<M>
+VIEW_ROWS = [f"corrector_view{m}" for m in (1, 2, 5, 10, 20, 30)]
+ALL_ROWS += VIEW_ROWS
 DESCRIPTIONS = {
     "start": "starting model, no training",
     "inbatch": "in-batch negatives only",
@@ -65,6 +68,7 @@ DESCRIPTIONS = {
     "tele": "ANCE-Tele + refresh every T/2",
     "st_mnrl": "ST MNRL, in-batch negatives",
     "st_mnrl_hn": "ST MNRL + mine_hard_negatives",
+    **{r: f"corrector (CE+MSE), corrected view recomputed every {r[len('corrector_view'):]} steps" for r in VIEW_ROWS},
 }
 METRICS = ("ndcg@10", "recall@100", "mrr@10")
 REFRESH_ROWS = ("refresh_half", "refresh_quarter", "refresh_tenth")  # full re-embedding, no correction
@@ -135,6 +139,8 @@ def trainer_kwargs(row: str, args) -> dict:
     elif row.startswith("corrector"):
         kw.update(correction="mlp", corrector_loss={"corrector_ce": "ce", "corrector_mse": "mse"}.get(row, "ce+mse"),
                   corrector_learning_rate=args.corrector_lr)
+        # the stored corrector rows correct every row at every step; corrector_view<M> rows amortise over M steps
+        kw["corrected_view_steps"] = int(row[len("corrector_view"):]) if row.startswith("corrector_view") else 0
     elif row == "nystrom":  # landmarks re-encoded at step 0 and every 2T/3 steps (library default 512 landmarks)
         kw.update(correction="nystrom", nystrom_refit_steps=max(1, math.ceil(2 * args.steps / 3)))
     elif row == "tele":

@@ -1,7 +1,12 @@
 """Run by tests/test_multiprocess.py, under `accelerate launch --multi_gpu --num_processes 2` or as one process.
 
-Trains a tiny retriever for a few steps with cache write-back, records the negatives chosen for every example at
-every step (gathered from all ranks) and each rank's final cache, and writes them to the output folder.
+``ddp_script.py OUT PER_DEVICE_BATCH SAMPLING [replicated]``: trains a tiny retriever for a few steps with cache
+write-back, records the negatives chosen for every example at every step (gathered from all ranks) and each rank's
+final cache, and writes them to OUT.
+
+``ddp_script.py OUT PER_DEVICE_BATCH scenario sharded|replicated``: the scale scenario (issue 15) with the given
+cache sharding, in one launch: a top-k run (write-back, a refresh at step 3, checkpoints at steps 2 and 4), a run
+resumed from its checkpoint-2, and a Gumbel run; each records the chosen negatives and every rank's cache rows.
 """
 
 from __future__ import annotations
@@ -33,15 +38,54 @@ class RecordingTrainer(CorrectorTrainer):
         return neg
 
 
+def _args(run_dir: Path, per_device_batch: int, sampling: str, sharding: str, **kw) -> CorrectorTrainingArguments:
+    options = dict(max_steps=4, per_device_train_batch_size=per_device_batch, learning_rate=1e-3, num_negatives=3,
+                   negative_sampling=sampling, cache_write_back=True, in_batch_negatives=False, use_cpu=True,
+                   ddp_backend="gloo" if "WORLD_SIZE" in os.environ else None, save_strategy="no", logging_steps=2,
+                   report_to="none", seed=0, dataloader_drop_last=True, disable_tqdm=True, cache_sharding=sharding)
+    options.update(kw)
+    return CorrectorTrainingArguments(str(run_dir), **options)
+
+
+def _record(trainer: RecordingTrainer, out: Path, name: str) -> None:
+    chosen = gather_object(trainer.chosen)
+    cache = trainer.cache
+    shard = {"lo": trainer.cache_manager.local_rows[0], "cache": cache.matrix().float().clone(),
+             "steps": cache.steps.clone(), "rank": trainer.accelerator.process_index}
+    torch.save(shard, out / f"{name}_rank{trainer.accelerator.process_index}.pt")
+    if trainer.accelerator.is_main_process:
+        (out / f"{name}_chosen.json").write_text(json.dumps(sorted(chosen)))
+        (out / "world.json").write_text(json.dumps({"world_size": trainer.accelerator.num_processes}))
+
+
+def scenario(out: Path, per_device_batch: int, sharding: str) -> None:
+    train, _ = tiny_data()
+    tok = out / "tok"
+    # top-k with write-back, a refresh at step 3, checkpoints at 2 and 4
+    args = _args(out / "topk", per_device_batch, "topk", sharding, cache_refresh_steps=3, save_strategy="steps",
+                 save_steps=2)
+    trainer = RecordingTrainer(model=tiny_retriever(tok, seed=0, dropout=0.0), args=args, train_dataset=train)
+    trainer.train()
+    _record(trainer, out, "topk")
+    # resumed from checkpoint-2 of that run: must continue exactly
+    ckpt = str(out / "topk" / "checkpoint-2")
+    args = _args(out / "resumed", per_device_batch, "topk", sharding, cache_refresh_steps=3,
+                 resume_from_checkpoint=ckpt)
+    trainer = RecordingTrainer(model=tiny_retriever(tok, seed=0, dropout=0.0), args=args, train_dataset=train)
+    trainer.train(resume_from_checkpoint=ckpt)
+    _record(trainer, out, "resumed")
+    # Gumbel-top-k with write-back
+    args = _args(out / "gumbel", per_device_batch, "gumbel", sharding, sampling_temperature=0.1)
+    trainer = RecordingTrainer(model=tiny_retriever(tok, seed=0, dropout=0.0), args=args, train_dataset=train)
+    trainer.train()
+    _record(trainer, out, "gumbel")
+
+
 def main(out_dir: str, per_device_batch: int, sampling: str) -> None:
     out = Path(out_dir)
     train, _ = tiny_data()
     retriever = tiny_retriever(out / "tok", seed=0, dropout=0.0)
-    args = CorrectorTrainingArguments(
-        str(out / "run"), max_steps=4, per_device_train_batch_size=per_device_batch, learning_rate=1e-3,
-        num_negatives=3, negative_sampling=sampling, cache_write_back=True, in_batch_negatives=False, use_cpu=True, ddp_backend="gloo" if "WORLD_SIZE" in os.environ else None,
-        save_strategy="no", logging_steps=2, report_to="none", seed=0, dataloader_drop_last=True, disable_tqdm=True,
-    )
+    args = _args(out / "run", per_device_batch, sampling, "replicated")
     trainer = RecordingTrainer(model=retriever, args=args, train_dataset=train)
     trainer.train()
     chosen = gather_object(trainer.chosen)
@@ -53,4 +97,7 @@ def main(out_dir: str, per_device_batch: int, sampling: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else "topk")
+    if len(sys.argv) > 3 and sys.argv[3] == "scenario":
+        scenario(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[4] if len(sys.argv) > 4 else "sharded")
+    else:
+        main(sys.argv[1], int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else "topk")

@@ -10,6 +10,12 @@ its events with :meth:`CacheManager.add_listener`; an object may define either o
 Re-embedding cost is counted in target-encoder forward passes over corpus documents, the same number on every
 process (a corpus pass sharded over W processes counts N, not N / W or N x W).
 
+``sharding="sharded"`` holds only this process's ~N/W contiguous rows (:mod:`hf_corrector.cache.sharding`):
+``len(manager)`` is still N and rows keep their global numbers; :meth:`read_chunk` serves the local rows
+(:attr:`local_rows`), :meth:`rows` is then a collective lookup (every process must call it), refreshes encode and
+write-backs write only the local rows, and :meth:`gathered` reassembles the whole cache (for checkpoints and
+evaluation).
+
 Example:
     >>> manager = CacheManager(cache, corpus_texts, encode_targets=retriever.encode_targets)  # doctest: +SKIP
     >>> manager.refresh(step=100)  # doctest: +SKIP
@@ -27,6 +33,8 @@ from typing import Any
 
 import torch
 
+from ..errors import ConfigError
+from .sharding import SHARDING_MODES, Collectives, row_range
 from .stale_cache import StaleCache
 
 logger = logging.getLogger(__name__)
@@ -69,37 +77,106 @@ class CacheManager:
             target encoder (a closure over the trainer's model, so it follows PEFT wrapping and checkpoint loads).
         accelerator: an ``accelerate.Accelerator`` for multi-process runs (None = one process).
         write_back: write each step's fresh target embeddings into the cache.
+        sharding: ``"replicated"`` (every process holds the whole cache) or ``"sharded"`` (each holds ~N/W rows).
     """
 
     def __init__(self, cache: StaleCache, texts: Sequence[str], encode_targets: EncodeFn, accelerator: Any = None,
-                 write_back: bool = False):
-        self.cache = cache
+                 write_back: bool = False, sharding: str = "replicated"):
+        if sharding not in SHARDING_MODES:
+            raise ConfigError(f"cache_sharding must be one of {SHARDING_MODES}, got {sharding!r}")
         self.texts = list(texts)
         self.encode_targets = encode_targets
         self.accelerator = accelerator
         self.write_back = write_back
+        self.collectives = Collectives(accelerator)
+        self.sharded = sharding == "sharded" and self.collectives.world > 1
+        self.sharding = sharding
+        self.num_rows = len(self.texts)
+        self.local_rows = (row_range(self.num_rows, self.collectives.world, self.collectives.rank) if self.sharded
+                           else (0, self.num_rows))
+        self.cache = cache
         self.cost = ReembeddingCost()
         self._listeners: list[Any] = []
 
+    @property
+    def cache(self) -> StaleCache:
+        """The cache this process holds: all rows, or (sharded) rows :attr:`local_rows` only."""
+        return self._cache
+
+    @cache.setter
+    def cache(self, cache: StaleCache) -> None:
+        """Set the whole cache (sliced to this process's rows when sharded) or this process's shard."""
+        lo, hi = self.local_rows
+        offset = getattr(cache, "row_offset", 0)
+        if len(cache) == self.num_rows and offset == 0:
+            cache = cache.slice_rows(lo, hi) if self.sharded else cache
+        elif not (offset == lo and len(cache) == hi - lo):
+            raise ConfigError(f"a cache of {len(cache)} rows (from row {offset}) is neither the whole cache of "
+                              f"{self.num_rows} rows nor this process's rows {lo}:{hi}")
+        self._cache = cache
+
     # -- reading ------------------------------------------------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self.cache)
+        """Rows of the whole cache (also when this process holds only its shard)."""
+        return self.num_rows
 
     @property
     def dim(self) -> int:
         return self.cache.dim
 
     def rows(self, index: torch.Tensor) -> torch.Tensor:
-        """float32 rows ``index`` of the cache."""
-        return self.cache.rows(index)
+        """float32 rows ``index`` (global row numbers) of the cache. Sharded: a collective (each process fills
+        the rows it owns, then a sum over processes), so every process must call it, each with its own index."""
+        if not self.sharded:
+            return self.cache.rows(index)
+        index = torch.as_tensor(index, dtype=torch.long).reshape(-1).cpu()
+        everyone, counts = self.collectives.all_gather_rows(index)
+        lo, hi = self.local_rows
+        mine = (everyone >= lo) & (everyone < hi)
+        out = torch.zeros(everyone.shape[0], self.dim)
+        out[mine] = self.cache.rows(everyone[mine] - lo)
+        out = self.collectives.sum(out)
+        start = sum(counts[: self.collectives.rank])
+        return out[start : start + index.shape[0]]
 
     def read_chunk(self, start: int, stop: int) -> torch.Tensor:
-        """Rows ``start:stop`` in the storage dtype (a view where possible)."""
-        return self.cache.matrix()[start:stop]
+        """Rows ``start:stop`` (global numbers, inside :attr:`local_rows`) in the storage dtype (a view)."""
+        lo, hi = self.local_rows
+        if not lo <= start <= stop <= hi:
+            raise ConfigError(f"rows {start}:{stop} are not held by this process (it holds rows {lo}:{hi} of a "
+                              f"cache sharded across processes)")
+        return self.cache.matrix()[start - lo : stop - lo]
+
+    def gathered(self, main_only: bool = False) -> StaleCache | None:
+        """The whole cache: the cache itself when replicated; when sharded, the shards gathered (a collective:
+        every process calls it). ``main_only``: only the main process gets it (others get None)."""
+        if not self.sharded:
+            return self.cache
+        coll, part = self.collectives, self.cache
+        emb, _ = coll.all_gather_rows(part.matrix().float())
+        steps, _ = coll.all_gather_rows(part.steps)
+        ids = coll.all_gather_object(part.doc_ids)
+        if main_only and coll.rank != 0:
+            return None
+        full = StaleCache([d for chunk in ids for d in chunk], emb, steps=steps.numpy(), provenance=part.provenance,
+                          dtype=part.dtype)
+        return full
 
     def texts_of(self, rows: Sequence[int] | torch.Tensor) -> list[str]:
         rows = rows.tolist() if isinstance(rows, torch.Tensor) else rows
         return [self.texts[i] for i in rows]
+
+    def prepare_save(self) -> None:
+        """Before a save (on every process): a sharded cache is gathered on the main process (:meth:`cache_to_save`)."""
+        self._to_save = self.gathered(main_only=True) if self.sharded else None
+
+    def cache_to_save(self) -> StaleCache:
+        """The whole cache to write: the cache itself, or (sharded) what :meth:`prepare_save` gathered."""
+        cache, self._to_save = getattr(self, "_to_save", None), None
+        if cache is None and self.sharded:
+            raise ConfigError("a sharded cache is saved through trainer.save_model() called on every process (it "
+                              "gathers the shards first: CacheManager.prepare_save)")
+        return cache if cache is not None else self.cache
 
     # -- events ---------------------------------------------------------------------------------------------------------
     def add_listener(self, listener: Any) -> None:
@@ -152,8 +229,15 @@ class CacheManager:
 
     # -- keeping the cache in step --------------------------------------------------------------------------------------
     def refresh(self, step: int) -> None:
-        """Re-embed the whole corpus into the cache (ANCE-style refresh) and tell the listeners."""
-        self.cache.replace_all(self.encode_corpus("refreshing the cache"), step)
+        """Re-embed the whole corpus into the cache (ANCE-style refresh) and tell the listeners. Sharded: each
+        process encodes and writes only its own rows."""
+        if self.sharded:
+            lo, hi = self.local_rows
+            emb = self.encode_targets(self.texts[lo:hi], show_progress_bar=self.collectives.rank == 0,
+                                      desc="refreshing the cache (this process's rows)")
+            self.cache.replace_all(emb, step)
+        else:
+            self.cache.replace_all(self.encode_corpus("refreshing the cache"), step)
         self.cost.refresh_encodings += len(self.texts)
         self.cost.num_refreshes += 1
         self._notify("on_cache_refreshed", step)
@@ -173,5 +257,10 @@ class CacheManager:
             targets = rows[keep]
         self.cost.step_target_encodings += int(targets.numel())
         if self.write_back:
-            self.cache.update(targets, fresh.float().cpu(), step)
+            lo, hi = self.local_rows
+            if self.sharded:  # only the rows this process owns
+                mine = (targets >= lo) & (targets < hi)
+                self.cache.update(targets[mine] - lo, fresh.float().cpu()[mine], step)
+            else:
+                self.cache.update(targets, fresh.float().cpu(), step)
         self._notify("on_targets", targets)

@@ -498,6 +498,28 @@ class StaleCache:
         """Gather rows by index, as ``dtype``."""
         return self._storage[index.cpu()].to(dtype)
 
+    def slice_rows(self, start: int, stop: int) -> StaleCache:
+        """A cache holding only rows ``start:stop`` (a process's shard), with the same provenance.
+
+        A view of the memory-mapped file when this cache is loaded and unwritten (memory: only the pages of the
+        slice, once touched); a copy otherwise, so the full matrix can be freed. ``row_offset`` / ``total_rows``
+        say where the slice sits in the whole cache.
+        """
+        start, stop = _check_row_range((start, stop), len(self))
+        part = StaleCache.__new__(StaleCache)
+        part.dtype = self.dtype
+        part.doc_ids = self.doc_ids[start:stop]
+        view = self._storage[start:stop]
+        part._storage = view if not self._writable else view.clone()
+        part._writable = self._writable
+        part.steps = self.steps[start:stop].clone()
+        part.provenance = dict(self.provenance)
+        part.source = f"{self.source} (rows {start}:{stop})" if self.source else None
+        part._row_of = None
+        part.row_offset = getattr(self, "row_offset", 0) + start
+        part.total_rows = getattr(self, "total_rows", len(self))
+        return part
+
     # -- building ---------------------------------------------------------------------------------------------------
     @classmethod
     def build(
@@ -655,8 +677,13 @@ class StaleCache:
         return given
 
     @classmethod
-    def load(cls, path: str | os.PathLike, verify: str = "checksum", **hub_kwargs) -> StaleCache:
+    def load(cls, path: str | os.PathLike, verify: str = "checksum", rows: tuple[int, int] | None = None,
+             **hub_kwargs) -> StaleCache:
         """Load a saved cache folder (memory-mapped, zero-copy), or a Hub dataset repo id.
+
+        ``rows=(start, stop)`` loads only those rows (a process's shard, see :mod:`hf_corrector.cache.sharding`):
+        only their ids are read and only their pages are ever touched, so memory is that of the slice
+        (:meth:`slice_rows`). The checksum, when verified, still covers the whole file.
 
         ``cache_info.json`` (field types, format version, dtype name) and the Arrow schema (columns, vector length,
         value type, row count) are always checked, which costs nothing; a mismatch raises
@@ -676,7 +703,8 @@ class StaleCache:
         if not path_obj.exists():
             if looks_local(path):  # "out/stale_cache" with out/ present, "./c", "/abs/c", "a/b/c", a Path
                 check_local_folder(path, "stale cache")  # FileNotFoundError("no such folder: ..."), no Hub lookup
-            return cls.from_hub(str(path), verify=verify, **hub_kwargs)
+            cache = cls.from_hub(str(path), verify=verify, **hub_kwargs)
+            return cache if rows is None else cache.slice_rows(*rows)
         remove_leftovers(path_obj)
         info_file, data_file = path_obj / INFO_FILE, path_obj / CACHE_FILE
         if not info_file.is_file() or not data_file.is_file():
@@ -695,6 +723,13 @@ class StaleCache:
         except (pa.ArrowException, OSError, ValueError) as err:
             raise CacheCorruptError(f"{data_file}: cannot be read as Arrow ({err}); {_DAMAGED}") from None
         _validate_table(table, info, str(data_file), str(info_file))
+        if rows is not None:
+            start, stop = _check_row_range(rows, table.num_rows)
+            table = table.slice(start, stop - start)  # zero-copy; ids and steps of the slice only
+            cache = cls._from_arrow(table, {**info, "num_rows": stop - start}, check=verify == "checksum",
+                                    source=f"{path_obj} (rows {start}:{stop})")
+            cache.row_offset, cache.total_rows = start, int(info["num_rows"])
+            return cache
         return cls._from_arrow(table, info, check=verify == "checksum", source=str(path_obj))
 
     @classmethod
@@ -899,6 +934,16 @@ class StaleCache:
             f"this is on purpose (it is the stale cache the corrector should learn to correct), say so with "
             f"check_provenance(..., allow_other_weights=True) (the trainer's cache_from_other_weights=True); "
             f"otherwise rebuild the cache with StaleCache.build(corpus, retriever)")
+
+
+def _check_row_range(rows: Sequence[int], num_rows: int) -> tuple[int, int]:
+    try:
+        start, stop = (int(r) for r in rows)
+    except (TypeError, ValueError):
+        raise ConfigError(f"rows must be a (start, stop) pair of integers, got {rows!r}") from None
+    if not 0 <= start <= stop <= num_rows:
+        raise ConfigError(f"rows ({start}, {stop}) are outside the cache's {num_rows} rows")
+    return start, stop
 
 
 def _load_shard(shard_file: Path, shape: tuple[int, int]) -> np.ndarray:

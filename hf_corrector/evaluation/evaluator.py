@@ -104,5 +104,6 @@ class CorpusEmbeddings:
                               "eval_corpus_embeddings='fresh', or add them to the training corpus")
         transform = self.transform(step) if kind == "corrected" else None
         if transform is None:
-            return manager.cache.matrix().float()
-        return torch.cat([transform(chunk).float().cpu() for _, chunk in manager.cache.iter_chunks(self.chunk_size)])
+            return manager.gathered().matrix().float()  # a sharded cache: the shards gathered (a collective)
+        cache = manager.gathered()
+        return torch.cat([transform(chunk).float().cpu() for _, chunk in cache.iter_chunks(self.chunk_size)])

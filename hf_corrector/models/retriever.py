@@ -291,7 +291,7 @@ class RetrieverModel(PreTrainedModel):
         )
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def encode(
         self,
         texts: Sequence[str],
@@ -303,23 +303,42 @@ class RetrieverModel(PreTrainedModel):
     ) -> torch.Tensor:
         """Encode texts in batches without gradients; returns a float32 CPU tensor of shape (len(texts), d).
 
-        Texts are sorted by length to save padding; the output is in input order.
+        All texts are tokenised once up front and batched by token length (longest first), so a batch pads to
+        almost nothing; the output is in input order. Runs under ``torch.inference_mode`` (no autograd
+        bookkeeping); the result is an ordinary tensor.
         """
         device = torch.device(device) if device is not None else self.device
         was_training = self.training
         self.eval()
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        out = torch.empty(len(texts), self.embedding_dim, dtype=torch.float32)
+        parts: list[torch.Tensor] = []
+        order: list[int] = []
         show = len(texts) > 4 * batch_size if show_progress_bar is None else show_progress_bar
         try:
             desc = "encode queries" if side == "query" else "encode targets"
+            if self.tokenizer is None:
+                raise ConfigError("this retriever has no tokenizer; set `retriever.tokenizer = AutoTokenizer...`")
+            prefix = self.config.query_prefix if side == "query" else self.config.target_prefix
+            length = max_length or (self.config.query_max_length if side == "query" else self.config.target_max_length)
+            ids = self.tokenizer([prefix + t for t in texts], truncation=True, max_length=length)["input_ids"] if texts else []
+            order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))
+            pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+            left = getattr(self.tokenizer, "padding_side", "right") == "left"
             for start in tqdm(range(0, len(texts), batch_size), desc=desc, disable=not show):
                 idx = order[start : start + batch_size]
-                batch = self.tokenize([texts[i] for i in idx], side, max_length)
-                batch = {k: v.to(device) for k, v in batch.items()}
-                out[idx] = self.embed(batch["input_ids"], batch["attention_mask"], side).float().cpu()
+                width = len(ids[idx[0]])
+                input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+                mask = torch.zeros((len(idx), width), dtype=torch.long)
+                for row, i in enumerate(idx):  # on the tokenizer's padding side, as its own padding=True
+                    cols = slice(width - len(ids[i]), width) if left else slice(0, len(ids[i]))
+                    input_ids[row, cols] = torch.as_tensor(ids[i], dtype=torch.long)
+                    mask[row, cols] = 1
+                parts.append(self.embed(input_ids.to(device), mask.to(device), side))
         finally:
             self.train(was_training)
+        with torch.inference_mode(False):  # an ordinary tensor: callers may write it back or use it under autograd
+            out = torch.empty(len(texts), self.embedding_dim, dtype=torch.float32)
+            if parts:
+                out[torch.as_tensor(order)] = torch.cat(parts).float().cpu()
         return out
 
     def encode_queries(self, texts: Sequence[str], **kwargs) -> torch.Tensor:

@@ -74,7 +74,8 @@ __all__ = [
 def build_transform(args: Any, get_corrector: Callable[[], Any]) -> ScoreTransform:
     """The score transform named by ``args.correction``."""
     if args.correction == "mlp":
-        return CorrectorTransform(get_corrector)
+        view_steps = getattr(args, "corrected_view_steps", 0)
+        return CorrectorTransform(get_corrector, view_steps=view_steps, view_dtype=_scoring_dtype(args))
     if args.correction == "linear":
         return LinearCorrectorTransform(get_corrector)
     if args.correction == "nystrom":
@@ -93,7 +94,16 @@ def build_sampler(args: Any, get_corrector: Callable[[], Any]) -> NegativeSample
     if args.candidate_index != "none":
         return TwoStageSampler(args.candidate_index, args.candidate_pool_size, args.candidate_nprobe,
                                args.negative_sampling, args.sampling_temperature, transform=transform)
-    return ExhaustiveSampler(args.negative_sampling, args.sampling_temperature, transform=transform)
+    return ExhaustiveSampler(args.negative_sampling, args.sampling_temperature, transform=transform,
+                             score_dtype=_scoring_dtype(args))
+
+
+def _scoring_dtype(args: Any):
+    """``args.scoring_dtype`` as a torch dtype (None: float32)."""
+    import torch
+
+    name = getattr(args, "scoring_dtype", "float32")
+    return None if name == "float32" else getattr(torch, name)
 
 
 def build_miner(args: Any, sampler: NegativeSampler | None, source: str) -> NegativeMiner:

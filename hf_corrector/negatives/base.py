@@ -95,6 +95,8 @@ class NegativeSampler:
 
     name: str = "sampler"
     citation: str | None = None
+    #: whether the sampler works over a cache sharded across processes (``cache_sharding="sharded"``)
+    supports_sharding: bool = False
 
     def __init__(self, transform: ScoreTransform | None = None):
         self.transform = transform if transform is not None else IdentityTransform()
@@ -103,6 +105,9 @@ class NegativeSampler:
     # -- lifecycle ------------------------------------------------------------------------------------------------------
     def setup(self, context: SamplerContext) -> None:
         """Called once by the trainer before training; subscribes the sampler to the cache manager's events."""
+        if getattr(context.cache, "sharded", False) and not self.supports_sharding:
+            raise ConfigError(f"the {self.name} sampler needs the whole cache on every process: use "
+                              f"cache_sharding='replicated' with it (only the exhaustive sampler scans a sharded cache)")
         self.context = context
         context.cache.add_listener(self)
         setup = getattr(self.transform, "setup", None)
@@ -136,7 +141,7 @@ class NegativeSampler:
         """(B, m) scores of ``rows`` ((B, m) cache rows) under this sampler's transform (false-negative limits)."""
         b, m = rows.shape
         vectors = self.ctx.cache.rows(rows.reshape(-1).clamp(min=0)).to(queries.device)
-        fn = self.transform.function(step)
+        fn = self.transform.selection_function(step)
         if fn is not None:
             vectors = fn(vectors).float()
         return torch.einsum("bd,bmd->bm", queries.float(), vectors.reshape(b, m, -1))

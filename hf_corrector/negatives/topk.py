@@ -1,8 +1,10 @@
 """The streaming top-k shared by negative selection and evaluation: exact top-k or Gumbel-top-k.
 
 Scores ``<q, transform(row)>`` are streamed over cache chunks, so memory stays bounded by ``chunk_size`` rows
-whatever the corpus size. Gumbel noise is drawn from a generator keyed by ``(seed, step, key)``: the choice for a
-query does not depend on the batch it shares, the number of processes, or whether the run was resumed.
+whatever the corpus size. Gumbel noise of a row is a counter-based hash of ``(seed, step, key, global row)``
+(:func:`row_noise`): the choice for a query does not depend on the
+batch it shares, the chunking, the number of processes, whether the cache is sharded across them, or whether the run
+was resumed. :func:`select_negatives_sharded` runs the same selection over a cache sharded by rows across processes.
 
 Two optional filters serve false-negative control (:mod:`hf_corrector.negatives.false_negatives`):
 ``max_scores`` (per query: rows scoring above it are never chosen) and ``skip_top`` (the query's ``skip_top``
@@ -92,6 +94,7 @@ def select_negatives(
     candidates: torch.Tensor | None = None,
     max_scores: torch.Tensor | None = None,
     skip_top: int = 0,
+    score_dtype: torch.dtype | None = None,
 ) -> Selection:
     """Choose ``k`` rows per query by score ``<q, transform(cache_row)>``; never a row in ``exclude[q]``.
 
@@ -107,6 +110,8 @@ def select_negatives(
         candidates: optional (B, P) candidate rows per query (two-stage selection); then only those are scored.
         max_scores: optional (B,) per-query ceiling: rows scoring above it are not chosen (counted in ``dropped``).
         skip_top: never choose the query's ``skip_top`` best rows by unperturbed score (counted in ``dropped``).
+        score_dtype: compute the scores ``q @ rows.T`` in this dtype (``torch.bfloat16`` / ``torch.float16``;
+            None = float32). Selection, noise and the returned scores stay float32.
     """
     if method not in ("topk", "gumbel"):
         raise ValueError(f"unknown sampling method {method!r}")
@@ -114,25 +119,87 @@ def select_negatives(
     if candidates is not None:
         return _select_from_candidates(q, cache, k, exclude, method, temperature, noise_keys, seed, step, transform,
                                        candidates, max_scores, skip_top)
-    b = q.shape[0]
     n = num_rows if num_rows is not None else cache.shape[0]  # type: ignore[union-attr]
     get = cache if callable(cache) else (lambda s, e: cache[s:e])
-    generators = None
+    scan = _scan(q, get, 0, n, k, exclude, method, temperature, noise_keys, seed, step, chunk_size, transform,
+                 max_scores, skip_top, score_dtype)
+    return _finish(q, get, n, k, scan, exclude, chunk_size, transform, max_scores, skip_top)
+
+
+def _finish(q, get, n, k, scan, exclude, chunk_size, transform, max_scores, skip_top, fill=None) -> Selection:
+    chosen, best, dropped = scan
+    indices, scores, skipped = _drop_best(chosen, best, k, skip_top)
+    if max_scores is not None and torch.isinf(scores).any():  # the limits left too few rows: take the least risky
+        indices, scores = (fill or _fill_from_dropped)(q, get, n, chunk_size, transform, exclude, indices, scores,
+                                                       skipped)
+    if torch.isinf(scores).any() or indices.shape[1] < k:
+        raise ValueError(f"not enough non-positive rows to choose {k} negatives per query (cache has {n} rows)")
+    return Selection(indices=indices, scores=scores, dropped=dropped + skip_top)
+
+
+def _signed(c: int) -> int:
+    return c - (1 << 64) if c >= 1 << 63 else c
+
+
+_MIX1, _MIX2, _GOLDEN = _signed(0xBF58476D1CE4E5B9), _signed(0x94D049BB133111EB), _signed(0x9E3779B97F4A7C15)
+
+
+def _srl(x: torch.Tensor, s: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's ``>>`` is arithmetic)."""
+    return (x >> s) & ((1 << (64 - s)) - 1)
+
+
+def _mix64(x: torch.Tensor) -> torch.Tensor:
+    """The splitmix64 finaliser on int64 tensors (arithmetic wraps modulo 2**64)."""
+    x = (x ^ _srl(x, 30)) * _MIX1
+    x = (x ^ _srl(x, 27)) * _MIX2
+    return x ^ _srl(x, 31)
+
+
+def row_noise(seed: int, step: int, key: str, rows: torch.Tensor | tuple[int, int]) -> torch.Tensor:
+    """Standard Gumbel noise of global cache ``rows`` (a tensor, or a ``(start, stop)`` range) for the query keyed
+    ``key`` at ``step``: a counter-based hash of (seed, step, key, row), so the noise of a row does not depend on
+    chunking, sharding, candidate pools or the batch. float32."""
+    if isinstance(rows, tuple):
+        rows = torch.arange(rows[0], rows[1], dtype=torch.long)
+    digest = hashlib.blake2b(f"{seed}:{step}:{key}".encode(), digest_size=8).digest()
+    stream = _signed(int.from_bytes(digest, "little"))
+    bits = _mix64(rows.to("cpu", torch.long) * _GOLDEN + stream)
+    u = (_srl(bits, 11).double() + 0.5) * (1.0 / (1 << 53))  # 53 random bits, strictly inside (0, 1)
+    return (-torch.log(-torch.log(u))).float()
+
+
+def chunk_bounds(lo: int, hi: int, chunk_size: int) -> list[tuple[int, int]]:
+    """Chunks of rows ``lo:hi`` aligned to global multiples of ``chunk_size`` (as one process over all rows)."""
+    out, start = [], lo
+    while start < hi:
+        stop = min(hi, (start // chunk_size + 1) * chunk_size)
+        out.append((start, stop))
+        start = stop
+    return out
+
+
+def _scan(q, get, lo, hi, k, exclude, method, temperature, noise_keys, seed, step, chunk_size, transform, max_scores,
+          skip_top, score_dtype=None):
+    """Stream rows ``lo:hi``: the running top-(k + skip_top) by priority, the running best by score (Gumbel with
+    skip_top) and the rows dropped by ``max_scores``, per query. ``get`` takes global row numbers."""
+    b = q.shape[0]
+    keys = None
     if method == "gumbel":
         keys = noise_keys if noise_keys is not None else [str(i) for i in range(b)]
-        generators = [query_generator(seed, step, key) for key in keys]
     chosen = _RunningTop(b, k + skip_top, q.device)
     best = _RunningTop(b, skip_top, q.device) if skip_top and method == "gumbel" else None
     dropped = torch.zeros(b, dtype=torch.long)
-    for start in range(0, n, chunk_size):
-        stop = min(start + chunk_size, n)
-        rows = get(start, stop).to(q.device, torch.float32)
+    qs = q if score_dtype is None or score_dtype == torch.float32 else q.to(score_dtype)
+    for start, stop in chunk_bounds(lo, hi, chunk_size):
+        rows = get(start, stop)
         if transform is not None:
-            rows = transform(rows).float()
-        s = q @ rows.T
+            rows = transform(rows.to(q.device, torch.float32))
+        rows = rows.to(q.device, qs.dtype)
+        s = (qs @ rows.T).float()
         p = s / temperature if method == "gumbel" else s.clone()
-        if generators is not None:
-            p = p + torch.stack([gumbel_noise(stop - start, g) for g in generators]).to(q.device)
+        if keys is not None:
+            p = p + torch.stack([row_noise(seed, step, key, (start, stop)) for key in keys]).to(q.device)
         for qi, col in _exclusions(exclude, start, stop):
             p[qi, col] = float("-inf")
         if max_scores is not None:
@@ -143,12 +210,90 @@ def select_negatives(
         chosen.add(p, s, start)
         if best is not None:
             best.add(torch.where(torch.isfinite(p), s, p), s, start)
-    indices, scores, skipped = _drop_best(chosen, best, k, skip_top)
-    if max_scores is not None and torch.isinf(scores).any():  # the limits left too few rows: take the least risky
-        indices, scores = _fill_from_dropped(q, get, n, chunk_size, transform, exclude, indices, scores, skipped)
-    if torch.isinf(scores).any() or indices.shape[1] < k:
-        raise ValueError(f"not enough non-positive rows to choose {k} negatives per query (cache has {n} rows)")
-    return Selection(indices=indices, scores=scores, dropped=dropped + skip_top)
+    return chosen, best, dropped
+
+
+def _merge_tops(parts: list[_RunningTop], k: int) -> _RunningTop:
+    """One running top out of several (e.g. one per process), keeping the best ``k`` per query."""
+    out = _RunningTop(parts[0].row.shape[0], k, parts[0].row.device)
+    p = torch.cat([t.priority for t in parts], 1)
+    s = torch.cat([t.score for t in parts], 1)
+    r = torch.cat([t.row for t in parts], 1)
+    out.priority, order = p.topk(min(k, p.shape[1]), dim=1)
+    out.score, out.row = s.gather(1, order), r.gather(1, order)
+    return out
+
+
+@torch.no_grad()
+def select_negatives_sharded(
+    queries: torch.Tensor,
+    get: Callable[[int, int], torch.Tensor],
+    k: int,
+    local_range: tuple[int, int],
+    num_rows: int,
+    all_gather: Callable[[torch.Tensor], list[torch.Tensor]],
+    exclude: Sequence[Sequence[int]] | None = None,
+    method: str = "topk",
+    temperature: float = 1.0,
+    noise_keys: Sequence[str] | None = None,
+    seed: int = 0,
+    step: int = 0,
+    chunk_size: int = 65536,
+    transform: Transform | None = None,
+    max_scores: torch.Tensor | None = None,
+    skip_top: int = 0,
+    score_dtype: torch.dtype | None = None,
+) -> Selection:
+    """:func:`select_negatives` over a cache sharded by rows across processes (call it on every process).
+
+    ``queries`` (and ``exclude``, ``noise_keys``, ``max_scores``) are every process's queries, in the same order
+    on every process; this process scores only its rows ``local_range`` (global numbers, read with ``get``), keeps
+    its local top, and the (priority, score, global row) triples of all processes (``all_gather``: a tensor ->
+    one tensor per process, equal shapes) are merged. Every process returns the selection of all queries, equal to
+    :func:`select_negatives` over the whole cache (noise is keyed by global rows, chunks are aligned as there).
+    """
+    if method not in ("topk", "gumbel"):
+        raise ValueError(f"unknown sampling method {method!r}")
+    q = queries.float()
+    lo, hi = local_range
+    chosen, best, dropped = _scan(q, get, lo, hi, k, exclude, method, temperature, noise_keys, seed, step,
+                                  chunk_size, transform, max_scores, skip_top, score_dtype)
+
+    def merged(top: _RunningTop, width: int) -> _RunningTop:
+        b = q.shape[0]
+        pad = width - top.row.shape[1]  # a shard with fewer rows than width: pad with -inf
+        prio = torch.cat([top.priority, torch.full((b, pad), float("-inf"), device=q.device)], 1)
+        score = torch.cat([top.score, torch.full((b, pad), float("-inf"), device=q.device)], 1)
+        row = torch.cat([top.row, torch.zeros((b, pad), dtype=torch.long, device=q.device)], 1)
+        packed = torch.stack([prio.double(), score.double(), row.double()])  # rows < 2**53: exact in float64
+        parts = []
+        for t in all_gather(packed):
+            part = _RunningTop(b, width, q.device)
+            part.priority, part.score, part.row = t[0].float(), t[1].float(), t[2].long()
+            parts.append(part)
+        return _merge_tops(parts, width)
+
+    chosen = merged(chosen, k + skip_top)
+    best = merged(best, skip_top) if best is not None else None
+    if max_scores is not None:  # otherwise nothing was dropped anywhere: no gather needed
+        dropped = sum(t.long() for t in all_gather(dropped))
+
+    def fill(q_, get_, n_, chunk_size_, transform_, exclude_, indices, scores, skipped):
+        indices, scores = indices.clone(), scores.clone()
+        short = torch.isinf(scores).any(1)  # the same on every process: the merged selection is
+        for qi in torch.nonzero(short).flatten().tolist():
+            have = torch.isfinite(scores[qi])
+            taken = indices[qi][have].tolist() + skipped[qi].tolist()
+            blocked = list(exclude_[qi]) + taken if exclude_ is not None else taken
+            extra = select_negatives_sharded(-q_[qi: qi + 1], get_, int((~have).sum()), local_range, num_rows,
+                                             all_gather, exclude=[blocked], chunk_size=chunk_size_,
+                                             transform=transform_)
+            indices[qi, ~have] = extra.indices[0].to(indices.device)
+            scores[qi, ~have] = -extra.scores[0].to(scores.device)
+        return indices, scores
+
+    return _finish(q, get, num_rows, k, (chosen, best, dropped), exclude, chunk_size, transform, max_scores, skip_top,
+                   fill=fill)
 
 
 def _drop_best(chosen: _RunningTop, best: _RunningTop | None, k: int, skip_top: int
@@ -205,7 +350,8 @@ def _select_from_candidates(q, cache, k, exclude, method, temperature, noise_key
     p = s / temperature if method == "gumbel" else s.clone()
     if method == "gumbel":
         keys = noise_keys if noise_keys is not None else [str(i) for i in range(b)]
-        p = p + torch.stack([gumbel_noise(p_size, query_generator(seed, step, key)) for key in keys]).to(q.device)
+        p = p + torch.stack([row_noise(seed, step, key, cand_row) for key, cand_row in
+                             zip(keys, candidates.cpu().clamp(min=0))]).to(q.device)
     cand = candidates.to(q.device)
     invalid = cand < 0
     if exclude is not None:

@@ -44,6 +44,8 @@ HARD_NEGATIVES = ("auto", "cache", "dataset", "dataset+cache")
 CACHE_DTYPES = ("float32", "float16", "bfloat16")
 NONFINITE_ACTIONS = ("raise", "skip")
 NYSTROM_LANDMARKS = ("uniform", "recent")
+CACHE_SHARDING = ("replicated", "sharded")
+SCORING_DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -156,6 +158,30 @@ class CorrectorTrainingArguments(TrainingArguments):
     cache_encode_batch_size: int = field(default=64, metadata={"help": "Batch size for corpus (re-)encoding."})
     cache_dtype: str = field(default="float32", metadata={"help": "Cache storage dtype: float32, float16 or bfloat16."})
 
+    # -- scale: sharded cache, amortised correction, reduced-precision scoring (issue 15) ----------------------------
+    cache_sharding: str = field(
+        default="replicated",
+        metadata={"help": "'replicated': every process holds the whole cache (small corpora). 'sharded': each of W "
+                          "processes holds ~N/W contiguous rows (Atlas-style); each step the batch's query embeddings "
+                          "are all-gathered, every process scores its own rows and the local top-k are merged (the "
+                          "same negatives as one process). Refreshes and write-backs touch only the owner's rows; "
+                          "checkpoints hold one whole cache. Works with the exhaustive sampler (not candidate_index "
+                          "or tele_negatives)."},
+    )
+    corrected_view_steps: int = field(
+        default=10,
+        metadata={"help": "Amortised correction for correction='mlp': materialise the corrected view h(g') of the "
+                          "cache (in the cache's dtype, or scoring_dtype) with a frozen copy of h taken every M steps "
+                          "and scan it between recomputations, instead of applying h to every row every step. "
+                          "0 = apply h every step. Default 10: on S2r (20 steps) and S2L (60 steps), 3 seeds, M = 10 "
+                          "stays within seed noise of M = 1 (BENCHMARKS.md) at a tenth of the correction work."},
+    )
+    scoring_dtype: str = field(
+        default="float32",
+        metadata={"help": "dtype of the negative-selection scores q @ rows.T: 'float32', 'bfloat16' or 'float16' "
+                          "(reduced precision: half the memory traffic, faster where the device has native support)."},
+    )
+
     # -- Nyström correction -----------------------------------------------------------------------------------------------
     nystrom_landmarks: int = field(default=512, metadata={"help": "Landmark targets re-encoded at each Nyström refit."})
     nystrom_landmark_selection: str = field(
@@ -215,7 +241,8 @@ class CorrectorTrainingArguments(TrainingArguments):
         for name, allowed in (("negative_sampling", NEGATIVE_SAMPLING), ("correction", CORRECTIONS),
                               ("corrector_loss", CORRECTOR_LOSSES), ("candidate_index", CANDIDATE_INDEXES),
                               ("nystrom_landmark_selection", NYSTROM_LANDMARKS), ("hard_negatives", HARD_NEGATIVES),
-                              ("cache_dtype", CACHE_DTYPES), ("nonfinite_action", NONFINITE_ACTIONS)):
+                              ("cache_dtype", CACHE_DTYPES), ("nonfinite_action", NONFINITE_ACTIONS),
+                              ("cache_sharding", CACHE_SHARDING), ("scoring_dtype", SCORING_DTYPES)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         parts = [p.strip() for p in self.eval_corpus_embeddings.split(",") if p.strip()]

@@ -173,7 +173,8 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
         built = cache is None
         cache = _prepare_cache(cache, retriever, self.corpus, args, self.cache_class, from_checkpoint)
         self.cache_manager = self.cache_manager_class(cache, list(self.corpus["text"]), self._encode_targets,
-                                                      self.accelerator, write_back=args.cache_write_back)
+                                                      self.accelerator, write_back=args.cache_write_back,
+                                                      sharding=args.cache_sharding)
         if built and args.mines_negatives:  # with in-batch negatives only the cache serves diagnostics
             self.cache_manager.cost.initial_cache_encodings = len(self.doc_ids)
         self.sampler = sampler if sampler is not None else build_sampler(args, lambda: self.corrector)
@@ -386,6 +387,10 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
 
     # ---------------------------------------------------------------------------------------------------------------
     # saving and resuming
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        self.cache_manager.prepare_save()  # sharded: gathers the shards (a collective; every process calls save_model)
+        super().save_model(output_dir, _internal_call)
+
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """Save the retriever, ``corrector/`` and the arguments, written aside and then moved into place."""
         if self.args.should_save:
@@ -396,7 +401,7 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
         training needs; ``StaleCache.load(output_dir + "/stale_cache")``)."""
         save_model_files(output_dir, self.retriever, self.corrector, self.uses_peft, self.args.to_json_string(),
                          {**self.cost, "total": self.total_reembedding_cost(), "num_docs": len(self.doc_ids)})
-        self.cache.save(Path(output_dir) / CACHE_DIR)
+        self.cache_manager.cache_to_save().save(Path(output_dir) / CACHE_DIR)
 
     def _save_checkpoint(self, model, trial):
         """Trainer's checkpoint plus the cache and this trainer's extra state (cost, sampler state). The folder is

@@ -159,6 +159,7 @@ LIBRARY_SPECS: dict[str, Spec] = {
     "false_negative_max_score": _float(-1e4, 1e4, optional=True),  # scores of unit vectors are in [-1, 1]
     "candidate_nprobe": _int(1),
     "eval_batch_size_encode": _int(1),
+    "corrected_view_steps": _int(0),
 }
 
 #: numeric fields inherited from transformers.TrainingArguments
