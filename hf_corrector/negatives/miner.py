@@ -102,7 +102,8 @@ class NegativeMiner:
         if not self.uses_cache:
             return torch.as_tensor(picked, dtype=torch.long).reshape(b, self.k)
         need = [self.k - len(p) for p in picked]
-        if max(need) == 0:
+        sharded = getattr(self.sampler.ctx.cache, "sharding", "replicated") == "sharded"
+        if max(need) == 0 and not sharded:  # a sharded scan is a collective: every rank must take part
             return torch.as_tensor(picked, dtype=torch.long)
         blocked = [list(ex) + p for ex, p in zip(exclude, picked)]
         limits = None
@@ -111,7 +112,7 @@ class NegativeMiner:
             if self.false_negatives.needs_positive_scores:
                 pos_scores = self.sampler.score_rows(queries, positives.reshape(-1, 1), step)[:, 0]
             limits = self.false_negatives.limits(pos_scores, batch_size=b)
-        selection = self.sampler.sample(queries, blocked, keys, max(need), step, limits=limits)
+        selection = self.sampler.sample(queries, blocked, keys, max(max(need), 1), step, limits=limits)
         if self.false_negatives.active:
             self.dropped.append(float(selection.dropped.float().mean()) if selection.dropped.numel() else 0.0)
         rows = selection.indices.cpu().tolist()

@@ -42,7 +42,7 @@ from transformers.trainer_utils import PredictionOutput, rotate_checkpoints
 from ..cache import StaleCache
 from ..cache.manager import CacheManager
 from ..data.format import RetrievalData
-from ..errors import CacheMismatchError, ConfigError, NonFiniteError
+from ..errors import CacheMismatchError, ConfigError
 from ..evaluation.evaluator import CorpusEmbeddings, RetrievalEvaluator, documents_outside
 from ..evaluation.metrics import exact_search
 from ..hub.callbacks import ModelCardCallback
@@ -60,6 +60,7 @@ from .config import CorrectorTrainingArguments
 from .distributed import check_distributed_setup
 from .inputs import index_inputs
 from .losses import step_losses
+from .nonfinite import SkipStep, check_finite
 from .optim import build_lr_scheduler, build_optimizer
 from .peft_utils import apply_peft
 from .staleness import staleness_metrics
@@ -149,7 +150,8 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
             raise ConfigError(f"num_negatives={args.num_negatives} needs a corpus larger than {len(self.doc_ids)}")
         if self.train_examples is not None and args.num_negatives > 0:  # names the query that has too few
             pool = args.candidate_pool_size if args.candidate_index != "none" and not args.tele_negatives else None
-            check_enough_negatives(self.train_examples, len(self.doc_ids), args.num_negatives, pool_size=pool)
+            check_enough_negatives(self.train_examples, len(self.doc_ids),
+                                   args.num_negatives + args.false_negative_skip_top, pool_size=pool)
 
         corrector = _prepare_corrector(corrector, retriever, args, self.corrector_class)
         if data_collator is None:
@@ -293,7 +295,8 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
         for tensor, name in ((q, "query embeddings"), (t, "target embeddings"), (corrected, "corrector output"),
                              (loss, "loss")):
             if tensor is not None:
-                self._check_finite(tensor, name)
+                check_finite(tensor, name, self.state.global_step, args.nonfinite_action, args.output_dir,
+                             args.should_save)
         self._record_step_metrics(losses, q, t, stale_rows, corrected, batch.inverse)
         self.cache_manager.record_step(batch.targets, t.detach(), self.state.global_step)
         return (loss, out) if return_outputs else loss
@@ -307,22 +310,10 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
         if "staleness_cos_corrected" in stats:
             self.corrector_health.record(stats["staleness_cos_stale"], stats["staleness_cos_corrected"])
 
-    def _check_finite(self, tensor: torch.Tensor, name: str) -> None:
-        if torch.isfinite(tensor.detach()).all():
-            return
-        step = self.state.global_step
-        message = f"non-finite {name} at step {step + 1} (global_step {step})"
-        if self.args.nonfinite_action == "skip":
-            logger.warning("%s (skipping the step)", message)
-            raise _SkipStep()
-        last = last_complete_checkpoint(self.args.output_dir) if self.args.should_save else None
-        raise NonFiniteError(f"{message}; " + (f"the last good checkpoint is {last}" if last else
-                                                f"no complete checkpoint in {self.args.output_dir} yet"))
-
     def training_step(self, model, inputs, num_items_in_batch=None):
         try:
             return super().training_step(model, inputs, num_items_in_batch)
-        except _SkipStep:  # raised before backward: earlier micro-batches of the accumulation window keep theirs
+        except SkipStep:  # raised before backward: earlier micro-batches of the accumulation window keep theirs
             self._metrics["skipped_steps"].append(1.0)
             return torch.zeros((), device=self.args.device)
 
@@ -518,10 +509,6 @@ def _checkpoint_cache(output_dir: str, resume_from_checkpoint: str | bool) -> st
     folder = last_complete_checkpoint(output_dir) if _means_true(resume_from_checkpoint) else resume_from_checkpoint
     path = Path(folder) / CACHE_DIR if folder else None
     return str(path) if path is not None and path.is_dir() else None
-
-
-class _SkipStep(Exception):
-    """Internal: abandon the current step (nonfinite_action='skip')."""
 
 
 def _prepare_retriever(model, processing_class, peft_config) -> RetrieverModel:
