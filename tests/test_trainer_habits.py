@@ -122,3 +122,15 @@ def test_reembedding_cost_is_in_the_per_step_logs(tmp_path):
     costs = [h["reembedding_cost"] for h in trainer.state.log_history if "loss" in h]
     assert len(costs) == 4 and costs == sorted(costs) and costs[0] > trainer.cost["initial_cache_encodings"]
     assert costs[-1] == trainer.total_reembedding_cost()
+
+
+def test_progress_bars_name_their_phase(tmp_path, capsys):
+    trainer = _trainer(tmp_path, max_steps=2, cache_refresh_steps=1, correction="none", disable_tqdm=False)
+    capsys.readouterr()
+    trainer.cache_manager.refresh(1)
+    trainer.corpus_embeddings("fresh")
+    train, _ = tiny_data()
+    StaleCache.build(train.corpus, trainer.retriever, batch_size=8, show_progress_bar=True)
+    err = capsys.readouterr().err
+    for phase in ("refreshing the cache", "encoding the corpus for evaluation", "building the cache"):
+        assert phase in err, (phase, err[-500:])

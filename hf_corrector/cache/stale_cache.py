@@ -134,9 +134,12 @@ def atomic_replace_dir(tmp_dir: Path, final_dir: Path) -> None:
 
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh, tqdm(total=size, unit="B", unit_scale=True, desc=f"checksum of {path.name}",
+                                      disable=size < (256 << 20)) as bar:  # a bar for files that take a while
         for block in iter(lambda: fh.read(1 << 22), b""):
             digest.update(block)
+            bar.update(len(block))
     return digest.hexdigest()
 
 
@@ -566,7 +569,7 @@ class StaleCache:
 
         def encode(chunk: list[str], progress: bool) -> torch.Tensor:
             return retriever.encode_targets(chunk, batch_size=batch_size, show_progress_bar=progress, device=device,
-                                            max_length=length)
+                                            max_length=length, desc="building the cache")
 
         if shard_dir is None:
             return cls(doc_ids, encode(texts, show_progress_bar), provenance=provenance, dtype=dtype)
@@ -579,7 +582,7 @@ class StaleCache:
         parts = []
         starts = range(0, len(doc_ids), shard_size)
         done = 0
-        for k, start in enumerate(tqdm(starts, desc="build cache (shards)", disable=not show_progress_bar)):
+        for k, start in enumerate(tqdm(starts, desc="building the cache (shards)", disable=not show_progress_bar)):
             shard_file = shard_dir / f"shard-{k:05d}.npy"
             stop = min(start + shard_size, len(doc_ids))
             if shard_file.exists():

@@ -13,6 +13,7 @@ from typing import Any
 
 import datasets
 import torch
+from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from .metrics import DEFAULT_METRICS, retrieval_metrics
@@ -106,4 +107,6 @@ class CorpusEmbeddings:
         if transform is None:
             return manager.gathered().matrix().float()  # a sharded cache: the shards gathered (a collective)
         cache = manager.gathered()
-        return torch.cat([transform(chunk).float().cpu() for _, chunk in cache.iter_chunks(self.chunk_size)])
+        chunks = tqdm(cache.iter_chunks(self.chunk_size), desc="correcting the cache",
+                      total=-(-len(cache) // self.chunk_size), disable=len(cache) <= self.chunk_size)
+        return torch.cat([transform(chunk).float().cpu() for _, chunk in chunks])

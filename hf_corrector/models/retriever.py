@@ -300,8 +300,10 @@ class RetrieverModel(PreTrainedModel):
         max_length: int | None = None,
         show_progress_bar: bool | None = None,
         device: str | torch.device | None = None,
+        desc: str | None = None,
     ) -> torch.Tensor:
         """Encode texts in batches without gradients; returns a float32 CPU tensor of shape (len(texts), d).
+        ``desc`` names the phase on the progress bar (e.g. "building the cache").
 
         All texts are tokenised once up front and batched by token length (longest first), so a batch pads to
         almost nothing; the output is in input order. Runs under ``torch.inference_mode`` (no autograd
@@ -314,7 +316,7 @@ class RetrieverModel(PreTrainedModel):
         order: list[int] = []
         show = len(texts) > 4 * batch_size if show_progress_bar is None else show_progress_bar
         try:
-            desc = "encode queries" if side == "query" else "encode targets"
+            desc = desc or ("encoding queries" if side == "query" else "encoding targets")
             if self.tokenizer is None:
                 raise ConfigError("this retriever has no tokenizer; set `retriever.tokenizer = AutoTokenizer...`")
             prefix = self.config.query_prefix if side == "query" else self.config.target_prefix

@@ -204,7 +204,8 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
     def _encode_targets(self, texts: list[str], show_progress_bar: bool = False, desc: str | None = None) -> torch.Tensor:
         return self.retriever.encode_targets(texts, batch_size=self.args.cache_encode_batch_size,
                                              max_length=self.args.target_max_length, device=self.args.device,
-                                             show_progress_bar=show_progress_bar and self.accelerator.is_main_process)
+                                             show_progress_bar=show_progress_bar and self.accelerator.is_main_process,
+                                             desc=desc)
 
     def _encode_queries_for_sampler(self, texts: list[str]) -> torch.Tensor:
         return self.retriever.encode_queries(texts, batch_size=self.args.eval_batch_size_encode,
