@@ -34,6 +34,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 from _common import PeakRSS, write_json_atomic
+from speed import best_time as best, rand_cache  # the same yardsticks as speed.py
 
 
 def parse_args(argv=None):
@@ -54,25 +55,6 @@ def parse_args(argv=None):
     p.add_argument("--work-dir", default=None, help="where the saved sharded-size cache goes (default a temp dir)")
     p.add_argument("--rank-worker", nargs=3, default=None, help=argparse.SUPPRESS)  # cache_path mode out_json
     return p.parse_args(argv)
-
-
-def best(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), times
-
-
-def rand_cache(n, d, seed=0):
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    m = torch.empty(n, d)
-    for s in range(0, n, 65536):
-        m[s : s + 65536] = torch.nn.functional.normalize(torch.randn(min(65536, n - s), d, generator=g), dim=-1)
-    return m
 
 
 def corrector(d):
