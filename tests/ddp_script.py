@@ -101,3 +101,6 @@ if __name__ == "__main__":
         scenario(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[4] if len(sys.argv) > 4 else "sharded")
     else:
         main(sys.argv[1], int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else "topk")
+    if torch.distributed.is_initialized():  # leave together: a rank that exits while the other still talks to gloo
+        torch.distributed.barrier()          # aborts it ("terminate called without an active exception")
+        torch.distributed.destroy_process_group()
