@@ -150,8 +150,8 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
             raise ConfigError(f"num_negatives={args.num_negatives} needs a corpus larger than {len(self.doc_ids)}")
         if self.train_examples is not None and args.num_negatives > 0:  # names the query that has too few
             pool = args.candidate_pool_size if args.candidate_index != "none" and not args.tele_negatives else None
-            check_enough_negatives(self.train_examples, len(self.doc_ids),
-                                   args.num_negatives + args.false_negative_skip_top, pool_size=pool)
+            check_enough_negatives(self.train_examples, len(self.doc_ids), args.num_negatives, pool_size=pool,
+                                   skip_top=args.false_negative_skip_top)
 
         corrector = _prepare_corrector(corrector, retriever, args, self.corrector_class)
         if data_collator is None:

@@ -249,7 +249,7 @@ def numeric_fields(cls: type) -> list[str]:
 
 
 def check_enough_negatives(examples_or_queries: Any, num_docs: int, k: int, pool_size: int | None = None,
-                           max_listed: int = 5) -> None:
+                           max_listed: int = 5, skip_top: int = 0) -> None:
     """Raise :class:`~hf_corrector.errors.ConfigError` naming every query (the first ``max_listed``) whose positives
     leave fewer than ``k`` negative candidates.
 
@@ -261,6 +261,8 @@ def check_enough_negatives(examples_or_queries: Any, num_docs: int, k: int, pool
     """
     if k <= 0:
         return
+    wanted = f"num_negatives={k}" + (f" + false_negative_skip_top={skip_top}" if skip_top else "")
+    k += skip_top
     available = num_docs if pool_size is None else min(num_docs, pool_size)
     where = f"of {num_docs} documents" if available == num_docs else f"of a candidate pool of {available} rows"
     short: dict[str, tuple[int, int]] = {}
@@ -272,10 +274,9 @@ def check_enough_negatives(examples_or_queries: Any, num_docs: int, k: int, pool
         listed = "; ".join(f"query {qid!r} has {c} candidate(s) ({where}, {p} positive)"
                            for qid, (c, p) in list(short.items())[:max_listed])
         more = f"; and {len(short) - max_listed} more" if len(short) > max_listed else ""
-        fix = "Lower num_negatives or add documents to the corpus" if pool_size is None else \
-            "Lower num_negatives or raise candidate_pool_size"
-        raise ConfigError(f"num_negatives={k} needs at least {k} negative candidates per query, but {listed}{more}. "
-                          f"{fix}.")
+        lower = "Lower num_negatives" + (" or false_negative_skip_top" if skip_top else "")
+        fix = f"{lower} or add documents to the corpus" if pool_size is None else f"{lower} or raise candidate_pool_size"
+        raise ConfigError(f"{wanted} needs at least {k} negative candidates per query, but {listed}{more}. {fix}.")
 
 
 def _query_positives(data: Any) -> Iterable[tuple[Any, list]]:
