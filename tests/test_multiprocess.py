@@ -21,15 +21,20 @@ def _run(cmd: list[str], tmp: Path) -> None:
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
 
 
-@pytest.mark.parametrize("sampling", ["topk", "gumbel"])
-def test_two_processes_match_one(tmp_path: Path, sampling: str) -> None:
+def _launch_two_processes(tmp: Path, out: Path, *script_args: str) -> None:
+    """``accelerate launch`` the DDP script in 2 CPU processes (skips when the launcher is not installed)."""
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
     if accelerate is None:
         pytest.skip("the accelerate launcher is not installed")
+    _run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+          "--dynamo_backend", "no", "--main_process_port", "0", str(SCRIPT), str(out), *script_args], tmp)
+
+
+@pytest.mark.parametrize("sampling", ["topk", "gumbel"])
+def test_two_processes_match_one(tmp_path: Path, sampling: str) -> None:
     multi, single = tmp_path / "multi", tmp_path / "single"
     multi.mkdir(), single.mkdir()
-    _run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-          "--dynamo_backend", "no", "--main_process_port", "0", str(SCRIPT), str(multi), "4", sampling], tmp_path)
+    _launch_two_processes(tmp_path, multi, "4", sampling)
     _run([sys.executable, str(SCRIPT), str(single), "8", sampling], tmp_path)
 
     assert json.loads((multi / "world.json").read_text())["world_size"] == 2
@@ -55,14 +60,9 @@ def test_sharded_cache_two_processes_match_one(tmp_path: Path) -> None:
     single-process cache; a resume from a checkpoint continues exactly; the saved cache loads in one process."""
     from hf_corrector import StaleCache
 
-    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
-    if accelerate is None:
-        pytest.skip("the accelerate launcher is not installed")
     multi, single = tmp_path / "multi", tmp_path / "single"
     multi.mkdir(), single.mkdir()
-    _run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-          "--dynamo_backend", "no", "--main_process_port", "0", str(SCRIPT), str(multi), "4", "scenario", "sharded"],
-         tmp_path)
+    _launch_two_processes(tmp_path, multi, "4", "scenario", "sharded")
     _run([sys.executable, str(SCRIPT), str(single), "8", "scenario", "replicated"], tmp_path)
     assert json.loads((multi / "world.json").read_text())["world_size"] == 2
 

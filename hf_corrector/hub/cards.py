@@ -201,7 +201,7 @@ def public_name(name: str | os.PathLike | None) -> str | None:
     path itself; ``None`` for an empty name).
 
     Example:
-        >>> public_name("/tmp/run1/my-model"), public_name("org/name")
+        >>> public_name("/home/me/run1/my-model"), public_name("org/name")
         ('my-model', 'org/name')
     """
     if name is None or str(name) == "":
@@ -233,7 +233,7 @@ def scrub_local_paths(text: str, paths: list[str | os.PathLike | None] | tuple =
     for candidate in sorted(candidates, key=len, reverse=True):  # longest first: nested paths
         if len(candidate) <= 1:
             continue
-        # the candidate and any path below it, e.g. the temp dir and /tmp/run1/model -> "model"
+        # the candidate and any path below it, e.g. the temp dir and /home/me/run1/model -> "model"
         pattern = re.compile(re.escape(candidate.rstrip("/\\")) + r"(?:[/\\][\w.\-]+)*(?![\w.\-])")
         text = pattern.sub(lambda m: Path(m.group(0)).name or "local folder", text)
     return text
