@@ -283,8 +283,8 @@ def main(argv: list[str] | None = None) -> dict:
         cache = reusable_cache(cache_dir, retriever, train_data, args)  # a rerun into the same folder
     trainer = CorrectorTrainer(model=retriever, args=args, train_dataset=train_data, eval_dataset=eval_data,
                                cache=cache, corrector=model_args.corrector_name_or_path, peft_config=peft_config)
-    if args.should_save and resume is None:
-        trainer.cache.save(cache_dir)  # the starting cache, for reruns into the same folder
+    if resume is None:
+        trainer.save_cache(cache_dir)  # the starting cache, for reruns (every process: sharded, one shard each)
 
     results: dict[str, dict[str, float]] = {}
     if resume is not None and eval_data is not None and not data_args.skip_initial_eval:
@@ -315,13 +315,13 @@ def main(argv: list[str] | None = None) -> dict:
         trainer.log(results["after training"])
     trainer.save_model(args.output_dir)
     trainer.create_model_card()  # README.md (retriever) and corrector/README.md
-    if args.should_save:
+    if args.should_save:  # save_model wrote the cache as training left it into cache_dir (sharded: one shard a process)
+        from hf_corrector.cache.sharded_store import cache_summary
         from hf_corrector.hub.cache_card import render_cache_card
 
-        trainer.cache.save(cache_dir)  # the cache as training left it (unchanged unless write-back / refresh)
         if served is not None:
             served.save(Path(args.output_dir) / "served_index")
-        (cache_dir / "README.md").write_text(render_cache_card(trainer.cache, keep_existing_metadata=False))
+        (cache_dir / "README.md").write_text(render_cache_card(cache_summary(cache_dir), keep_existing_metadata=False))
     summary = {
         "results": results,
         "reembedding_cost": {**trainer.cost, "total": trainer.total_reembedding_cost(), "num_docs": train_data.num_docs},

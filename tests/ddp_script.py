@@ -49,7 +49,7 @@ def _args(run_dir: Path, per_device_batch: int, sampling: str, sharding: str, **
 
 def _record(trainer: RecordingTrainer, out: Path, name: str) -> None:
     chosen = gather_object(trainer.chosen)
-    cache = trainer.cache
+    cache = trainer.cache_manager.cache
     shard = {"lo": trainer.cache_manager.local_rows[0], "cache": cache.matrix().float().clone(),
              "steps": cache.steps.clone(), "rank": trainer.accelerator.process_index}
     torch.save(shard, out / f"{name}_rank{trainer.accelerator.process_index}.pt")
@@ -90,7 +90,7 @@ def main(out_dir: str, per_device_batch: int, sampling: str) -> None:
     trainer.train()
     chosen = gather_object(trainer.chosen)
     rank = trainer.accelerator.process_index
-    torch.save({"cache": trainer.cache.matrix().clone(), "steps": trainer.cache.steps.clone()}, out / f"cache_rank{rank}.pt")
+    torch.save({"cache": trainer.cache_manager.cache.matrix().clone(), "steps": trainer.cache_manager.cache.steps.clone()}, out / f"cache_rank{rank}.pt")
     if trainer.accelerator.is_main_process:
         (out / "chosen.json").write_text(json.dumps(sorted(chosen)))
         (out / "world.json").write_text(json.dumps({"world_size": trainer.accelerator.num_processes}))

@@ -28,12 +28,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
 from ..errors import ConfigError
+from .sharded_store import finish_save, staging_dir, write_shard
 from .sharding import SHARDING_MODES, Collectives, row_range
 from .stale_cache import StaleCache
 
@@ -183,17 +185,35 @@ class CacheManager:
         rows = rows.tolist() if isinstance(rows, torch.Tensor) else rows
         return [self.texts[i] for i in rows]
 
-    def prepare_save(self) -> None:
-        """Before a save (on every process): a sharded cache is gathered on the main process (:meth:`cache_to_save`)."""
-        self._to_save = self.gathered(main_only=True) if self.sharded else None
+    def prepare_save(self, final_dir: str | os.PathLike) -> None:
+        """Before a save into ``final_dir`` (on every process). Sharded: each process writes its own shard into a
+        staging folder next to ``final_dir`` (:mod:`~hf_corrector.cache.sharded_store`), then all wait, so the main
+        process can install them (:meth:`save_into`); no process ever holds more than its rows."""
+        self._staging = None
+        if self.sharded:
+            self._staging = staging_dir(final_dir)
+            write_shard(self.cache, self._staging, self.collectives.rank, self.collectives.world)
+            self.accelerator.wait_for_everyone()
 
-    def cache_to_save(self) -> StaleCache:
-        """The whole cache to write: the cache itself, or (sharded) what :meth:`prepare_save` gathered."""
-        cache, self._to_save = getattr(self, "_to_save", None), None
-        if cache is None and self.sharded:
-            raise ConfigError("a sharded cache is saved through trainer.save_model() called on every process (it "
-                              "gathers the shards first: CacheManager.prepare_save)")
-        return cache if cache is not None else self.cache
+    def save_into(self, folder: str | os.PathLike) -> None:
+        """Main process: write the whole cache into ``folder`` (replicated: the cache itself; sharded: the shards
+        :meth:`prepare_save` staged, moved into place, and the manifest written last)."""
+        staging, self._staging = getattr(self, "_staging", None), None
+        if not self.sharded:
+            self.cache.save(folder)
+            return
+        if staging is None:
+            raise ConfigError("a sharded cache is saved by every process: call trainer.save_model() / "
+                              "trainer.save_cache(path) on every process (CacheManager.prepare_save first)")
+        finish_save(staging, folder, self.collectives.world)
+
+    def save(self, folder: str | os.PathLike) -> None:
+        """Save the whole cache into ``folder`` (a collective when sharded: every process calls it)."""
+        self.prepare_save(folder)
+        if self.collectives.rank == 0:
+            self.save_into(folder)
+        if self.num_processes > 1:
+            self.accelerator.wait_for_everyone()
 
     # -- events ---------------------------------------------------------------------------------------------------------
     def add_listener(self, listener: Any) -> None:

@@ -708,6 +708,10 @@ class StaleCache:
                 check_local_folder(path, "stale cache")  # FileNotFoundError("no such folder: ..."), no Hub lookup
             cache = cls.from_hub(str(path), verify=verify, **hub_kwargs)
             return cache if rows is None else cache.slice_rows(*rows)
+        from .sharded_store import is_sharded, load_sharded
+
+        if is_sharded(path_obj):  # one shard per process plus a manifest (sharded_store.py)
+            return load_sharded(path_obj, verify=verify, rows=rows)
         remove_leftovers(path_obj)
         info_file, data_file = path_obj / INFO_FILE, path_obj / CACHE_FILE
         if not info_file.is_file() or not data_file.is_file():

@@ -166,7 +166,9 @@ class CorrectedIndex:
             return trainer.cache_manager.encode_rows(rows, count_as="refresh_encodings",
                                                      desc="re-encoding the budget")
 
-        return build_corrected_index(trainer.retriever, trainer.corrector, trainer.cache, trainer.corpus_texts,
+        # the whole cache: a served (flat) index holds every row by nature; sharded, the shards are gathered here
+        cache = trainer.cache_manager.gathered()  # a collective when sharded: every process calls from_trainer
+        return build_corrected_index(trainer.retriever, trainer.corrector, cache, trainer.corpus_texts,
                                      reencode_budget=reencode_budget, method=method, selection=selection,
                                      selection_queries=queries, encode_rows=encode_rows,
                                      step=int(trainer.state.global_step), seed=int(trainer.args.seed), **kwargs)

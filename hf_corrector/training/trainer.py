@@ -41,6 +41,8 @@ from transformers.trainer_utils import PredictionOutput, rotate_checkpoints
 
 from ..cache import StaleCache
 from ..cache.manager import CacheManager
+from ..cache.sharded_store import check_part_provenance, is_sharded, push_to_hub as push_saved_cache
+from ..cache.sharding import row_range
 from ..data.format import RetrievalData
 from ..errors import CacheMismatchError, ConfigError
 from ..evaluation.evaluator import CorpusEmbeddings, RetrievalEvaluator, documents_outside
@@ -175,7 +177,8 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
         if from_checkpoint:  # the checkpoint holds the cache: do not encode the corpus only to throw it away
             cache = _checkpoint_cache(args.output_dir, args.resume_from_checkpoint)
         built = cache is None
-        cache = _prepare_cache(cache, retriever, self.corpus, args, self.cache_class, from_checkpoint)
+        cache = _prepare_cache(cache, retriever, self.corpus, args, self.cache_class, from_checkpoint,
+                               rows=_local_rows(self.accelerator, len(self.corpus), strategy.cache_sharding))
         self.cache_manager = self.cache_manager_class(cache, list(self.corpus["text"]), self._encode_targets,
                                                       self.accelerator, write_back=strategy.cache_write_back,
                                                       sharding=strategy.cache_sharding)
@@ -223,6 +226,15 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
 
     @property
     def cache(self) -> StaleCache:
+        """The stale cache. With ``cache_sharding="sharded"`` over several processes each holds only its rows, so
+        this raises (saving or pushing it would silently drop the other processes' rows): use
+        :meth:`save_cache` / :meth:`push_cache_to_hub` (every process), or ``trainer.cache_manager.cache`` for this
+        process's shard."""
+        if self.cache_manager.sharded:
+            raise ConfigError("trainer.cache: with cache_sharding='sharded' each process holds only its rows "
+                              f"{self.cache_manager.local_rows} of {len(self.cache_manager)}; save or publish the "
+                              "whole cache with trainer.save_cache(path) / trainer.push_cache_to_hub(repo_id) called on "
+                              "every process, or read this process's shard as trainer.cache_manager.cache")
         return self.cache_manager.cache
 
     @property
@@ -382,8 +394,26 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
     # ---------------------------------------------------------------------------------------------------------------
     # saving and resuming
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        self.cache_manager.prepare_save()  # sharded: gathers the shards (a collective; every process calls save_model)
+        # sharded: every process writes its own shard next to the output folder (save_model runs on every process)
+        self.cache_manager.prepare_save(Path(output_dir or self.args.output_dir) / CACHE_DIR)
         super().save_model(output_dir, _internal_call)
+
+    def save_cache(self, path: str | os.PathLike) -> None:
+        """Save the whole cache into ``path`` (call on every process: a sharded cache is written shard by shard,
+        one per process, plus a manifest; ``StaleCache.load(path)`` reads it with any number of processes)."""
+        self.cache_manager.save(path)
+
+    def push_cache_to_hub(self, repo_id: str, private: bool | None = None, token: str | None = None) -> str | None:
+        """Publish the whole cache as a dataset repo (call on every process; the main process uploads). A sharded
+        cache is saved shard by shard first and pushed in ``datasets``' sharded layout
+        (``data/train-0000r-of-0000W.parquet``), never gathered into one process."""
+        if not self.cache_manager.sharded:
+            return self.cache.push_to_hub(repo_id, private=private, token=token) if self.args.should_save else None
+        folder = Path(self.args.output_dir) / f".{CACHE_DIR}-push"
+        self.save_cache(folder)
+        repo = push_saved_cache(folder, repo_id, private=private, token=token) if self.args.should_save else None
+        self.accelerator.wait_for_everyone()
+        return repo
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """Save the retriever, ``corrector/`` and the arguments, written aside and then moved into place."""
@@ -395,7 +425,7 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
         training needs; ``StaleCache.load(output_dir + "/stale_cache")``)."""
         save_model_files(output_dir, self.retriever, self.corrector, self.uses_peft, self.args.to_json_string(),
                          {**self.cost, "total": self.total_reembedding_cost(), "num_docs": len(self.doc_ids)})
-        self.cache_manager.cache_to_save().save(Path(output_dir) / CACHE_DIR)
+        self.cache_manager.save_into(Path(output_dir) / CACHE_DIR)
 
     def _save_checkpoint(self, model, trial):
         """Trainer's checkpoint plus the cache and this trainer's extra state (cost, sampler state). The folder is
@@ -430,8 +460,13 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
 
     def _load_extra_state(self, folder: Path) -> None:
         if (folder / CACHE_DIR).exists():  # written by earlier weights of this run: check the corpus only
-            cache = self.cache_class.load(folder / CACHE_DIR)
-            cache.check_provenance(doc_ids=self.doc_ids, texts=self.cache_manager.texts)
+            manager = self.cache_manager
+            if manager.sharded and is_sharded(folder / CACHE_DIR):  # this process's rows only
+                cache = self.cache_class.load(folder / CACHE_DIR, rows=manager.local_rows)
+                check_part_provenance(cache, folder / CACHE_DIR, self.doc_ids, manager.texts)
+            else:
+                cache = self.cache_class.load(folder / CACHE_DIR)
+                cache.check_provenance(doc_ids=self.doc_ids, texts=self.cache_manager.texts)
             self.cache_manager.cache = cache
         loaded = load_extra_state(folder)
         if loaded is not None:
@@ -481,15 +516,30 @@ def _prepare_corrector(corrector, retriever: RetrieverModel, args, strategy: Neg
     return corrector if trains_corrector else None
 
 
+def _local_rows(accelerator, num_rows: int, sharding: str) -> tuple[int, int] | None:
+    """This process's rows of a cache sharded across processes (None: it holds every row)."""
+    world = int(accelerator.num_processes)
+    return row_range(num_rows, world, int(accelerator.process_index)) if sharding == "sharded" and world > 1 else None
+
+
 def _prepare_cache(cache, retriever: RetrieverModel, corpus: datasets.Dataset, args, cache_class,
-                   from_checkpoint: bool = False) -> StaleCache:
+                   from_checkpoint: bool = False, rows: tuple[int, int] | None = None) -> StaleCache:
     """The stale cache: loaded from a path, given, or built with the starting model (at ``target_max_length``).
 
+    ``rows``: this process's rows of a sharded run; a sharded cache folder is then read for those rows only.
     A cache must belong to this corpus (ids and texts) and, unless ``cache_from_other_weights`` says on purpose that
     it is an older encoder's cache to correct, to this target encoder. A checkpoint's cache was written by earlier
     weights of this run by design: only its corpus is checked.
     """
     if isinstance(cache, (str, os.PathLike)):
+        if rows is not None and is_sharded(cache):  # this process's rows only (sharded_store.py)
+            part = cache_class.load(cache, rows=rows)
+            check_part_provenance(part, cache, list(corpus["doc_id"]), list(corpus["text"]),
+                                  None if from_checkpoint else retriever,
+                                  allow_other_weights=args.cache_from_other_weights, max_length=args.target_max_length)
+            if from_checkpoint:
+                part.check_model(retriever)
+            return part
         cache = cache_class.load(cache)
     if cache is None:
         logger.info("building the stale cache: encoding %d documents with the starting model", len(corpus))
