@@ -117,6 +117,31 @@ class CacheManager:
             raise ConfigError(f"a cache of {len(cache)} rows (from row {offset}) is neither the whole cache of "
                               f"{self.num_rows} rows nor this process's rows {lo}:{hi}")
         self._cache = cache
+        self._mirror = None  # the device copy (placement.py) is rebuilt from the new rows when next read
+
+    # -- placement (cache_device) ---------------------------------------------------------------------------------------
+    def place(self, device: torch.device, pin: bool = False) -> None:
+        """Keep this process's rows on ``device`` (or ``pin`` them on the host) for scanning: :meth:`read_chunk`
+        then serves views of that copy, kept in step by write-backs and refreshes. CPU without pinning: the
+        cache's own memory, as before (no copy)."""
+        self._placement = (torch.device(device), bool(pin))
+        self._mirror = None
+
+    @property
+    def device(self) -> torch.device:
+        """Where :meth:`read_chunk` rows live."""
+        placement = getattr(self, "_placement", None)
+        return placement[0] if placement is not None else torch.device("cpu")
+
+    def _scan_matrix(self) -> torch.Tensor:
+        placement = getattr(self, "_placement", None)
+        if placement is None or (placement[0].type == "cpu" and not placement[1]):
+            return self.cache.matrix()
+        if self._mirror is None:
+            from .placement import DeviceRows
+
+            self._mirror = DeviceRows(self.cache.matrix(), *placement)
+        return self._mirror.matrix
 
     # -- reading ------------------------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -148,7 +173,7 @@ class CacheManager:
         if not lo <= start <= stop <= hi:
             raise ConfigError(f"rows {start}:{stop} are not held by this process (it holds rows {lo}:{hi} of a "
                               f"cache sharded across processes)")
-        return self.cache.matrix()[start - lo : stop - lo]
+        return self._scan_matrix()[start - lo : stop - lo]
 
     def local(self, index: torch.Tensor) -> torch.Tensor:
         """float32 rows ``index`` (global numbers, inside :attr:`local_rows`) of this process's rows: no collective."""
@@ -275,6 +300,7 @@ class CacheManager:
             self.cache.replace_all(emb, step)
         else:
             self.cache.replace_all(self.encode_corpus("refreshing the cache"), step)
+        self._mirror = None  # rebuilt from the refreshed rows
         self.cost.refresh_encodings += len(self.texts)
         self.cost.num_refreshes += 1
         self._notify("on_cache_refreshed", step)
@@ -297,9 +323,12 @@ class CacheManager:
             lo, hi = self.local_rows
             if self.sharded:  # only the rows this process owns
                 mine = (targets >= lo) & (targets < hi)
-                self.cache.update(targets[mine] - lo, fresh.float().cpu()[mine], step)
+                targets_mine, fresh_mine = targets[mine] - lo, fresh.float().cpu()[mine]
             else:
-                self.cache.update(targets, fresh.float().cpu(), step)
+                targets_mine, fresh_mine = targets, fresh.float().cpu()
+            self.cache.update(targets_mine, fresh_mine, step)
+            if self._mirror is not None:
+                self._mirror.update(targets_mine, fresh_mine)
         self._notify("on_targets", targets)
 
 
@@ -357,6 +386,11 @@ class CacheRows:
 
     def local_matrix(self) -> torch.Tensor:
         return self._manager.local_matrix()
+
+    @property
+    def device(self) -> torch.device:
+        """Where :meth:`read_chunk` rows live (``cache_device``)."""
+        return self._manager.device
 
     def encode_rows(self, rows: torch.Tensor | Sequence[int], count_as: str, desc: str = "encoding targets"
                     ) -> torch.Tensor:

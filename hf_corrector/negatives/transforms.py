@@ -156,10 +156,11 @@ class CorrectorTransform(ScoreTransform):
         if self._view is None:
             dtype = self.view_dtype or cache.read_chunk(lo, min(lo + 1, hi)).dtype
             apply = _apply_eval(self.snapshot)
-            view = torch.empty(hi - lo, cache.dim, dtype=dtype)
+            device = getattr(cache, "device", torch.device("cpu"))  # cache_device: the view lives with the rows
+            view = torch.empty(hi - lo, cache.dim, dtype=dtype, device=device)
             for start in range(lo, hi, self.view_chunk_size):
                 stop = min(start + self.view_chunk_size, hi)
-                view[start - lo : stop - lo] = apply(cache.read_chunk(start, stop).float()).to("cpu", dtype)
+                view[start - lo : stop - lo] = apply(cache.read_chunk(start, stop).float()).to(device, dtype)
             self._view = view
 
         def read(start: int, stop: int, view: torch.Tensor = self._view) -> torch.Tensor:
@@ -177,7 +178,8 @@ class CorrectorTransform(ScoreTransform):
         mine = torch.unique(rows[(rows >= lo) & (rows < hi)])
         if mine.numel():
             stale = self.context.cache.local(mine)
-            self._view[mine - lo] = _apply_eval(self.snapshot)(stale).to("cpu", self._view.dtype)
+            self._view[(mine - lo).to(self._view.device)] = _apply_eval(self.snapshot)(stale).to(self._view.device,
+                                                                                                 self._view.dtype)
 
     def on_cache_refreshed(self, step: int) -> None:
         """The cache was re-encoded: the view is recomputed (with a new ``h_s``) when next used."""

@@ -181,6 +181,13 @@ class CorrectorTrainingArguments(TrainingArguments):
         metadata={"help": "dtype of the negative-selection scores q @ rows.T: 'float32', 'bfloat16' or 'float16' "
                           "(reduced precision: half the memory traffic, faster where the device has native support)."},
     )
+    cache_device: str = field(
+        default="auto",
+        metadata={"help": "Where this process's cache rows (and the corrected view) live for negative selection: "
+                          "'auto' = the training device when they fit in half its free memory, else pinned host memory "
+                          "(CPU runs: the CPU, unchanged); 'cpu'; or a device string such as 'cuda:0'. On the queries' "
+                          "device a step copies no cache chunk (cache/placement.py)."},
+    )
 
     # -- Nyström correction -----------------------------------------------------------------------------------------------
     nystrom_landmarks: int = field(default=512, metadata={"help": "Landmark targets re-encoded at each Nyström refit."})
@@ -245,6 +252,9 @@ class CorrectorTrainingArguments(TrainingArguments):
                               ("cache_sharding", CACHE_SHARDING), ("scoring_dtype", SCORING_DTYPES)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        from ..cache.placement import check_cache_device
+
+        check_cache_device(self.cache_device)
         parts = [p.strip() for p in self.eval_corpus_embeddings.split(",") if p.strip()]
         bad = [p for p in parts if p not in EVAL_CORPUS]
         if bad or not parts:

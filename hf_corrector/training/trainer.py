@@ -41,6 +41,7 @@ from transformers.trainer_utils import PredictionOutput, rotate_checkpoints
 
 from ..cache import StaleCache
 from ..cache.manager import CacheManager
+from ..cache.placement import resolve_cache_device
 from ..cache.sharded_store import check_part_provenance, is_sharded, push_to_hub as push_saved_cache
 from ..cache.sharding import row_range
 from ..data.format import RetrievalData
@@ -182,6 +183,7 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
         self.cache_manager = self.cache_manager_class(cache, list(self.corpus["text"]), self._encode_targets,
                                                       self.accelerator, write_back=strategy.cache_write_back,
                                                       sharding=strategy.cache_sharding)
+        self._place_cache(strategy)
         if built and strategy.mines_negatives:  # with in-batch negatives only the cache serves diagnostics
             self.cache_manager.cost.initial_cache_encodings = len(self.doc_ids)
         self.sampler = sampler if sampler is not None else strategy.build_sampler(lambda: self.corrector)
@@ -223,6 +225,13 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
     @property
     def corrector(self) -> CorrectorModel | None:
         return self.accelerator.unwrap_model(self.model).corrector
+
+    def _place_cache(self, strategy) -> None:
+        """``cache_device``: keep this process's rows (and the corrected view) where negative selection reads them."""
+        local = self.cache_manager.cache
+        view = 2 if getattr(strategy, "corrected_view_steps", self.args.corrected_view_steps) else 1
+        device = resolve_cache_device(self.args.cache_device, self.args.device, view * local.nbytes)
+        self.cache_manager.place(device, pin=device.type == "cpu" and torch.device(self.args.device).type != "cpu")
 
     @property
     def cache(self) -> StaleCache:
