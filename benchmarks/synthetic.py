@@ -129,6 +129,7 @@ SWEEPS = {
     "drift": [0, 10, 25, 50, 100, 200, 400],
     "data": [2, 5, 10, 25, 50, 100, 200, 400],
 }
+TINY_SWEEPS = {"width": [(8, 2)], "drift": [0, 5], "data": [2, 4]}
 SWEEP_STRATEGIES = ["stale-topk", "corrector-mlp-ce+mse", "corrector-linear"]
 
 
@@ -140,7 +141,7 @@ def run_sweep(args) -> dict[str, Any]:
     for seed in args.seeds:
         if kind == "drift":
             for drift_kind in ("sgd", "random"):
-                for drift in SWEEPS["drift"]:
+                for drift in args.sweep_values["drift"]:
                     tb = make_testbed(**_testbed_args(args, seed=seed, drift=drift, drift_kind=drift_kind))
                     for name in SWEEP_STRATEGIES:
                         r = measure(tb, name, args, seed)
@@ -151,7 +152,7 @@ def run_sweep(args) -> dict[str, Any]:
         tb = make_testbed(**_testbed_args(args, seed=seed))
         base = measure(tb, "stale-topk", args, seed)
         if kind == "width":
-            for hidden, layers in SWEEPS["width"]:
+            for hidden, layers in args.sweep_values["width"]:
                 r = measure(tb, "corrector-mlp-ce+mse", args, seed, corrector_hidden=hidden, corrector_layers=layers)
                 params = 2 * hidden * tb.dim if layers == 2 else hidden * tb.dim * 2 + hidden * hidden
                 r.update({"x": params, "hidden": hidden, "layers": layers})
@@ -160,7 +161,7 @@ def run_sweep(args) -> dict[str, Any]:
             r.update({"x": tb.dim * tb.dim, "hidden": 0, "layers": 1})
             rows.append(r)
         else:
-            for steps in SWEEPS["data"]:
+            for steps in args.sweep_values["data"]:
                 for name in ("corrector-mlp-ce+mse", "corrector-linear"):
                     r = measure(tb, name, args, seed, corrector_steps=steps)
                     r["x"] = r["step_targets"]
@@ -307,7 +308,7 @@ def main(argv=None) -> dict[str, Any]:
         args.num_train, args.num_test, args.k, args.num_queries, args.draws = 128, 32, 4, 16, 2
         args.corrector_steps, args.landmarks, args.pool_size, args.candidate_index = 3, 16, 32, "flat"
         args.e2e_steps, args.e2e_pretrain_steps, args.refresh_every = 4, 3, 2
-        SWEEPS.update({"width": [(8, 2)], "drift": [0, 5], "data": [2, 4]})
+    args.sweep_values = TINY_SWEEPS if args.tiny else SWEEPS
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     start = time.perf_counter()
     result = {"table": run_table, "sweep": run_sweep, "e2e": run_e2e, "scale": run_scale}[args.mode](args)
