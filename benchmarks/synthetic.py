@@ -115,7 +115,8 @@ def run_table(args) -> dict[str, Any]:
             rows.append(measure(tb, name, args, seed))
     summary = summarize(rows)
     return {"rows": rows, "summary": summary, "testbeds": info,
-            "markdown": table_markdown(summary, f"N = {args.N:,}, seeds {args.seeds}, drift {args.drift} SGD steps")}
+            "markdown": table_markdown(summary, f"N = {args.N:,}, seeds {args.seeds}, drift {args.drift} Adam steps "
+                                                f"on the full-softmax loss")}
 
 
 SWEEPS = {
