@@ -11,7 +11,7 @@ Add a strategy::
     @register("my-sampler", stochastic=False)
     def _mine(tb, opts):
         manager = stale_manager(tb)
-        return Built(setup_sampler(MySampler(), manager, seed=tb.seed), manager)
+        return Built(setup_sampler(MySampler(), manager, seed=tb.seed), manager=manager)
 
 Example:
     >>> from hf_corrector.testbed import make_testbed
@@ -75,11 +75,12 @@ class Built:
     """A strategy ready to measure: its set-up sampler and what it cost."""
 
     sampler: NegativeSampler
-    manager: CacheManager | None = None
     reembeddings: int = 0
     stochastic: bool = False
     step_targets: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the cache manager the sampler reads (record_step, cost); None for samplers outside the registry
+    manager: CacheManager | None = None
 
 
 Factory = Callable[[Testbed, StrategyOptions], Built]
@@ -163,20 +164,20 @@ def _corrected(tb: Testbed, opts: StrategyOptions, architecture: str, sampler_of
     manager = stale_manager(tb)
     sampler = _setup(sampler_of(transform), tb, manager)
     seen = train_corrector(tb, manager, sampler, corrector, opts)
-    return Built(sampler, manager, 0, step_targets=seen, extra={"corrector": corrector})
+    return Built(sampler, 0, step_targets=seen, extra={"corrector": corrector}, manager=manager)
 
 
 # -- the strategies -------------------------------------------------------------------------------------------------
 @register("stale-topk")
 def _stale_topk(tb: Testbed, opts: StrategyOptions) -> Built:
     manager = stale_manager(tb)
-    return Built(_setup(ExhaustiveSampler("topk"), tb, manager), manager)
+    return Built(_setup(ExhaustiveSampler("topk"), tb, manager), manager=manager)
 
 
 @register("stale-gumbel", stochastic=True)
 def _stale_gumbel(tb: Testbed, opts: StrategyOptions) -> Built:
     manager = stale_manager(tb)
-    return Built(_setup(ExhaustiveSampler("gumbel", 1.0 / tb.beta), tb, manager), manager)
+    return Built(_setup(ExhaustiveSampler("gumbel", 1.0 / tb.beta), tb, manager), manager=manager)
 
 
 def _corrector_strategy(loss: str, architecture: str = "mlp") -> Factory:
@@ -198,7 +199,7 @@ def _nystrom(tb: Testbed, opts: StrategyOptions) -> Built:
     manager = stale_manager(tb)
     sampler = _setup(ExhaustiveSampler("topk", transform=transform), tb, manager)
     transform.fit(0)
-    return Built(sampler, manager, manager.cost.landmark_encodings)
+    return Built(sampler, manager.cost.landmark_encodings, manager=manager)
 
 
 @register("refresh")
@@ -209,8 +210,8 @@ def _refresh(tb: Testbed, opts: StrategyOptions) -> Built:
     every = opts.refresh_every or max(1, drift // 2)
     age = every // 2
     manager = stale_manager(tb, tb.embeddings_at(drift - age))
-    return Built(_setup(ExhaustiveSampler("topk"), tb, manager), manager, tb.num_targets * (drift // every),
-                 extra={"refresh_every": every, "age": age})
+    return Built(_setup(ExhaustiveSampler("topk"), tb, manager), tb.num_targets * (drift // every),
+                 extra={"refresh_every": every, "age": age}, manager=manager)
 
 
 @register("two-stage")
@@ -223,19 +224,20 @@ def _tele(tb: Testbed, opts: StrategyOptions) -> Built:
     positives = tb.train_positives.tolist()
     sampler = TeleSampler(opts.tele_pool_size, transform=IdentityTransform())
     manager = stale_manager(tb)
-    return Built(_setup(sampler, tb, manager, positives=positives), manager, 0, extra={"keys": "example index"})
+    return Built(_setup(sampler, tb, manager, positives=positives), 0, extra={"keys": "example index"},
+                 manager=manager)
 
 
 @register("oracle-topk")
 def _oracle(tb: Testbed, opts: StrategyOptions) -> Built:
     manager = tensor_cache_manager(tb.fresh, tb.encode_targets)
-    return Built(_setup(ExhaustiveSampler("topk"), tb, manager), manager, tb.num_targets)
+    return Built(_setup(ExhaustiveSampler("topk"), tb, manager), tb.num_targets, manager=manager)
 
 
 @register("exact-softmax", stochastic=True)
 def _exact_softmax(tb: Testbed, opts: StrategyOptions) -> Built:
     manager = tensor_cache_manager(tb.fresh, tb.encode_targets)
-    return Built(_setup(ExhaustiveSampler("gumbel", 1.0 / tb.beta), tb, manager), manager, tb.num_targets)
+    return Built(_setup(ExhaustiveSampler("gumbel", 1.0 / tb.beta), tb, manager), tb.num_targets, manager=manager)
 
 
 def evaluate_strategy(name: str, testbed: Testbed, k: int = 16, num_queries: int = 256, draws: int = 8,
