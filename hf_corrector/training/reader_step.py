@@ -84,11 +84,20 @@ def exact_match(prediction: str, answers: list[str]) -> bool:
     return normalize_answer(prediction) in {normalize_answer(a) for a in answers}
 
 
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
 def has_answer(passage: str, answers: list[str]) -> bool:
-    """An answer string (normalised) occurs in the passage (normalised)."""
-    text = f" {normalize_answer(passage)} "
-    return any(f" {normalize_answer(a)} " in text or normalize_answer(a) in text.split() for a in answers
-               if normalize_answer(a))
+    """An answer occurs in the passage as a whole-word sequence (DPR's answer recall; words = ``\\w+``, lower
+    case: ``aix_platform`` is found in ``def aix_platform(x)``, not in ``aix_platform_info``)."""
+    words = _words(passage)
+    for answer in answers:
+        target = _words(answer)
+        n = len(target)
+        if n and any(words[i:i + n] == target for i in range(len(words) - n + 1)):
+            return True
+    return False
 
 
 def load_reader(args: Any, reader: Reader | None, device) -> Reader:
