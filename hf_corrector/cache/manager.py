@@ -89,8 +89,9 @@ class CacheManager:
         self.accelerator = accelerator
         self.write_back = write_back
         self.collectives = Collectives(accelerator)
+        #: the one definition of "sharded": rows split over more than one process (``sharding="sharded"`` in a
+        #: single process holds every row and behaves as replicated)
         self.sharded = sharding == "sharded" and self.collectives.world > 1
-        self.sharding = sharding
         self.num_rows = len(self.texts)
         self.local_rows = (row_range(self.num_rows, self.collectives.world, self.collectives.rank) if self.sharded
                            else (0, self.num_rows))
@@ -146,6 +147,22 @@ class CacheManager:
             raise ConfigError(f"rows {start}:{stop} are not held by this process (it holds rows {lo}:{hi} of a "
                               f"cache sharded across processes)")
         return self.cache.matrix()[start - lo : stop - lo]
+
+    def local(self, index: torch.Tensor) -> torch.Tensor:
+        """float32 rows ``index`` (global numbers, inside :attr:`local_rows`) of this process's rows: no collective."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        lo, hi = self.local_rows
+        if index.numel() and (int(index.min()) < lo or int(index.max()) >= hi):
+            raise ConfigError(f"rows outside {lo}:{hi} are not held by this process (a cache sharded across processes)")
+        return self.cache.rows(index - lo)
+
+    def local_matrix(self) -> torch.Tensor:
+        """This process's rows (all rows unless sharded) as one matrix in the storage dtype (a view)."""
+        return self.cache.matrix()
+
+    def reader(self) -> CacheRows:
+        """A :class:`CacheRows` view of this manager: what samplers may read, nothing else."""
+        return CacheRows(self)
 
     def gathered(self, main_only: bool = False) -> StaleCache | None:
         """The whole cache: the cache itself when replicated; when sharded, the shards gathered (a collective:
@@ -264,3 +281,66 @@ class CacheManager:
             else:
                 self.cache.update(targets, fresh.float().cpu(), step)
         self._notify("on_targets", targets)
+
+
+class CacheRows:
+    """The :class:`~hf_corrector.negatives.context.CacheReader` view of a :class:`CacheManager` handed to samplers:
+    row reading, a few facts, the collectives, counted encoding and events; not the manager's internals.
+
+    Example:
+        >>> reader = CacheRows(manager)  # doctest: +SKIP
+        >>> reader.rows(torch.tensor([0, 5])).shape  # doctest: +SKIP
+        torch.Size([2, 384])
+    """
+
+    def __init__(self, manager: CacheManager):
+        self._manager = manager
+
+    def __len__(self) -> int:
+        return self._manager.num_rows
+
+    def __repr__(self) -> str:
+        return f"CacheRows(num_rows={self.num_rows}, dim={self.dim}, sharded={self.sharded})"
+
+    @property
+    def num_rows(self) -> int:
+        return self._manager.num_rows
+
+    @property
+    def dim(self) -> int:
+        return self._manager.dim
+
+    @property
+    def sharded(self) -> bool:
+        return self._manager.sharded
+
+    @property
+    def local_rows(self) -> tuple[int, int]:
+        return self._manager.local_rows
+
+    @property
+    def write_back(self) -> bool:
+        return self._manager.write_back
+
+    @property
+    def collectives(self) -> Collectives:
+        return self._manager.collectives
+
+    def rows(self, index: torch.Tensor) -> torch.Tensor:
+        return self._manager.rows(index)
+
+    def read_chunk(self, start: int, stop: int) -> torch.Tensor:
+        return self._manager.read_chunk(start, stop)
+
+    def local(self, index: torch.Tensor) -> torch.Tensor:
+        return self._manager.local(index)
+
+    def local_matrix(self) -> torch.Tensor:
+        return self._manager.local_matrix()
+
+    def encode_rows(self, rows: torch.Tensor | Sequence[int], count_as: str, desc: str = "encoding targets"
+                    ) -> torch.Tensor:
+        return self._manager.encode_rows(rows, count_as, desc)
+
+    def add_listener(self, listener: Any) -> None:
+        self._manager.add_listener(listener)

@@ -52,7 +52,7 @@ from ..hub.trainer_mixin import CorrectorHubMixin
 from ..models.corrector import CorrectorConfig, CorrectorModel
 from ..models.reader import Reader
 from ..models.retriever import RetrieverModel, load_retriever
-from ..negatives import NegativeSampler, SamplerContext, TrainingExamples, build_miner, build_sampler
+from ..negatives import NegativeSampler, SamplerContext, TrainingExamples
 from .callbacks import (CacheRefreshCallback, CorrectorFallbackCallback, CorrectorHealth, RetrieverCallbackHandler,
                         SamplerMaintenanceCallback)
 from .checkpoints import (finish_if_complete, last_complete_checkpoint, remove_checkpoint_marker, verify_checkpoint,
@@ -67,6 +67,7 @@ from .optim import build_lr_scheduler, build_optimizer
 from .peft_utils import apply_peft
 from .reader_step import ReaderStep, check_reader_data, load_reader
 from .staleness import staleness_metrics
+from .strategy import NegativeStrategy
 from .targets import build_target_batch
 from .validation import check_enough_negatives
 from .trainer_state import (load_extra_state, load_model_weights, publish_model, save_extra_state,
@@ -145,6 +146,7 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
             raise ConfigError("CorrectorTrainer computes retrieval metrics itself (nDCG@10, Recall@10/100, MRR@10 over "
                               "the whole corpus) in evaluate(); compute_metrics / preprocess_logits_for_metrics would "
                               "never be called: drop them, or subclass and override retrieval_metrics()")
+        self.strategy = strategy = NegativeStrategy.from_args(args)  # the only reader of the strategy arguments
         retriever = _prepare_retriever(model, processing_class, peft_config)
         self.uses_peft = peft_config is not None
 
@@ -152,14 +154,14 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
         self.corpus, self.doc_ids, self.doc_index = inputs.corpus, inputs.doc_ids, inputs.doc_index
         self.train_examples, self.eval_queries = inputs.train_examples, inputs.eval_queries
         check_reader_data(args, self.train_examples)
-        if args.num_negatives >= len(self.doc_ids):
-            raise ConfigError(f"num_negatives={args.num_negatives} needs a corpus larger than {len(self.doc_ids)}")
-        if self.train_examples is not None and args.num_negatives > 0:  # names the query that has too few
-            pool = args.candidate_pool_size if args.candidate_index != "none" and not args.tele_negatives else None
-            check_enough_negatives(self.train_examples, len(self.doc_ids), args.num_negatives, pool_size=pool,
-                                   skip_top=args.false_negative_skip_top)
+        k = strategy.num_negatives
+        if k >= len(self.doc_ids):
+            raise ConfigError(f"num_negatives={k} needs a corpus larger than {len(self.doc_ids)}")
+        if self.train_examples is not None and k > 0:  # names the query that has too few
+            check_enough_negatives(self.train_examples, len(self.doc_ids), k, pool_size=strategy.candidate_pool,
+                                   skip_top=strategy.false_negatives.skip_top)
 
-        corrector = _prepare_corrector(corrector, retriever, args, self.corrector_class)
+        corrector = _prepare_corrector(corrector, retriever, args, strategy, self.corrector_class)
         if data_collator is None:
             data_collator = self.collator_class(
                 tokenizer=retriever.tokenizer, query_max_length=args.query_max_length or retriever.config.query_max_length,
@@ -184,30 +186,29 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
         built = cache is None
         cache = _prepare_cache(cache, retriever, self.corpus, args, self.cache_class, from_checkpoint)
         self.cache_manager = self.cache_manager_class(cache, list(self.corpus["text"]), self._encode_targets,
-                                                      self.accelerator, write_back=args.cache_write_back,
-                                                      sharding=args.cache_sharding)
-        if built and args.mines_negatives:  # with in-batch negatives only the cache serves diagnostics
+                                                      self.accelerator, write_back=strategy.cache_write_back,
+                                                      sharding=strategy.cache_sharding)
+        if built and strategy.mines_negatives:  # with in-batch negatives only the cache serves diagnostics
             self.cache_manager.cost.initial_cache_encodings = len(self.doc_ids)
-        self.sampler = sampler if sampler is not None else build_sampler(args, lambda: self.corrector)
+        self.sampler = sampler if sampler is not None else strategy.build_sampler(lambda: self.corrector)
         self.reader_step = None if reader is None else ReaderStep(reader, args, self.cache_manager, retriever,
                                                                   self.train_examples)
         if reader is not None and reader.trainable and self.accelerator.num_processes > 1:
             raise ConfigError("a jointly trained reader (reader_learning_rate) is single-process only for now; "
                               "freeze it (reader_learning_rate=None) for multi-process runs")
         examples = TrainingExamples.from_dataset(self.train_examples) if self.train_examples is not None else None
-        self.sampler.setup(SamplerContext(self.cache_manager, self._encode_queries_for_sampler, seed=args.seed,
-                                          chunk_size=args.corrector_chunk_size, device=args.device, examples=examples))
-        source = args.hard_negatives if args.hard_negatives != "auto" else (
-            "dataset+cache" if inputs.has_given_negatives else "cache")
-        self.negatives = build_miner(args, self.sampler, source)
-        if self.train_examples is not None and args.num_negatives:
+        self.sampler.setup(SamplerContext(self.cache_manager.reader(), self._encode_queries_for_sampler,
+                                          seed=args.seed, chunk_size=args.corrector_chunk_size, device=args.device,
+                                          examples=examples))
+        self.negatives = strategy.build_miner(self.sampler, inputs.has_given_negatives)
+        if self.train_examples is not None and k:
             self.negatives.check_examples([len(r) for r in self.train_examples["negative_rows"]],
                                           self.train_examples["query_id"])
         self.corrector_health = CorrectorHealth()
         self.fallback_callback = CorrectorFallbackCallback(self.corrector_health, self.sampler.transform,
                                                            args.corrector_fallback_patience,
-                                                           args.corrector_warmup_steps, self.accelerator)
-        for callback in (self.refresh_callback_class(self.cache_manager, args.cache_refresh_steps),
+                                                           strategy.corrector_warmup_steps, self.accelerator)
+        for callback in (self.refresh_callback_class(self.cache_manager, strategy.cache_refresh_steps),
                          SamplerMaintenanceCallback(self.sampler), self.fallback_callback):
             self.add_callback(callback)
         self.model_card_callback = ModelCardCallback(self, train_dataset, eval_dataset)
@@ -302,7 +303,8 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
             return (loss, out) if return_outputs else loss
         device = inputs["query_input_ids"].device
         b = inputs["query_input_ids"].shape[0]
-        neg = self.choose_negatives(inputs).cpu() if args.num_negatives > 0 else torch.zeros((b, 0), dtype=torch.long)
+        neg = (self.choose_negatives(inputs).cpu() if self.strategy.mines_negatives
+               else torch.zeros((b, 0), dtype=torch.long))
         batch = build_target_batch(inputs["positive_rows"].cpu(), neg, inputs["exclude_rows"].cpu(),
                                    args.in_batch_negatives)
         tok = self.retriever.tokenize(self.cache_manager.texts_of(batch.targets), "target", args.target_max_length)
@@ -312,7 +314,7 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
                     stale_target_embeddings=stale_rows.to(device) if self.corrector is not None else None)
         q, t, corrected = out["query_embeddings"], out["target_embeddings"], out.get("corrected_embeddings")
         losses = step_losses(q, t, corrected, batch.to(device), args)
-        warm = self.state.global_step < args.corrector_warmup_steps
+        warm = self.state.global_step < self.strategy.corrector_warmup_steps
         loss = losses["task_loss"] * (0.0 if warm else 1.0) + losses.get("corrector_loss", 0.0)
         # the tensors first, so that the error names the source of a NaN rather than the loss it spreads to
         for tensor, name in ((q, "query embeddings"), (t, "target embeddings"), (corrected, "corrector output"),
@@ -501,16 +503,17 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
         return result
 
 
-def _prepare_corrector(corrector, retriever: RetrieverModel, args, corrector_class) -> CorrectorModel | None:
+def _prepare_corrector(corrector, retriever: RetrieverModel, args, strategy: NegativeStrategy, corrector_class
+                       ) -> CorrectorModel | None:
     """The corrector to train: loaded, given, or built from the arguments (None when no corrector trains)."""
     if isinstance(corrector, (str, os.PathLike)):
         corrector = corrector_class.from_pretrained(corrector)
-    trains_corrector = args.uses_corrector and args.mines_negatives
-    if args.uses_corrector and not trains_corrector:
+    trains_corrector = strategy.trains_corrector
+    if strategy.uses_corrector and not trains_corrector:
         logger.info("num_negatives=0 (in-batch negatives only): no corrector is trained")
     if corrector is None and trains_corrector:
         corrector = corrector_class(CorrectorConfig(
-            embedding_dim=retriever.embedding_dim, architecture=args.correction, hidden_dim=args.corrector_hidden_dim,
+            embedding_dim=retriever.embedding_dim, architecture=strategy.correction, hidden_dim=args.corrector_hidden_dim,
             num_layers=args.corrector_num_layers,
             retriever_name_or_path=public_model_id(retriever.config.base_model_name_or_path)))
     if corrector is not None and corrector.config.embedding_dim != retriever.embedding_dim:
