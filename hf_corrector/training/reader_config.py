@@ -30,7 +30,7 @@ def check_reader_arguments(args: Any) -> None:
     if args.reader_loss not in READER_LOSSES:
         raise ConfigError(f"reader_loss must be one of {READER_LOSSES}, got {args.reader_loss!r}")
     if args.reader_loss == "none":
-        set_ = [n for n in ("reader_model", "reader_gguf_file", "reader_learning_rate") if getattr(args, n) is not None]
+        set_ = [n for n in ("reader_model", "reader_gguf_file") if getattr(args, n) is not None]
         if set_:
             raise ConfigError(f"{', '.join(set_)} set but reader_loss='none' (supervised training, no reader): set "
                               f"reader_loss to 'pdist', 'emdr2' or 'replug', or drop {set_[0]}")

@@ -61,6 +61,9 @@ def prepare_open_qa_examples(queries: datasets.Dataset) -> datasets.Dataset:
 
 def check_reader_data(args: Any, examples: datasets.Dataset | None) -> None:
     """Questions with answers need ``reader_loss``; ``reader_loss`` needs questions with answers."""
+    if args.reader_loss == "none" and args.reader_learning_rate is not None:  # refused here: a value alone is valid
+        raise ConfigError("reader_learning_rate set but reader_loss='none' (no reader is trained): set reader_loss "
+                          "to 'pdist', 'emdr2' or 'replug', or drop reader_learning_rate")
     if examples is None:
         return
     open_qa = "answers" in examples.column_names
