@@ -91,3 +91,29 @@ def test_every_strategy_runs_and_drift_costs_recall(small):
     # the truncated softmax over the true top-k keeps the most probability mass of all k-subsets
     assert results["oracle-topk"]["kl"] <= min(r["kl"] for r in results.values()) + 1e-6
     assert results["exact-softmax"]["grad_var"] > 0.0 and results["stale-topk"]["grad_var"] == 0.0
+
+
+def _script():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "synthetic.py"
+    sys.path.insert(0, str(path.parent))
+    spec = importlib.util.spec_from_file_location("bench_synthetic", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_synthetic_script_tiny_table_and_sweep(tmp_path):
+    script = _script()
+    out = script.main(["--tiny", "--mode", "table", "--strategies", "stale-topk", "corrector-mlp-ce+mse",
+                       "oracle-topk", "--seeds", "0", "1", "--output", str(tmp_path / "t.json")])
+    summary = {e["strategy"]: e for e in out["summary"]}
+    assert set(summary) == {"stale-topk", "corrector-mlp-ce+mse", "oracle-topk"}
+    assert summary["oracle-topk"]["recall_at_k"] == 1.0 and summary["oracle-topk"]["seeds"] == 2
+    assert (tmp_path / "t.json").exists() and "| stale-topk |" in out["markdown"]
+    sweep = script.main(["--tiny", "--mode", "sweep", "--sweep", "drift", "--output", str(tmp_path / "s.json")])
+    assert {r["x"] for r in sweep["rows"]} == {0, 5}
+    assert (tmp_path / "s.png").stat().st_size > 10_000

@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .._version import __version__
+
 if TYPE_CHECKING:
     from ..models.corrector import CorrectorModel
 
@@ -265,8 +267,6 @@ def framework_versions() -> dict[str, str]:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             if dist == "hf-corrector":
-                from .. import __version__
-
                 out[dist] = __version__
     return out
 

@@ -16,11 +16,11 @@ Example:
 
 from .adapter import setup_sampler, tensor_cache_manager, tensor_context
 from .evaluate import draw_rows, evaluate_sampler, sampled_gradient
-from .ground_truth import (DualEncoder, Encoder, Testbed, exact_gradient, exact_log_softmax, full_softmax_loss,
-                           make_testbed)
-from .strategies import STRATEGIES, Built, StrategyOptions, build_strategy, register
+from .ground_truth import (DualEncoder, Encoder, Testbed, exact_gradient, exact_log_softmax, exact_softmax,
+                           full_softmax_loss, make_testbed)
+from .strategies import STRATEGIES, Built, StrategyOptions, build_strategy, evaluate_strategy, register
 
 __all__ = ["Built", "DualEncoder", "Encoder", "STRATEGIES", "StrategyOptions", "Testbed", "build_strategy",
-           "draw_rows", "evaluate_sampler", "exact_gradient", "exact_log_softmax", "full_softmax_loss",
-           "make_testbed", "register", "sampled_gradient", "setup_sampler", "tensor_cache_manager",
+           "draw_rows", "evaluate_sampler", "evaluate_strategy", "exact_gradient", "exact_log_softmax", "exact_softmax",
+           "full_softmax_loss", "make_testbed", "register", "sampled_gradient", "setup_sampler", "tensor_cache_manager",
            "tensor_context"]

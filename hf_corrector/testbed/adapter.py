@@ -41,8 +41,9 @@ def tensor_cache_manager(matrix: torch.Tensor, encode_rows: RowEncoder, write_ba
 
 def tensor_context(manager: CacheManager, encode_queries: RowEncoder | None = None, seed: int = 0,
                    positives: Sequence[int] | None = None, chunk_size: int = 65536) -> SamplerContext:
-    """The :class:`SamplerContext` a sampler is set up with. ``encode_queries(idx) -> (n, d)`` encodes queries by
-    index; ``positives`` (one row per query, in index order) become the training examples (ANCE-Tele needs them)."""
+    """The :class:`SamplerContext` a sampler is set up with (its cache: ``manager.reader()``).
+    ``encode_queries(idx) -> (n, d)`` encodes queries by index; ``positives`` (one row per query, in index order)
+    become the training examples (ANCE-Tele needs them)."""
 
     def by_text(texts: list[str]) -> torch.Tensor:
         if encode_queries is None:
@@ -54,7 +55,8 @@ def tensor_context(manager: CacheManager, encode_queries: RowEncoder | None = No
         m = len(positives)
         examples = TrainingExamples(list(range(m)), [str(i) for i in range(m)], [str(i) for i in range(m)],
                                     [int(p) for p in positives], [[int(p)] for p in positives])
-    return SamplerContext(cache=manager, encode_queries=by_text, seed=seed, chunk_size=chunk_size, examples=examples)
+    return SamplerContext(cache=manager.reader(), encode_queries=by_text, seed=seed, chunk_size=chunk_size,
+                          examples=examples)
 
 
 def setup_sampler(sampler: NegativeSampler, manager: CacheManager, **context: object) -> NegativeSampler:

@@ -73,7 +73,7 @@ def sampler_log_probs(sampler: NegativeSampler, queries: torch.Tensor, beta: flo
     transform = getattr(sampler, "transform", None)
     if ctx is None or transform is None:
         return None
-    matrix = ctx.cache.cache.matrix().float()
+    matrix = ctx.cache.local_matrix().float()
     fn = transform.selection_function(step)
     if fn is not None:
         matrix = torch.cat([fn(matrix[i:i + 65536]).float().cpu() for i in range(0, matrix.shape[0], 65536)])

@@ -79,6 +79,12 @@ def exact_log_softmax(model: DualEncoder, queries: torch.Tensor, targets: torch.
     return (beta * model.f(queries) @ t.T).log_softmax(dim=1)
 
 
+@torch.no_grad()
+def exact_softmax(model: DualEncoder, queries: torch.Tensor, targets: torch.Tensor, beta: float) -> torch.Tensor:
+    """(B, N) ``P(y | x)`` over all N targets (``exact_log_softmax(...).exp()``)."""
+    return exact_log_softmax(model, queries, targets, beta).exp()
+
+
 def exact_gradient(model: DualEncoder, queries: torch.Tensor, positives: torch.Tensor, targets: torch.Tensor,
                    beta: float, chunk: int = 131072) -> torch.Tensor:
     """The exact gradient of the full-softmax loss (mean over the queries) w.r.t. all of ``model``'s parameters,

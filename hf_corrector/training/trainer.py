@@ -45,6 +45,7 @@ from ..cache.placement import resolve_cache_device
 from ..cache.sharded_store import check_part_provenance, is_sharded, push_to_hub as push_saved_cache
 from ..cache.sharding import row_range
 from ..data.format import RetrievalData
+from ..data.open_qa import OpenQAData
 from ..errors import CacheMismatchError, ConfigError
 from ..evaluation.evaluator import CorpusEmbeddings, RetrievalEvaluator, documents_outside
 from ..evaluation.metrics import exact_search
@@ -52,6 +53,7 @@ from ..hub.callbacks import ModelCardCallback
 from ..hub.cards import public_model_id
 from ..hub.trainer_mixin import CorrectorHubMixin
 from ..models.corrector import CorrectorConfig, CorrectorModel
+from ..models.reader import Reader
 from ..models.retriever import RetrieverModel, load_retriever
 from ..negatives import NegativeSampler, SamplerContext, TrainingExamples
 from .callbacks import (CacheRefreshCallback, CorrectorFallbackCallback, CorrectorHealth, RetrieverCallbackHandler,
@@ -66,6 +68,7 @@ from .losses import step_losses
 from .nonfinite import SkipStep, check_finite
 from .optim import build_lr_scheduler, build_optimizer
 from .peft_utils import apply_peft
+from .reader_step import ReaderStep, check_reader_data, load_reader
 from .staleness import staleness_metrics
 from .strategy import NegativeStrategy
 from .targets import build_target_batch
@@ -81,10 +84,12 @@ CACHE_DIR = "stale_cache"
 class CorrectorTrainingModel(nn.Module):
     """What the Trainer wraps: the retriever and the corrector, so one ``forward`` carries every gradient."""
 
-    def __init__(self, retriever: RetrieverModel, corrector: CorrectorModel | None = None):
+    def __init__(self, retriever: RetrieverModel, corrector: CorrectorModel | None = None, reader: nn.Module | None = None):
         super().__init__()
         self.retriever = retriever
         self.corrector = corrector
+        if reader is not None:  # a jointly trained reader's LM (issue 20): in the optimizer, group "reader"
+            self.reader = reader
 
     def forward(self, query_input_ids: torch.Tensor, query_attention_mask: torch.Tensor, target_input_ids: torch.Tensor,
                 target_attention_mask: torch.Tensor, stale_target_embeddings: torch.Tensor | None = None
@@ -136,7 +141,7 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
                  optimizer_cls_and_kwargs=None, preprocess_logits_for_metrics=None, *,
                  corpus: datasets.Dataset | None = None, cache: StaleCache | str | os.PathLike | None = None,
                  corrector: CorrectorModel | str | None = None, peft_config: Any | None = None,
-                 sampler: NegativeSampler | None = None):
+                 sampler: NegativeSampler | None = None, reader: Reader | None = None):
         args = args if args is not None else CorrectorTrainingArguments("corrector-trainer-output")
         if not isinstance(args, CorrectorTrainingArguments):
             raise ConfigError("args must be CorrectorTrainingArguments")
@@ -151,6 +156,7 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
         inputs = index_inputs(train_dataset, eval_dataset, corpus)
         self.corpus, self.doc_ids, self.doc_index = inputs.corpus, inputs.doc_ids, inputs.doc_index
         self.train_examples, self.eval_queries = inputs.train_examples, inputs.eval_queries
+        check_reader_data(args, self.train_examples)
         k = strategy.num_negatives
         if k >= len(self.doc_ids):
             raise ConfigError(f"num_negatives={k} needs a corpus larger than {len(self.doc_ids)}")
@@ -163,7 +169,10 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
             data_collator = self.collator_class(
                 tokenizer=retriever.tokenizer, query_max_length=args.query_max_length or retriever.config.query_max_length,
                 query_prefix=retriever.config.query_prefix)
-        super().__init__(model=CorrectorTrainingModel(retriever, corrector), args=args, data_collator=data_collator,
+        reader = load_reader(args, reader, args.device) if args.reader_loss != "none" else None
+        super().__init__(model=CorrectorTrainingModel(retriever, corrector,
+                                                      reader.model if reader is not None and reader.trainable else None),
+                         args=args, data_collator=data_collator,
                          train_dataset=self.train_examples, eval_dataset=self.eval_queries, processing_class=None,
                          model_init=model_init, compute_metrics=compute_metrics, callbacks=callbacks,
                          optimizers=optimizers, optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
@@ -187,6 +196,11 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
         if built and strategy.mines_negatives:  # with in-batch negatives only the cache serves diagnostics
             self.cache_manager.cost.initial_cache_encodings = len(self.doc_ids)
         self.sampler = sampler if sampler is not None else strategy.build_sampler(lambda: self.corrector)
+        self.reader_step = None if reader is None else ReaderStep(reader, args, self.cache_manager, retriever,
+                                                                  self.train_examples)
+        if reader is not None and reader.trainable and self.accelerator.num_processes > 1:
+            raise ConfigError("a jointly trained reader (reader_learning_rate) is single-process only for now; "
+                              "freeze it (reader_learning_rate=None) for multi-process runs")
         examples = TrainingExamples.from_dataset(self.train_examples) if self.train_examples is not None else None
         self.sampler.setup(SamplerContext(self.cache_manager.reader(), self._encode_queries_for_sampler,
                                           seed=args.seed, chunk_size=args.corrector_chunk_size, device=args.device,
@@ -300,6 +314,14 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         args = self.args
+        if self.reader_step is not None:  # reader-supervised (issue 20): hf_corrector.training.reader_step
+            loss, out, logged = self.reader_step.compute_loss(model, inputs, self.choose_negatives(inputs).cpu(),
+                                                              self.state.global_step)
+            for name, value in logged.items():
+                self._metrics[name].append(value)
+            if "staleness_cos_corrected" in logged:
+                self.corrector_health.record(logged["staleness_cos_stale"], logged["staleness_cos_corrected"])
+            return (loss, out) if return_outputs else loss
         device = inputs["query_input_ids"].device
         b = inputs["query_input_ids"].shape[0]
         neg = (self.choose_negatives(inputs).cpu() if self.strategy.mines_negatives
@@ -353,6 +375,8 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
             if self.corrector is not None:
                 logs["corrector_fallback"] = float(self.fallback_callback.falling_back)
             logs["reembedding_cost"] = self.total_reembedding_cost()
+            if self.reader_step is not None:
+                logs["reader_forward_passes"] = self.reader_step.forward_passes
         super().log(logs, start_time)
 
     # ---------------------------------------------------------------------------------------------------------------
@@ -369,9 +393,19 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
         if isinstance(data, dict):
             return {k: v for name, part in data.items() for k, v in
                     self.evaluate(part, ignore_keys, f"{metric_key_prefix}_{name}").items()}
-        queries = data.queries if isinstance(data, RetrievalData) else data
+        queries = data.queries if isinstance(data, (RetrievalData, OpenQAData)) else data
         if queries is None:
             raise ConfigError("evaluate() needs an eval_dataset (RetrievalData or a queries Dataset)")
+        if self.reader_step is not None:  # answer recall@k and exact match (issue 20)
+            encode = lambda texts: self.retriever.encode_queries(  # noqa: E731
+                texts, batch_size=self.args.eval_batch_size_encode, max_length=self.args.query_max_length,
+                device=self.args.device)
+            metrics = self.reader_step.evaluate(queries, encode, self.corpus_embeddings, self.args.eval_corpus_list,
+                                                metric_key_prefix)
+            metrics[f"{metric_key_prefix}_reembedding_cost"] = self.total_reembedding_cost()
+            self.log(metrics)
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics=metrics)
+            return metrics
         extra = documents_outside(queries, self.doc_index, data.corpus if isinstance(data, RetrievalData) else None)
         metrics = self.retrieval_metrics(queries, self.args.eval_corpus_list, prefix=metric_key_prefix, extra=extra)
         metrics[f"{metric_key_prefix}_reembedding_cost"] = self.total_reembedding_cost()
@@ -435,6 +469,8 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
         save_model_files(output_dir, self.retriever, self.corrector, self.uses_peft, self.args.to_json_string(),
                          {**self.cost, "total": self.total_reembedding_cost(), "num_docs": len(self.doc_ids)})
         self.cache_manager.save_into(Path(output_dir) / CACHE_DIR)
+        if self.reader_step is not None:
+            self.reader_step.save(output_dir)
 
     def _save_checkpoint(self, model, trial):
         """Trainer's checkpoint plus the cache and this trainer's extra state (cost, sampler state). The folder is
@@ -453,7 +489,8 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
             return
         sampler_state, tensors = self.sampler.state_dict()
         save_extra_state(folder, {"cost": self.cost, "fallback": self.fallback_callback.state_dict(),
-                                  "sampler": sampler_state, "global_step": self.state.global_step}, tensors)
+                                  "sampler": sampler_state, "global_step": self.state.global_step,
+                                  **({"reader": self.reader_step.state_dict()} if self.reader_step else {})}, tensors)
         write_checkpoint_marker(folder, self.state.global_step)
         rotate_checkpoints(output_dir=str(folder.parent), save_total_limit=limit,
                            best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
@@ -462,6 +499,8 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         wrapper = self.accelerator.unwrap_model(model if model is not None else self.model)
         load_model_weights(Path(resume_from_checkpoint), wrapper.retriever, wrapper.corrector, self.uses_peft)
+        if self.reader_step is not None:
+            self.reader_step.load(resume_from_checkpoint)
 
     def _load_best_model(self) -> None:
         self._load_from_checkpoint(self.state.best_model_checkpoint)
@@ -483,6 +522,8 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
             self.cache_manager.cost.load(state.get("cost", {}))
             self.fallback_callback.load_state_dict(state.get("fallback", {}))
             self.sampler.load_state_dict(state.get("sampler", {}), tensors)
+            if self.reader_step is not None:
+                self.reader_step.load_state_dict(state.get("reader", {}))
 
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """Trainer's ``train`` that also restores the cache and the trainer's extra state on resume."""

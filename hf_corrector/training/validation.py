@@ -160,6 +160,11 @@ LIBRARY_SPECS: dict[str, Spec] = {
     "candidate_nprobe": _int(1),
     "eval_batch_size_encode": _int(1),
     "corrected_view_steps": _int(0),
+    "reader_temperature": _float(1e-4, 1e4, low_inclusive=True),
+    "reader_learning_rate": _float(0.0, 1.0, low_inclusive=False, optional=True),
+    "reader_batch_size": _int(1),
+    "reader_passage_max_length": _int(1, MAX_TOKENS),
+    "reader_eval_passages": _int(1),
 }
 
 #: numeric fields inherited from transformers.TrainingArguments
