@@ -243,7 +243,7 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
     def _place_cache(self, strategy) -> None:
         """``cache_device``: keep this process's rows (and the corrected view) where negative selection reads them."""
         local = self.cache_manager.cache
-        view = 2 if getattr(strategy, "corrected_view_steps", self.args.corrected_view_steps) else 1
+        view = 2 if strategy.corrected_view_steps else 1
         device = resolve_cache_device(self.args.cache_device, self.args.device, view * local.nbytes)
         self.cache_manager.place(device, pin=device.type == "cpu" and torch.device(self.args.device).type != "cpu")
 
