@@ -28,6 +28,7 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -69,6 +70,7 @@ def parse_args(argv=None):
     p.add_argument("--passage-tokens", type=int, default=96)
     p.add_argument("--model", default=None)
     p.add_argument("--out", default=str(HERE / "results" / "reader.json"))
+    p.add_argument("--work-dir", default=None, help="trainer output folders (default: a new temporary folder)")
     return p.parse_args(argv)
 
 
@@ -95,9 +97,11 @@ def main(argv=None) -> dict:
     print(json.dumps(result["config"]), flush=True)
     model = a.model or default_model()
 
+    work_dir = Path(a.work_dir) if a.work_dir else Path(tempfile.mkdtemp(prefix="hfc-reader-bench-"))
+
     def trainer_for(seed: int, name: str, **kw) -> CorrectorTrainer:
         args = CorrectorTrainingArguments(
-            f"/tmp/hfc-reader-bench/{name}-{seed}", max_steps=a.steps, per_device_train_batch_size=a.batch_size,
+            str(work_dir / f"{name}-{seed}"), max_steps=a.steps, per_device_train_batch_size=a.batch_size,
             num_negatives=a.candidates, reader_loss=a.loss, reader_temperature=a.reader_temperature,
             reader_prompt_template=PROMPT, reader_passage_max_length=a.passage_tokens, learning_rate=a.lr,
             seed=seed, report_to=[], use_cpu=True, disable_tqdm=True, logging_steps=5, save_strategy="no",

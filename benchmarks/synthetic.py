@@ -16,7 +16,7 @@ Examples::
     $PY benchmarks/synthetic.py --mode sweep --sweep drift --N 20000
     $PY benchmarks/synthetic.py --mode e2e --N 100000 --seeds 0 1 2
     $PY benchmarks/synthetic.py --mode scale --sizes 10000 100000 1000000
-    $PY benchmarks/synthetic.py --tiny --output /tmp/synthetic_tiny.json   # seconds, used by the tests
+    $PY benchmarks/synthetic.py --tiny --output synthetic_tiny.json   # seconds, used by the tests
 """
 
 from __future__ import annotations
