@@ -97,6 +97,7 @@ class CacheManager:
         self.num_rows = len(self.texts)
         self.local_rows = (row_range(self.num_rows, self.collectives.world, self.collectives.rank) if self.sharded
                            else (0, self.num_rows))
+        self._placement: tuple[torch.device, bool] | None = None  # cache_device (:meth:`place`)
         self.cache = cache
         self.cost = ReembeddingCost()
         self._listeners: list[Any] = []
@@ -130,11 +131,10 @@ class CacheManager:
     @property
     def device(self) -> torch.device:
         """Where :meth:`read_chunk` rows live."""
-        placement = getattr(self, "_placement", None)
-        return placement[0] if placement is not None else torch.device("cpu")
+        return self._placement[0] if self._placement is not None else torch.device("cpu")
 
     def _scan_matrix(self) -> torch.Tensor:
-        placement = getattr(self, "_placement", None)
+        placement = self._placement
         if placement is None or (placement[0].type == "cpu" and not placement[1]):
             return self.cache.matrix()
         if self._mirror is None:

@@ -50,6 +50,10 @@ class CacheReader(Protocol):
 
     def read_chunk(self, start: int, stop: int) -> torch.Tensor: ...
 
+    @property
+    def device(self) -> torch.device:
+        """Where :meth:`read_chunk` rows live (``cache_device``)."""
+
     def local(self, index: torch.Tensor) -> torch.Tensor: ...
 
     def local_matrix(self) -> torch.Tensor: ...

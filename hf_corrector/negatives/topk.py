@@ -162,25 +162,31 @@ def row_noise(seed: int, step: int, key: str, rows: torch.Tensor | tuple[int, in
     chunking, sharding, candidate pools or the batch. float32."""
     if isinstance(rows, tuple):
         rows = torch.arange(rows[0], rows[1], dtype=torch.long)
-    digest = hashlib.blake2b(f"{seed}:{step}:{key}".encode(), digest_size=8).digest()
-    stream = _signed(int.from_bytes(digest, "little"))
-    bits = _mix64(rows.to("cpu", torch.long) * _GOLDEN + stream)
-    u = (_srl(bits, 11).double() + 0.5) * (1.0 / (1 << 53))  # 53 random bits, strictly inside (0, 1)
-    return (-torch.log(-torch.log(u))).float()
+    return _gumbel(rows.to("cpu", torch.long) * _GOLDEN + _stream(seed, step, key))
+
+
+def _stream(seed: int, step: int, key: str) -> int:
+    """The hash stream of one query key at one step (signed int64)."""
+    return _signed(int.from_bytes(hashlib.blake2b(f"{seed}:{step}:{key}".encode(), digest_size=8).digest(), "little"))
 
 
 def _streams(seed: int, step: int, keys: Sequence[str]) -> list[int]:
-    return [_signed(int.from_bytes(hashlib.blake2b(f"{seed}:{step}:{key}".encode(), digest_size=8).digest(), "little"))
-            for key in keys]
+    """The streams of several query keys (for :func:`batch_row_noise`)."""
+    return [_stream(seed, step, key) for key in keys]
+
+
+def _gumbel(counters: torch.Tensor) -> torch.Tensor:
+    """Standard Gumbel noise from int64 counters ``row * golden + stream`` (float32)."""
+    bits = _mix64(counters)
+    u = (_srl(bits, 11).double() + 0.5) * (1.0 / (1 << 53))  # 53 random bits, strictly inside (0, 1)
+    return (-torch.log(-torch.log(u))).float()
 
 
 def batch_row_noise(streams: torch.Tensor, start: int, stop: int) -> torch.Tensor:
     """(B, stop - start) Gumbel noise of global rows ``start:stop`` for the queries whose :func:`row_noise` streams are
     ``streams`` (int64, (B,)), computed on ``streams.device`` in one go (the same hash as :func:`row_noise`)."""
     rows = torch.arange(start, stop, dtype=torch.long, device=streams.device)
-    bits = _mix64(rows[None, :] * _GOLDEN + streams[:, None])
-    u = (_srl(bits, 11).double() + 0.5) * (1.0 / (1 << 53))
-    return (-torch.log(-torch.log(u))).float()
+    return _gumbel(rows[None, :] * _GOLDEN + streams[:, None])
 
 
 def _device_path(q: torch.Tensor) -> bool:

@@ -156,7 +156,7 @@ class CorrectorTransform(ScoreTransform):
         if self._view is None:
             dtype = self.view_dtype or cache.read_chunk(lo, min(lo + 1, hi)).dtype
             apply = _apply_eval(self.snapshot)
-            device = getattr(cache, "device", torch.device("cpu"))  # cache_device: the view lives with the rows
+            device = cache.device  # cache_device: the view lives with the rows
             view = torch.empty(hi - lo, cache.dim, dtype=dtype, device=device)
             for start in range(lo, hi, self.view_chunk_size):
                 stop = min(start + self.view_chunk_size, hi)
