@@ -242,6 +242,9 @@ class CorrectedIndex:
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"no such folder: {path} (a folder written by CorrectedIndex.save)")
+        if storage.TEMPORARY.match(path.name):
+            raise CacheCorruptError(f"{path}: the temporary folder of a save that did not finish (killed); it is "
+                                    f"removed by the next save or load of {path.name.split('.')[1]!r}")
         storage.remove_served_leftovers(path)
         manifest_file = path / storage.MANIFEST_FILE
         manifest = storage.read_manifest(manifest_file) if manifest_file.is_file() else None

@@ -36,7 +36,7 @@ import torch
 
 # the cache's atomic-I/O helpers (one import line, so it can follow them when they move to their own module)
 from ..cache.stale_cache import (CACHE_FOLDER_FILES, _exchange, _fsync_dir, _names, _remove_cache_dir, _sha256,
-                                 _writer_gone, _writer_tag)
+                                 _writer_gone, _writer_tag, remove_leftovers)
 from ..errors import CacheCorruptError, UnsafeOverwriteError
 
 logger = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ SERVED_FOLDER_ENTRIES = frozenset({VECTORS_DIR, INDEX_FILE, MANIFEST_FILE, CARD_
 MANIFEST_VERSION = 1
 SAMPLE_QUERIES = 32
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+TEMPORARY = re.compile(r"^\..+\.served-(?:tmp|old)-[^/]+$")  # a killed save's folder, never loaded
 _DAMAGED = "the served index is damaged: build it again (CorrectedIndex.from_trainer) or restore a copy"
 
 
@@ -211,6 +212,7 @@ def remove_served_dir(path: Path) -> bool:
     if path.is_symlink() or not path.is_dir():
         return False
     vectors_dir = path / VECTORS_DIR
+    remove_leftovers(vectors_dir)  # a vectors save killed inside the folder
     if vectors_dir.is_dir() and not vectors_dir.is_symlink():
         _remove_cache_dir(vectors_dir)
     for name in (INDEX_FILE, MANIFEST_FILE, CARD_FILE):
