@@ -482,4 +482,6 @@ def build_corrected_index(retriever: Any, corrector: Any, cache: StaleCache, tex
     vectors = StaleCache(cache.doc_ids, served, steps=steps, provenance=provenance, dtype=cache.dtype)
     logger.info("served %d rows: %d mapped with %s, %d re-encoded (budget %.3g, %s)", n, n - int(rows.numel()),
                 fitted_method, int(rows.numel()), reencode_budget, selection)
-    return CorrectedIndex(vectors, retriever=retriever, index_kind=index_kind, show_progress_bar=show_progress_bar)
+    index = CorrectedIndex(vectors, index_kind=index_kind, show_progress_bar=show_progress_bar)
+    index.retriever = retriever  # the one just fingerprinted into the provenance: no second pass over its weights
+    return index
