@@ -137,7 +137,7 @@ class DataArguments:
                                         "output_dir/served_index (None: skip; needs a corrector)."})
 
 
-NULL_VALUES = ("null", "none", "None", "~")  # what YAML reads as null, accepted on the command line too
+NULL_VALUES = ("null", "Null", "NULL", "~")  # YAML's null spellings ("none" keeps its meaning: --report_to none)
 USAGE = "python recipes/train.py [--config FILE.yaml] [--FLAG VALUE ...]   (or: accelerate launch recipes/train.py ...)"
 
 

@@ -45,7 +45,7 @@ def test_bad_flags_are_refused_before_any_work(recipe, tmp_path, monkeypatch, fl
 def test_null_on_the_command_line_is_none_as_in_yaml(recipe, tmp_path):
     model_args, data_args, args = recipe.parse_arguments(_flags(
         tmp_path, "--eval_split", "null", "--max_eval_queries", "null", "--serve_reencode_budget", "null",
-        "--corpus_path", "None", "--normalize", "null", "--pooling", "~", "--num_hidden_layers", "null"))
+        "--corpus_path", "NULL", "--normalize", "null", "--pooling", "~", "--num_hidden_layers", "null"))
     assert data_args.eval_split is None and data_args.max_eval_queries is None
     assert data_args.serve_reencode_budget is None and data_args.corpus_path is None
     assert model_args.normalize is None and model_args.pooling is None and model_args.num_hidden_layers is None
@@ -58,6 +58,8 @@ def test_null_on_the_command_line_is_none_as_in_yaml(recipe, tmp_path):
     model_args, data_args, _ = recipe.parse_arguments(_flags(tmp_path, "--eval_split", "dev", "--normalize",
                                                              "false", "--serve_reencode_budget", "0.1"))
     assert data_args.eval_split == "dev" and model_args.normalize is False and data_args.serve_reencode_budget == 0.1
+    _, _, args = recipe.parse_arguments(_flags(tmp_path))  # "none" keeps its meaning where it has one
+    assert args.report_to in ([], "none", ["none"]), args.report_to
 
 
 def test_help_starts_with_what_the_recipe_does_and_lists_config_and_library_flags_first():
