@@ -103,7 +103,9 @@ class ModelArguments:
     )
     pooling: str | None = field(default=None, metadata={"help": "mean | cls | last (default: from the model)."})
     normalize: bool | None = field(default=None, metadata={"help": "L2-normalise embeddings (default: from the model)."})
-    shared_towers: bool = field(default=True, metadata={"help": "One encoder for queries and targets."})
+    shared_towers: bool | None = field(
+        default=None, metadata={"help": "One encoder for queries and targets (default: yes for a backbone, as saved "
+                                        "for a saved retriever)."})
     num_hidden_layers: int | None = field(
         default=None, metadata={"help": "Cut the backbone to its first N layers at load (a weaker start)."}
     )
@@ -357,6 +359,7 @@ def main(argv: list[str] | None = None) -> dict:
     load_kwargs = {"pooling": model_args.pooling, "normalize": model_args.normalize,
                    "shared_towers": model_args.shared_towers, "query_max_length": args.query_max_length,
                    "target_max_length": args.target_max_length}
+    load_kwargs = {k: v for k, v in load_kwargs.items() if v is not None}  # None: the model's own setting
     if model_args.num_hidden_layers is not None:
         load_kwargs["num_hidden_layers"] = model_args.num_hidden_layers
     retriever = load_retriever(model_path, **load_kwargs)
