@@ -311,6 +311,7 @@ def _install_dir(tmp_dir: Path, final_dir: Path) -> None:
 # -- validating cache_info.json and the Arrow table -------------------------------------------------------------------
 _DAMAGED = "the cache is damaged: rebuild it (StaleCache.build) or restore a copy"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_FINGERPRINT = re.compile(rf"^{re.escape(SCHEME)}:[0-9a-f]{{64}}$")
 
 
 def _int_field(info: dict, key: str, where: str, minimum: int) -> int:
@@ -355,9 +356,11 @@ def validate_info(info: Any, where: str, checksum: bool = True) -> dict:
         raise CacheCorruptError(f"{where}: field 'provenance' must be an object, got {type(provenance).__name__}; "
                                 f"{_DAMAGED}")
     for key in (WEIGHTS_KEY, TEXTS_KEY, "doc_ids_fingerprint"):
-        if provenance.get(key) is not None and not isinstance(provenance[key], str):
-            raise CacheCorruptError(f"{where}: field 'provenance.{key}' must be a string, got "
-                                    f"{_preview(provenance[key])}; {_DAMAGED}")
+        # absent or null: saved before fingerprints existed ("cannot verify"); anything else must be well formed
+        if provenance.get(key) is not None and not (isinstance(provenance[key], str)
+                                                    and _FINGERPRINT.match(provenance[key])):
+            raise CacheCorruptError(f"{where}: field 'provenance.{key}' is {_preview(provenance[key])}, not a "
+                                    f"fingerprint ('{SCHEME}:' and 64 hex digits); {_DAMAGED}")
     return info
 
 
