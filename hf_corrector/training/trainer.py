@@ -42,7 +42,7 @@ from transformers.trainer_utils import PredictionOutput, rotate_checkpoints
 from ..cache import StaleCache
 from ..cache.manager import CacheManager
 from ..cache.placement import resolve_cache_device
-from ..cache.sharded_store import check_part_provenance, is_sharded, push_to_hub as push_saved_cache
+from ..cache.sharded_store import check_part_provenance, push_to_hub as push_saved_cache
 from ..cache.sharding import row_range
 from ..data.format import RetrievalData
 from ..data.open_qa import OpenQAData
@@ -509,7 +509,7 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
     def _load_extra_state(self, folder: Path) -> None:
         if (folder / CACHE_DIR).exists():  # written by earlier weights of this run: check the corpus only
             manager = self.cache_manager
-            if manager.sharded and is_sharded(folder / CACHE_DIR):  # this process's rows only
+            if manager.sharded:  # this process's rows only (of a cache saved by any number of processes)
                 cache = self.cache_class.load(folder / CACHE_DIR, rows=manager.local_rows)
                 check_part_provenance(cache, folder / CACHE_DIR, self.doc_ids, manager.texts)
             else:
@@ -582,7 +582,7 @@ def _prepare_cache(cache, retriever: RetrieverModel, corpus: datasets.Dataset, a
     weights of this run by design: only its corpus is checked.
     """
     if isinstance(cache, (str, os.PathLike)):
-        if rows is not None and is_sharded(cache):  # this process's rows only (sharded_store.py)
+        if rows is not None:  # this process's rows only, of a sharded or a single-file folder (sharded_store.py)
             part = cache_class.load(cache, rows=rows)
             check_part_provenance(part, cache, list(corpus["doc_id"]), list(corpus["text"]),
                                   None if from_checkpoint else retriever,
