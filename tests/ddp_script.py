@@ -10,6 +10,9 @@ resumed from its checkpoint-2, and a Gumbel run; each records the chosen negativ
 
 ``ddp_script.py OUT PER_DEVICE_BATCH resume CHECKPOINT sharded|replicated``: the scenario's top-k run resumed from
 CHECKPOINT (written by any number of processes, issue 21); records the cache rows as loaded and the run.
+
+``ddp_script.py OUT PER_DEVICE_BATCH evaluate sharded|replicated``: 2 training steps, then fresh / stale / corrected
+evaluation; records the metrics and the number of whole-cache gathers during evaluation.
 """
 
 from __future__ import annotations
@@ -98,6 +101,23 @@ def resume(out: Path, per_device_batch: int, checkpoint: str, sharding: str) -> 
     _record(trainer, out, "resumed_here")
 
 
+def evaluate(out: Path, per_device_batch: int, sharding: str) -> None:
+    """Train 2 steps (write-back), then evaluate fresh, stale and corrected corpora; record the metrics and how
+    often the whole cache was gathered during evaluation."""
+    train, test = tiny_data()
+    args = _args(out / "eval_run", per_device_batch, "topk", sharding, max_steps=2,
+                 eval_corpus_embeddings="fresh,stale,corrected")
+    trainer = RecordingTrainer(model=tiny_retriever(out / "tok", seed=0, dropout=0.0), args=args, train_dataset=train)
+    trainer.train()
+    manager, calls = trainer.cache_manager, []
+    gathered = manager.gathered
+    manager.gathered = lambda *a, **kw: calls.append(1) or gathered(*a, **kw)
+    metrics = trainer.evaluate(test)
+    calls = gather_object([len(calls)])
+    if trainer.accelerator.is_main_process:
+        (out / "eval.json").write_text(json.dumps({"metrics": metrics, "gathered": calls}))
+
+
 def main(out_dir: str, per_device_batch: int, sampling: str) -> None:
     out = Path(out_dir)
     train, _ = tiny_data()
@@ -114,7 +134,9 @@ def main(out_dir: str, per_device_batch: int, sampling: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 3 and sys.argv[3] == "resume":
+    if len(sys.argv) > 3 and sys.argv[3] == "evaluate":
+        evaluate(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[4])
+    elif len(sys.argv) > 3 and sys.argv[3] == "resume":
         resume(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[4], sys.argv[5])
     elif len(sys.argv) > 3 and sys.argv[3] == "scenario":
         scenario(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[4] if len(sys.argv) > 4 else "sharded")

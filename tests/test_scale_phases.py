@@ -172,3 +172,19 @@ def test_two_shard_checkpoint_with_a_torn_shard_is_refused_by_every_rank(tmp_pat
     shutil.rmtree(final / shard_name(1, 2))
     with pytest.raises(CacheCorruptError, match=r"shard-00001-of-00002 \(rows 25:50\) is missing"):
         StaleCache.load(final)
+
+
+def test_sharded_evaluation_equals_one_process_without_gathering(tmp_path: Path) -> None:
+    """2 gloo processes with a sharded cache evaluate fresh, stale and corrected corpora from their own rows (the
+    per-process top-k merged, never the cache gathered) and get the single-process metrics."""
+    from tests.test_multiprocess import SCRIPT, _launch_two_processes, _run
+
+    multi, single = tmp_path / "multi", tmp_path / "single"
+    multi.mkdir(), single.mkdir()
+    _launch_two_processes(tmp_path, multi, "4", "evaluate", "sharded")
+    _run([sys.executable, str(SCRIPT), str(single), "8", "evaluate", "replicated"], tmp_path)
+    two, one = (json.loads((d / "eval.json").read_text()) for d in (multi, single))
+    assert two["gathered"] == [0, 0]  # before: the stale / corrected corpus was gathered on every process
+    keys = [k for k in one["metrics"] if "recall" in k or "ndcg" in k or "mrr" in k]
+    assert any("_corrected_" in k for k in keys) and any("_stale_" in k for k in keys)
+    assert {k: two["metrics"][k] for k in keys} == {k: one["metrics"][k] for k in keys}

@@ -422,17 +422,19 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
         _, rows = exact_search(q, self.corpus_embeddings("fresh"), 100)
         return PredictionOutput(rows.numpy(), None, self.evaluate(test_dataset, ignore_keys, metric_key_prefix))
 
-    def corpus_embeddings(self, kind: str, extra: tuple[list[str], list[str]] = ([], [])) -> torch.Tensor:
-        """The corpus as ``fresh``, ``stale`` or ``corrected`` rows (see :class:`CorpusEmbeddings`)."""
+    def corpus_embeddings(self, kind: str, extra: tuple[list[str], list[str]] = ([], []), local: bool = False
+                          ) -> torch.Tensor:
+        """The corpus as ``fresh``, ``stale`` or ``corrected`` rows (see :class:`CorpusEmbeddings`; ``local``: a
+        sharded cache's rows of this process only)."""
         return CorpusEmbeddings(self.cache_manager, self.sampler.transform.function,
-                                self.args.corrector_chunk_size)(kind, self.state.global_step, extra)
+                                self.args.corrector_chunk_size, local=local)(kind, self.state.global_step, extra)
 
     def retrieval_metrics(self, queries: datasets.Dataset, kinds: list[str], prefix: str = "eval",
                           extra: tuple[list[str], list[str]] = ([], [])) -> dict[str, float]:
         q = self.retriever.encode_queries(list(queries["query"]), batch_size=self.args.eval_batch_size_encode,
                                           max_length=self.args.query_max_length, device=self.args.device)
         evaluator = RetrievalEvaluator(queries, self.doc_ids + extra[0])
-        return evaluator(q, lambda kind: self.corpus_embeddings(kind, extra), kinds, prefix=prefix)
+        return evaluator(q, lambda kind: self.corpus_embeddings(kind, extra, local=True), kinds, prefix=prefix)
 
     # ---------------------------------------------------------------------------------------------------------------
     # saving and resuming
