@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,71 @@ def test_two_process_sharded_recipe_saves_and_serves_the_whole_corpus(tmp_path: 
     metrics = json.loads((out / "results.json").read_text())["results"]["after training"]
     # rank 0's rows only (the bug) lose every query whose positive lies in rank 1's half
     assert metrics["eval_served_recall@100"] == metrics["eval_recall@100"] == 1.0
+
+
+def test_checkpoint_of_two_processes_resumes_in_one_and_one_in_two(tmp_path: Path) -> None:
+    """A sharded checkpoint written by 2 gloo ranks loads in 2 processes (each its half) and in 1 (whole), and the
+    resumed runs choose what the uninterrupted run chose at steps 2 and 3 and end with its cache (2 -> 2, 2 -> 1);
+    a single-process checkpoint resumes in 2 sharded processes, each loading only its rows (1 -> 2)."""
+    from tests.test_multiprocess import SCRIPT, _launch_two_processes, _run
+
+    multi, single, two_one, one_two = (tmp_path / n for n in ("multi", "single", "two_one", "one_two"))
+    for d in (multi, single, two_one, one_two):
+        d.mkdir()
+    _launch_two_processes(tmp_path, multi, "4", "scenario", "sharded")
+    ckpt2 = multi / "topk" / "checkpoint-2"
+    assert (ckpt2 / "stale_cache" / MANIFEST_FILE).is_file()
+    whole = StaleCache.load(ckpt2 / "stale_cache")
+    _run([sys.executable, str(SCRIPT), str(two_one), "8", "resume", str(ckpt2), "sharded"], tmp_path)
+    loaded = torch.load(two_one / "loaded_rank0.pt")
+    assert loaded["cache"].shape[0] == 120 and torch.equal(loaded["cache"], whole.matrix().float())
+    uninterrupted = json.loads((multi / "topk_chosen.json").read_text())
+    assert json.loads((two_one / "resumed_here_chosen.json").read_text()) == [c for c in uninterrupted if c[0] >= 2]
+    final = sorted((torch.load(p) for p in multi.glob("topk_rank*.pt")), key=lambda d: d["lo"])
+    end = torch.load(two_one / "resumed_here_rank0.pt")
+    assert torch.equal(end["steps"], torch.cat([d["steps"] for d in final]))
+    # the written-back rows were encoded with another batch layout (8 vs 4 a process): float noise only
+    assert torch.allclose(end["cache"], torch.cat([d["cache"] for d in final]), atol=1e-4)
+
+    _run([sys.executable, str(SCRIPT), str(single), "8", "scenario", "sharded"], tmp_path)  # one process
+    ckpt1 = single / "topk" / "checkpoint-2"
+    whole1 = StaleCache.load(ckpt1 / "stale_cache").matrix().float()
+    _launch_two_processes(tmp_path, one_two, "4", "resume", str(ckpt1), "sharded")
+    parts = sorted((torch.load(p) for p in one_two.glob("loaded_rank*.pt")), key=lambda d: d["lo"])
+    assert [p["cache"].shape[0] for p in parts] == [60, 60]  # each rank loaded only its rows
+    assert torch.equal(torch.cat([p["cache"] for p in parts]), whole1)
+    single_chosen = json.loads((single / "topk_chosen.json").read_text())
+    assert json.loads((one_two / "resumed_here_chosen.json").read_text()) == [c for c in single_chosen if c[0] >= 2]
+    ends = sorted((torch.load(p) for p in one_two.glob("resumed_here_rank*.pt")), key=lambda d: d["lo"])
+    assert torch.equal(torch.cat([d["steps"] for d in ends]), torch.load(single / "topk_rank0.pt")["steps"])
+
+
+def test_two_shard_checkpoint_with_a_torn_shard_is_refused_by_every_rank(tmp_path: Path) -> None:
+    """Resuming from a 2-shard checkpoint one of whose shards is torn fails naming it, also for the rank whose own
+    rows are intact (a checkpoint is complete only when every shard is)."""
+    from hf_corrector.training.trainer import _prepare_cache
+
+    final, whole = _sharded(tmp_path, n=50, world=2)
+    torn = final / shard_name(1, 2) / "cache.arrow"
+    torn.write_bytes(torn.read_bytes()[:-16])
+    with pytest.raises(CacheCorruptError, match=r"shard-00001-of-00002 .*torn"):
+        _prepare_cache(str(final), None, None, None, StaleCache, True, rows=(0, 25))
+    shutil.rmtree(final / shard_name(1, 2))
+    with pytest.raises(CacheCorruptError, match=r"shard-00001-of-00002 \(rows 25:50\) is missing"):
+        StaleCache.load(final)
+
+
+def test_sharded_evaluation_equals_one_process_without_gathering(tmp_path: Path) -> None:
+    """2 gloo processes with a sharded cache evaluate fresh, stale and corrected corpora from their own rows (the
+    per-process top-k merged, never the cache gathered) and get the single-process metrics."""
+    from tests.test_multiprocess import SCRIPT, _launch_two_processes, _run
+
+    multi, single = tmp_path / "multi", tmp_path / "single"
+    multi.mkdir(), single.mkdir()
+    _launch_two_processes(tmp_path, multi, "4", "evaluate", "sharded")
+    _run([sys.executable, str(SCRIPT), str(single), "8", "evaluate", "replicated"], tmp_path)
+    two, one = (json.loads((d / "eval.json").read_text()) for d in (multi, single))
+    assert two["gathered"] == [0, 0]  # before: the stale / corrected corpus was gathered on every process
+    keys = [k for k in one["metrics"] if "recall" in k or "ndcg" in k or "mrr" in k]
+    assert any("_corrected_" in k for k in keys) and any("_stale_" in k for k in keys)
+    assert {k: two["metrics"][k] for k in keys} == {k: one["metrics"][k] for k in keys}

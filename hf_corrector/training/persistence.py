@@ -12,7 +12,7 @@ from pathlib import Path
 
 from transformers.trainer_utils import rotate_checkpoints
 
-from ..cache.sharded_store import check_part_provenance, is_sharded, push_to_hub as push_saved_cache
+from ..cache.sharded_store import check_part_provenance, push_to_hub as push_saved_cache
 from .checkpoints import remove_checkpoint_marker, write_checkpoint_marker
 from .trainer_state import load_extra_state, load_model_weights, publish_model, save_extra_state, save_model_files
 
@@ -102,7 +102,7 @@ class CheckpointingMixin:
     def _load_extra_state(self, folder: Path) -> None:
         if (folder / CACHE_DIR).exists():  # written by earlier weights of this run: check the corpus only
             manager = self.cache_manager
-            if manager.sharded and is_sharded(folder / CACHE_DIR):  # this process's rows only
+            if manager.sharded:  # this process's rows only (of a cache saved by any number of processes)
                 cache = self.cache_class.load(folder / CACHE_DIR, rows=manager.local_rows)
                 check_part_provenance(cache, folder / CACHE_DIR, self.doc_ids, manager.texts)
             else:

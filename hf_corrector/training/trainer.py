@@ -42,7 +42,7 @@ from transformers.trainer_utils import PredictionOutput
 from ..cache import StaleCache
 from ..cache.manager import CacheManager
 from ..cache.placement import resolve_cache_device
-from ..cache.sharded_store import check_part_provenance, is_sharded
+from ..cache.sharded_store import check_part_provenance
 from ..cache.sharding import row_range
 from ..data.format import RetrievalData
 from ..data.open_qa import OpenQAData
@@ -418,17 +418,19 @@ class CorrectorTrainer(CheckpointingMixin, CorrectorHubMixin, Trainer):
         _, rows = exact_search(q, self.corpus_embeddings("fresh"), 100)
         return PredictionOutput(rows.numpy(), None, self.evaluate(test_dataset, ignore_keys, metric_key_prefix))
 
-    def corpus_embeddings(self, kind: str, extra: tuple[list[str], list[str]] = ([], [])) -> torch.Tensor:
-        """The corpus as ``fresh``, ``stale`` or ``corrected`` rows (see :class:`CorpusEmbeddings`)."""
+    def corpus_embeddings(self, kind: str, extra: tuple[list[str], list[str]] = ([], []), local: bool = False
+                          ) -> torch.Tensor:
+        """The corpus as ``fresh``, ``stale`` or ``corrected`` rows (see :class:`CorpusEmbeddings`; ``local``: a
+        sharded cache's rows of this process only)."""
         return CorpusEmbeddings(self.cache_manager, self.sampler.transform.function,
-                                self.args.corrector_chunk_size)(kind, self.state.global_step, extra)
+                                self.args.corrector_chunk_size, local=local)(kind, self.state.global_step, extra)
 
     def retrieval_metrics(self, queries: datasets.Dataset, kinds: list[str], prefix: str = "eval",
                           extra: tuple[list[str], list[str]] = ([], [])) -> dict[str, float]:
         q = self.retriever.encode_queries(list(queries["query"]), batch_size=self.args.eval_batch_size_encode,
                                           max_length=self.args.query_max_length, device=self.args.device)
         evaluator = RetrievalEvaluator(queries, self.doc_ids + extra[0])
-        return evaluator(q, lambda kind: self.corpus_embeddings(kind, extra), kinds, prefix=prefix)
+        return evaluator(q, lambda kind: self.corpus_embeddings(kind, extra, local=True), kinds, prefix=prefix)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """Trainer's ``train`` that also restores the cache and the trainer's extra state on resume."""
@@ -487,7 +489,7 @@ def _prepare_cache(cache, retriever: RetrieverModel, corpus: datasets.Dataset, a
     weights of this run by design: only its corpus is checked.
     """
     if isinstance(cache, (str, os.PathLike)):
-        if rows is not None and is_sharded(cache):  # this process's rows only (sharded_store.py)
+        if rows is not None:  # this process's rows only, of a sharded or a single-file folder (sharded_store.py)
             part = cache_class.load(cache, rows=rows)
             check_part_provenance(part, cache, list(corpus["doc_id"]), list(corpus["text"]),
                                   None if from_checkpoint else retriever,
