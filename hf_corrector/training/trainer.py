@@ -67,6 +67,7 @@ from .losses import step_losses
 from .nonfinite import SkipStep, check_finite
 from .optim import build_lr_scheduler, build_optimizer
 from .peft_utils import apply_peft
+from .user_optim import check_peft_by_hand, check_user_optimizer
 from .reader_step import ReaderStep, check_reader_data, load_reader
 from .staleness import staleness_metrics
 from .strategy import NegativeStrategy
@@ -146,8 +147,9 @@ class CorrectorTrainer(CheckpointingMixin, CorrectorHubMixin, Trainer):
                               "the whole corpus) in evaluate(); compute_metrics / preprocess_logits_for_metrics would "
                               "never be called: drop them, or subclass and override retrieval_metrics()")
         self.strategy = strategy = NegativeStrategy.from_args(args)  # the only reader of the strategy arguments
-        retriever = _prepare_retriever(model, processing_class, peft_config)
-        self.uses_peft = peft_config is not None
+        retriever = _prepare_retriever(model, processing_class, None)
+        self.uses_peft = check_peft_by_hand(retriever, peft_config) or peft_config is not None
+        retriever = apply_peft(retriever, peft_config) if peft_config is not None else retriever
 
         inputs = index_inputs(train_dataset, eval_dataset, corpus)
         self.corpus, self.doc_ids, self.doc_index = inputs.corpus, inputs.doc_ids, inputs.doc_index
@@ -174,6 +176,8 @@ class CorrectorTrainer(CheckpointingMixin, CorrectorHubMixin, Trainer):
                          optimizers=optimizers, optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
                          preprocess_logits_for_metrics=preprocess_logits_for_metrics)
         check_distributed_setup(self.accelerator)  # N processes that do not form one run would train N models
+        if self.optimizer is not None:  # optimizers=(opt, sched): the corrector must be in it
+            check_user_optimizer(self.model, self.optimizer, strategy.corrector_warmup_steps, self.lr_scheduler is None)
         self._eval_data = eval_dataset
         self.callback_handler = RetrieverCallbackHandler(self.callback_handler.callbacks, self.model, retriever.tokenizer,
                                                          self.optimizer, self.lr_scheduler)  # callbacks see the retriever
@@ -274,7 +278,7 @@ class CorrectorTrainer(CheckpointingMixin, CorrectorHubMixin, Trainer):
     def create_optimizer(self, model=None):
         """One optimizer with the encoders and the corrector in separate parameter groups (own learning rates)."""
         if self.optimizer is None:
-            self.optimizer = build_optimizer(self.model, self.args)
+            self.optimizer = build_optimizer(self.model, self.args, self.optimizer_cls_and_kwargs)
         return self.optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
