@@ -21,7 +21,6 @@ from .data.format import RetrievalData
 from .models import CorrectorConfig, CorrectorModel, RetrieverConfig, RetrieverModel, load_retriever
 from .training import CorrectorTrainer, CorrectorTrainingArguments
 from .serving import CorrectedIndex, build_corrected_index
-from . import hub as _hub  # noqa: F401,E402  registers the cache card renderer (cache/ imports nothing from hub/)
 
 __all__ = [
     "__version__",

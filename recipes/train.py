@@ -416,7 +416,7 @@ def main(argv: list[str] | None = None) -> dict:
     trainer.create_model_card()  # README.md (retriever) and corrector/README.md
     if args.should_save:  # save_model wrote the cache as training left it into cache_dir (sharded: one shard a process)
         from hf_corrector.cache.sharded_store import cache_summary
-        from hf_corrector.hub.cache_card import render_cache_card
+        from hf_corrector.cache.card import render_cache_card
 
         if served is not None:
             served.save(Path(args.output_dir) / "served_index")

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import hf_corrector.cache.stale_cache as stale_cache_module
+import hf_corrector.cache.folder as cache_folder_module
 from transformers import TrainerCallback
 
 from hf_corrector import CorrectorTrainer, RetrieverModel, StaleCache
@@ -119,7 +119,7 @@ def save_cache(source: str, dest: str) -> None:
             fh.flush()
         _die()
 
-    stale_cache_module._write_stream = torn_write
+    cache_folder_module.write_stream = torn_write
     cache.save(dest)
 
 
@@ -139,7 +139,7 @@ def _install_kill(point: str) -> None:
     from transformers import Trainer
 
     if point == "checkpoint_cache":  # the 2nd checkpoint's cache.arrow is half written
-        original = stale_cache_module._write_stream
+        original = cache_folder_module.write_stream
         seen = {"n": 0}
 
         def write_stream(table, path):
@@ -150,7 +150,7 @@ def _install_kill(point: str) -> None:
                     fh.truncate(os.path.getsize(path) // 2)
                 _die()
 
-        stale_cache_module._write_stream = write_stream
+        cache_folder_module.write_stream = write_stream
     elif point == "optimizer":  # the 2nd checkpoint's optimizer.pt is torn
         original_opt = Trainer._save_optimizer_and_scheduler
         seen = {"n": 0}

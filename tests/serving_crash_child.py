@@ -37,6 +37,8 @@ def variant(index, version: int):
 
 def main(source: str, dest: str, point: str) -> None:
     torch.set_num_threads(1)
+    import hf_corrector.atomic_io as atomic_io
+    import hf_corrector.serving.corrected_index as corrected_index
     import hf_corrector.serving.storage as storage
     from hf_corrector.serving import CorrectedIndex
 
@@ -47,7 +49,7 @@ def main(source: str, dest: str, point: str) -> None:
             variant(index, version).save(dest)
             print(f"saved {version}", flush=True)
             version += 1
-    original_write_file, original_exchange = storage.write_file, storage._exchange
+    original_write_file, original_exchange = corrected_index.write_bytes_durably, atomic_io.exchange
 
     def write_file(path, data):
         original_write_file(path, data)
@@ -62,7 +64,7 @@ def main(source: str, dest: str, point: str) -> None:
             _die()  # swapped, the old folder not yet removed
         return done
 
-    storage.write_file, storage._exchange = write_file, exchange
+    corrected_index.write_bytes_durably, atomic_io.exchange = write_file, exchange
     if point in ("before_swap", "after_swap"):
         original_rename = os.rename
 

@@ -1,5 +1,5 @@
-"""The cache's dataset card lives in hf_corrector/hub/cache_card.py (issue 11: stale_cache.py renders no cards and
-imports nothing from hub/), and ``cache.push_to_hub(repo_id)`` still publishes it."""
+"""The cache's dataset card lives in hf_corrector/cache/card.py (issue 22: the cache package imports nothing from hub/,
+and nothing is registered at import time), and ``cache.push_to_hub(repo_id)`` publishes it in one commit."""
 
 from __future__ import annotations
 
@@ -9,11 +9,10 @@ from pathlib import Path
 
 import torch
 
-import hf_corrector  # noqa: F401  (registers the card renderer)
 from hf_corrector import StaleCache
 from hf_corrector.cache import stale_cache
 from hf_corrector.hub import push_cache_to_hub, render_cache_card
-from hf_corrector.hub.cache_card import render_cache_card as moved
+from hf_corrector.cache.card import render_cache_card as moved
 from tests.conftest_hub import fake_hub  # noqa: F401
 from tests.hub_env import run_with_hub
 
@@ -31,14 +30,20 @@ def _imported_modules(path: Path) -> list[str]:
     return names
 
 
-def test_stale_cache_module_imports_nothing_from_hub() -> None:
-    for module in ("stale_cache.py", "provenance.py", "__init__.py"):
-        imported = _imported_modules(Path(stale_cache.__file__).with_name(module))
-        assert not [m for m in imported if "hub" in m.split(".") and m != "huggingface_hub"], (module, imported)
+def test_cache_package_imports_nothing_from_hub() -> None:
+    """Every module of hf_corrector/cache/ (its card included): no import of hf_corrector.hub, eager or lazy."""
+    modules = sorted(Path(stale_cache.__file__).parent.glob("*.py"))
+    assert len(modules) >= 10
+    for module in modules:
+        imported = _imported_modules(module)
+        assert not [m for m in imported if "hub" in m.split(".") and m != "huggingface_hub"], (module.name, imported)
 
 
-def test_renderer_is_registered_and_exported() -> None:
-    assert render_cache_card is moved and stale_cache._card_renderer is moved
+def test_the_card_needs_no_registration() -> None:
+    """``cache.push_to_hub`` renders the cache's own card (hf_corrector/cache/card.py): nothing is registered at
+    import time, and the hub package re-exports the same function."""
+    assert render_cache_card is moved and push_cache_to_hub.__module__ == "hf_corrector.cache.card"
+    assert not hasattr(stale_cache, "_card_renderer") and not hasattr(stale_cache, "register_card_renderer")
     cache = StaleCache([f"d{i}" for i in range(3)], torch.zeros(3, 4), provenance={"encoder": "tiny-bert"})
     text = moved(cache, "me/cache", keep_existing_metadata=False)
     assert "stale-cache" in text and "| Rows | 3 |" in text and 'StaleCache.load("me/cache")' in text
@@ -76,3 +81,6 @@ def test_push_to_hub_publishes_the_card_and_the_provenance(fake_hub, tmp_path: P
         info = json.loads(files["cache_info.json"])
         assert info["provenance"]["weights_fingerprint"] == prov["weights_fingerprint"].strip()
     assert fake_hub.files("tester/cache-c", repo_type="dataset")["README.md"] == b"# hand-written card\n"
+    for repo in ("tester/cache-a", "tester/cache-b", "tester/cache-c"):  # rows, provenance and card: one commit
+        commits = fake_hub.repos[("dataset", repo)].commits.values()
+        assert sorted(c.title for c in commits) == ["Upload stale cache", "initial commit"], repo

@@ -123,7 +123,7 @@ def test_cache_of_other_weights_is_refused_unless_allowed(tmp_path: Path, corpus
     message = str(err.value)
     assert str(tmp_path / "c") in message and "target weights" in message
     assert "allow_other_weights=True" in message and "cache_from_other_weights=True" in message
-    with caplog.at_level(logging.INFO, logger="hf_corrector.cache.stale_cache"):
+    with caplog.at_level(logging.INFO, logger="hf_corrector.cache"):
         cache.check_provenance(other, allow_other_weights=True)  # on purpose: the stale cache to correct
     assert "on purpose" in caplog.text
 
@@ -176,7 +176,7 @@ def test_cache_saved_without_fingerprints_loads_and_warns(tmp_path: Path, corpus
         info["provenance"].pop(key)
     info_file.write_text(json.dumps(info))
     old = StaleCache.load(tmp_path / "c")
-    with caplog.at_level(logging.WARNING, logger="hf_corrector.cache.stale_cache"):
+    with caplog.at_level(logging.WARNING, logger="hf_corrector.cache"):
         old.check_provenance(tiny_retriever(tmp_path, seed=1), doc_ids=list(corpus["doc_id"]),
                              texts=list(_edited(corpus)["text"]))
     assert caplog.text.count("cannot verify") == 2 and "older hf_corrector" in caplog.text
@@ -224,14 +224,14 @@ def test_shard_temporaries_of_dead_builds_are_removed(tmp_path: Path, corpus: da
     import subprocess
     import sys
 
-    from hf_corrector.cache import stale_cache as sc
+    from hf_corrector import atomic_io
 
     shards = tmp_path / "shards"
     retriever = tiny_retriever(tmp_path)
     StaleCache.build(corpus, retriever, batch_size=8, shard_dir=shards, shard_size=8, show_progress_bar=False)
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
-    dead = shards / f".shard-00003.npy.tmp-{sc._HOST_TAG}-{proc.pid}-0123abcd.npy"
+    dead = shards / f".shard-00003.npy.tmp-{atomic_io._HOST_TAG}-{proc.pid}-0123abcd.npy"
     dead.write_bytes(b"torn")
     StaleCache.build(corpus, retriever, batch_size=8, shard_dir=shards, shard_size=8, show_progress_bar=False)
     assert not dead.exists()

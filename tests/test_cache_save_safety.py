@@ -17,7 +17,8 @@ import torch
 
 from hf_corrector import StaleCache
 from hf_corrector.cache import remove_leftovers
-from hf_corrector.cache import stale_cache as sc
+from hf_corrector import atomic_io
+from hf_corrector.cache import folder as cache_folder
 from hf_corrector.errors import UnsafeOverwriteError
 
 
@@ -106,17 +107,17 @@ def test_files_appearing_during_the_swap_are_kept(tmp_path: Path) -> None:
     """The replaced folder loses only its cache files, even if a file appears in it after the check."""
     target = tmp_path / "c"
     _cache().save(target)
-    original = sc._install_dir
+    original = atomic_io.install_dir
 
-    def racing(tmp_dir: Path, final_dir: Path) -> None:
+    def racing(tmp_dir: Path, final_dir: Path, **kwargs) -> None:  # noqa: ANN003
         (final_dir / "late.txt").write_text("written by someone else meanwhile")
-        original(tmp_dir, final_dir)
+        original(tmp_dir, final_dir, **kwargs)
 
-    sc._install_dir = racing
+    atomic_io.install_dir = racing
     try:
         _cache(seed=1).save(target)
     finally:
-        sc._install_dir = original
+        atomic_io.install_dir = original
     kept = [p for p in tmp_path.rglob("late.txt")]
     assert len(kept) == 1 and kept[0].read_text() == "written by someone else meanwhile"
 
@@ -128,7 +129,7 @@ def _dead_pid() -> int:
 
 
 def _leftover(parent: Path, name: str, kind: str, pid: int) -> Path:
-    folder = parent / f".{name}.{kind}-{sc._HOST_TAG}-{pid}-0123abcd"
+    folder = parent / f".{name}.{kind}-{atomic_io._HOST_TAG}-{pid}-0123abcd"
     folder.mkdir()
     (folder / "cache.arrow").write_bytes(b"\0" * 1000)  # a torn write
     return folder
@@ -154,7 +155,7 @@ def test_a_live_writers_temporary_is_never_removed(tmp_path: Path) -> None:
         live = _leftover(tmp_path, "c", "tmp", writer.pid)
         mine = _leftover(tmp_path, "c", "tmp", os.getpid())
         foreign_host = tmp_path / f".c.tmp-ffffffff-{_dead_pid()}-0123abcd"
-        if sc._HOST_TAG == "ffffffff":  # pragma: no cover - a one-in-4-billion host name
+        if atomic_io._HOST_TAG == "ffffffff":  # pragma: no cover - a one-in-4-billion host name
             pytest.skip("host tag collides with the test's foreign host")
         foreign_host.mkdir()
         _cache().save(target)
@@ -179,7 +180,7 @@ def test_leftovers_holding_foreign_files_and_fresh_legacy_names_are_kept(tmp_pat
     legacy_old = tmp_path / ".c.old-1a2b3c4d"
     legacy_old.mkdir()
     (legacy_old / "cache_info.json").write_text("{}")
-    hours_ago = time.time() - 2 * sc.LEGACY_LEFTOVER_AGE_S
+    hours_ago = time.time() - 2 * atomic_io.LEGACY_LEFTOVER_AGE_S
     os.utime(legacy_old / "cache_info.json", (hours_ago, hours_ago))
     os.utime(legacy_old, (hours_ago, hours_ago))
     removed = remove_leftovers(target)
@@ -192,17 +193,17 @@ def test_a_failed_save_leaves_the_previous_cache_and_no_temporary(tmp_path: Path
     target = tmp_path / "c"
     first = _cache()
     first.save(target)
-    original = sc._write_stream
+    original = cache_folder.write_stream
 
     def failing(table, path):  # noqa: ANN001
         path.write_bytes(b"torn")
         raise OSError("disk full")
 
-    sc._write_stream = failing
+    cache_folder.write_stream = failing
     try:
         with pytest.raises(OSError, match="disk full"):
             _cache(seed=1).save(target)
     finally:
-        sc._write_stream = original
+        cache_folder.write_stream = original
     assert torch.equal(StaleCache.load(target).matrix(), first.matrix())
     assert [p.name for p in tmp_path.iterdir()] == ["c"]

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from transformers.trainer_utils import get_last_checkpoint
 
 from hf_corrector import StaleCache
-from hf_corrector.cache.stale_cache import CACHE_FILE, INFO_FILE
+from hf_corrector.cache.schema import CACHE_FILE, INFO_FILE
 from hf_corrector.errors import CacheCorruptError, HFCorrectorError
 from hf_corrector.training.checkpoints import (CHECKPOINT_MARKER, checkpoint_problem, last_complete_checkpoint,
                                                verify_checkpoint)

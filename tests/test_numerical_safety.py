@@ -12,7 +12,10 @@ import torch
 
 import hf_corrector.training.losses as losses_module
 from hf_corrector import CorrectorModel, CorrectorTrainer, CorrectorTrainingArguments, RetrieverModel, StaleCache
-from hf_corrector.cache.stale_cache import CACHE_FILE, INFO_FILE, _arrow_table, _sha256, _write_stream
+from hf_corrector.atomic_io import sha256_file as _sha256
+from hf_corrector.cache.folder import write_stream as _write_stream
+from hf_corrector.cache.schema import CACHE_FILE, INFO_FILE
+from hf_corrector.cache.schema import arrow_table as _arrow_table
 from hf_corrector.errors import CacheMismatchError, ConfigError, HFCorrectorError, NonFiniteError
 from hf_corrector.training.checkpoints import verify_checkpoint
 from hf_corrector.training.trainer import CorrectorTrainingModel

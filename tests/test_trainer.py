@@ -25,7 +25,7 @@ from hf_corrector import (
     RetrieverModel,
     StaleCache,
 )
-from hf_corrector.cache.stale_cache import INITIAL_STEP
+from hf_corrector.cache.schema import INITIAL_STEP
 
 from .tiny import tiny_data, tiny_retriever
 

@@ -1,5 +1,7 @@
-"""The stale-cache store and its provenance fingerprints."""
+"""The stale-cache store and its provenance fingerprints (one job per module; see :mod:`.stale_cache`)."""
 
+from ..atomic_io import atomic_replace_dir
+from .folder import remove_leftovers
 from .provenance import (
     fingerprint_corpus,
     fingerprint_doc_ids,
@@ -7,15 +9,8 @@ from .provenance import (
     fingerprint_retriever,
     fingerprint_texts,
 )
-from .stale_cache import (
-    INITIAL_STEP,
-    StaleCache,
-    atomic_replace_dir,
-    check_finite,
-    register_card_renderer,
-    remove_leftovers,
-    validate_info,
-)
+from .schema import INITIAL_STEP, validate_info
+from .stale_cache import StaleCache, check_finite
 
 __all__ = [
     "INITIAL_STEP",
@@ -27,7 +22,6 @@ __all__ = [
     "fingerprint_module",
     "fingerprint_retriever",
     "fingerprint_texts",
-    "register_card_renderer",
     "remove_leftovers",
     "validate_info",
 ]

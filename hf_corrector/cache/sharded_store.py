@@ -28,14 +28,19 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import CacheCorruptError
-from .stale_cache import CACHE_FILE, INFO_FILE, StaleCache, _check_save_target, _fsync_dir, _sha256
+from ..atomic_io import fsync_dir, sha256_file, write_text_atomic
+from .card import render_cache_card
+from .folder import check_save_target
+from .hub_io import push_tables
+from .provenance_checks import CacheHeader
+from .schema import CACHE_FILE, FORMAT_VERSION, INFO_FILE, INITIAL_STEP
+from .stale_cache import StaleCache, check_finite
 
 logger = logging.getLogger(__name__)
 
@@ -103,17 +108,11 @@ def finish_save(staging: str | os.PathLike, final_dir: str | os.PathLike, world:
     for old in final_dir.iterdir():  # shards of an earlier save with another number of processes
         if old.is_dir() and _SHARD_RE.match(old.name) and old.name not in keep:
             shutil.rmtree(old)
-    _fsync_dir(final_dir)
+    fsync_dir(final_dir)
     manifest = {"format": "sharded", "format_version": MANIFEST_VERSION, "num_rows": expected,
                 "embedding_dim": dims.pop() if dims else 0, "dtype": dtypes.pop() if dtypes else "float32",
                 "provenance": provenance or {}, "shards": entries}
-    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST_FILE}.tmp-", dir=final_dir)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(manifest, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, final_dir / MANIFEST_FILE)
-    _fsync_dir(final_dir)
+    write_text_atomic(final_dir / MANIFEST_FILE, json.dumps(manifest, indent=1))
     shutil.rmtree(staging, ignore_errors=True)
     return final_dir
 
@@ -121,7 +120,7 @@ def finish_save(staging: str | os.PathLike, final_dir: str | os.PathLike, world:
 def _check_save_target_sharded(path: Path) -> None:
     """A sharded save may replace a sharded or a single-file cache folder, nothing else."""
     if (path / CACHE_FILE).exists() or (path / INFO_FILE).exists():
-        _check_save_target(path)  # a single-file cache folder: its usual check, then swap it out
+        check_save_target(path)  # a single-file cache folder: its usual check, then swap it out
         for name in (CACHE_FILE, INFO_FILE):
             (path / name).unlink(missing_ok=True)
         return
@@ -157,7 +156,7 @@ def read_manifest(path: str | os.PathLike, verify: str = "checksum") -> dict:
         if data.stat().st_size != entry["bytes"]:
             raise CacheCorruptError(f"{data}: shard {entry['name']} has {data.stat().st_size} bytes, the manifest "
                                     f"says {entry['bytes']} (torn); {_DAMAGED}")
-        if verify == "checksum" and _sha256(data) != entry["sha256"]:
+        if verify == "checksum" and sha256_file(data) != entry["sha256"]:
             raise CacheCorruptError(f"{data}: shard {entry['name']} does not match the checksum in {file}; {_DAMAGED}")
         if entry["start"] != expected:
             raise CacheCorruptError(f"{file}: shard {entry['name']} starts at row {entry['start']}, expected "
@@ -190,17 +189,10 @@ def load_sharded(path: str | os.PathLike, verify: str = "checksum", rows: tuple[
         parts.append(StaleCache.load(path / manifest["shards"][0]["name"], verify=shard_verify, rows=(0, 0)))
     cache = parts[0] if len(parts) == 1 else _concat(parts)
     if verify == "checksum":
-        from .stale_cache import check_finite
-
         check_finite(cache.matrix(), f"loaded cache embeddings ({path})")
     cache.source = f"{path}" if rows is None else f"{path} (rows {start}:{stop})"
     cache.provenance = dict(manifest.get("provenance", cache.provenance))
-    if rows is not None:
-        cache.row_offset, cache.total_rows = start, num_rows
-    else:
-        for attr in ("row_offset", "total_rows"):
-            if hasattr(cache, attr):
-                delattr(cache, attr)
+    cache.row_offset, cache.total_rows = (start, num_rows) if rows is not None else (0, len(cache))
     return cache
 
 
@@ -218,17 +210,14 @@ def check_part_provenance(part: StaleCache, path: str | os.PathLike, doc_ids: li
     against its provenance (and the part's step markers). No other process's rows are read."""
     from ..errors import CacheMismatchError
 
-    lo = int(getattr(part, "row_offset", 0))
+    lo = part.row_offset
     for i, (a, b) in enumerate(zip(part.doc_ids, doc_ids[lo : lo + len(part)])):
         if a != str(b):
             raise CacheMismatchError(f"cache row {lo + i} is doc id {a!r} but corpus row {lo + i} is {b!r}")
-    header = StaleCache.__new__(StaleCache)  # the whole cache's facts, no embeddings
-    header.dtype, header.doc_ids, header.steps = part.dtype, [str(d) for d in doc_ids], part.steps
-    header._storage = part.matrix()[:0]
-    header.provenance, header.source, header._row_of = dict(part.provenance), str(path), None
-    if len(doc_ids) != int(getattr(part, "total_rows", len(part))):
-        raise CacheMismatchError(f"the stale cache at {path} has {getattr(part, 'total_rows', len(part))} rows but "
-                                 f"the corpus has {len(doc_ids)} documents")
+    header = CacheHeader(doc_ids, part.steps, part.provenance, part.dim, source=str(path))  # no embeddings
+    if len(doc_ids) != part.total_rows:
+        raise CacheMismatchError(f"the stale cache at {path} has {part.total_rows} rows but the corpus has "
+                                 f"{len(doc_ids)} documents")
     header.check_provenance(retriever, texts=texts, **kwargs)
 
 
@@ -254,8 +243,6 @@ class ShardedCacheSummary:
         return len(self) * self.dim * torch.empty(0, dtype=getattr(torch, self.dtype)).element_size()
 
     def info(self) -> dict[str, Any]:
-        from .stale_cache import FORMAT_VERSION, INITIAL_STEP
-
         n = len(self)
         return {"format_version": FORMAT_VERSION, "num_rows": n, "embedding_dim": self.dim, "dtype": self.dtype,
                 "provenance": self.provenance,
@@ -273,34 +260,20 @@ def push_to_hub(path: str | os.PathLike, repo_id: str, private: bool | None = No
     Example:
         >>> push_to_hub("out/stale_cache", "me/my-cache")  # doctest: +SKIP
     """
-    import pyarrow.parquet as pq
-    from huggingface_hub import CommitOperationAdd, HfApi
-
     path = Path(path)
     if not is_sharded(path):
         return StaleCache.load(path, verify="rows").push_to_hub(repo_id, private=private, token=token,
                                                                 commit_message=commit_message, card=card)
     summary = ShardedCacheSummary(path)
-    api = HfApi(token=token)
-    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
     shards = summary.manifest["shards"]
-    with tempfile.TemporaryDirectory() as tmp:
-        ops = []
-        for i, entry in enumerate(shards):
-            part = StaleCache.load(path / entry["name"], verify="rows")
-            local = Path(tmp) / f"train-{i:05d}-of-{len(shards):05d}.parquet"
-            pq.write_table(part.dataset.data.table, local)
-            ops.append(CommitOperationAdd(f"data/{local.name}", str(local)))
-            del part
-        info = {k: v for k, v in summary.info().items() if k != "shards"}
-        ops.append(CommitOperationAdd("cache_info.json", json.dumps(info, indent=2).encode()))
-        if card is None:
-            from ..hub.cache_card import render_cache_card
-
-            card = render_cache_card(summary, repo_id=None, keep_existing_metadata=False)
-        ops.append(CommitOperationAdd("README.md", card.encode()))
-        api.create_commit(repo_id, ops, repo_type="dataset", commit_message=commit_message)
-    return repo_id
+    tables = (StaleCache.load(path / entry["name"], verify="rows").dataset.data.table for entry in shards)
+    info = {k: v for k, v in summary.info().items() if k != "shards"}
+    if card is None:
+        text = render_cache_card(summary, repo_id=repo_id, keep_existing_metadata=False)
+    else:
+        text = card
+    return push_tables(repo_id, tables, info, text, num_tables=len(shards), private=private, token=token,
+                       layout_metadata=card is None, commit_message=commit_message)
 
 
 def cache_summary(path: str | os.PathLike) -> Any:

@@ -18,7 +18,7 @@ import os
 import tempfile
 from typing import TYPE_CHECKING
 
-from .cache_card import push_cache_to_hub, render_cache_card
+from ..cache.card import push_cache_to_hub, render_cache_card
 from .callbacks import ModelCardCallback, push_checkpoint, write_model_cards
 from .cards import (
     CardData,
@@ -51,7 +51,8 @@ def push_corrector(
     """
     from huggingface_hub import HfApi
 
-    from .cards import corrector_details, framework_versions, is_hub_id, known_secrets
+    from ..card_text import is_hub_id, known_secrets
+    from .cards import corrector_details, framework_versions
 
     retriever_repo_id = retriever_repo_id or corrector.config.retriever_name_or_path
     card = card_data if card_data is not None else CardData()

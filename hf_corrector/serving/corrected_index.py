@@ -42,6 +42,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..atomic_io import write_bytes_durably
+from ..cache.card import render_cache_card
 from ..cache.provenance import fingerprint_module, fingerprint_retriever, short
 from ..cache.stale_cache import StaleCache
 from ..errors import CacheCorruptError, CacheMismatchError, ConfigError
@@ -208,8 +210,6 @@ class CorrectedIndex:
         Example:
             >>> index.save("outputs/served")  # doctest: +SKIP
         """
-        from ..hub.cache_card import render_cache_card
-
         given = Path(path)
         blob = self.faiss_index.serialize().numpy().tobytes()
         manifest = storage.make_manifest(self.vectors, blob, self.index_kind)
@@ -217,8 +217,8 @@ class CorrectedIndex:
 
         def write(tmp: Path) -> None:
             self.vectors.save(tmp / VECTORS_DIR, card=card)
-            storage.write_file(tmp / INDEX_FILE, blob)
-            storage.write_file(tmp / storage.MANIFEST_FILE, json.dumps(manifest, indent=2).encode())
+            write_bytes_durably(tmp / INDEX_FILE, blob)
+            write_bytes_durably(tmp / storage.MANIFEST_FILE, json.dumps(manifest, indent=2).encode())
 
         storage.write_served(given, write)
         return given
@@ -298,8 +298,6 @@ class CorrectedIndex:
         import io
 
         from huggingface_hub import CommitOperationAdd, HfApi
-
-        from ..hub.cache_card import render_cache_card
 
         blob = self.faiss_index.serialize().numpy().tobytes()
         manifest = storage.make_manifest(self.vectors, blob, self.index_kind)

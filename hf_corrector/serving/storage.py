@@ -7,8 +7,8 @@ Layout (``CorrectedIndex.save(path)``)::
     path/serving_manifest.json  what ties the two together: rows, dimension, a fingerprint of the vectors'
                                 content and the SHA-256 of index.faiss
 
-A save writes the whole folder under a hidden temporary name next to ``path`` and swaps it in (the cache's
-:func:`~hf_corrector.cache.stale_cache.atomic_replace_dir` swap), so a SIGKILL at any moment leaves the previous
+A save writes the whole folder under a hidden temporary name next to ``path`` and swaps it in (the swap of
+:func:`hf_corrector.atomic_io.write_folder_atomically`, shared with the cache), so a SIGKILL at any moment leaves the previous
 folder or the new one, never vectors of one save beside the index of another. A target that holds anything a served
 save did not write (an ``index.faiss`` without a manifest, a training ``output_dir``) is refused.
 
@@ -34,9 +34,10 @@ from typing import Any
 import numpy as np
 import torch
 
-# the cache's atomic-I/O helpers (one import line, so it can follow them when they move to their own module)
-from ..cache.stale_cache import (CACHE_FOLDER_FILES, _exchange, _fsync_dir, _names, _remove_cache_dir, _sha256,
-                                 _writer_gone, _writer_tag, remove_leftovers)
+from ..atomic_io import list_names, write_folder_atomically
+from ..atomic_io import remove_leftovers as remove_leftovers_of
+from ..cache.folder import remove_cache_dir, remove_leftovers
+from ..cache.schema import CACHE_FOLDER_FILES
 from ..errors import CacheCorruptError, UnsafeOverwriteError
 
 logger = logging.getLogger(__name__)
@@ -199,10 +200,10 @@ def check_save_target(path: Path) -> None:
         foreign += [f"{VECTORS_DIR}/{e}" for e in os.listdir(vectors_dir) if e not in CACHE_FOLDER_FILES]
     if foreign:
         raise UnsafeOverwriteError(f"{what} {path}: the folder holds files a served save did not write "
-                                   f"({_names(foreign)}), and saving would replace or delete them; save to a new path "
+                                   f"({list_names(foreign)}), and saving would replace or delete them; save to a new path "
                                    f"or a subfolder (for example {path / 'served'})")
     if not _looks_like_served(path):
-        raise UnsafeOverwriteError(f"{what} {path}: it holds {_names(entries)} but no valid {MANIFEST_FILE}, so it "
+        raise UnsafeOverwriteError(f"{what} {path}: it holds {list_names(entries)} but no valid {MANIFEST_FILE}, so it "
                                    f"is not a served index this library saved (an {INDEX_FILE} there would be "
                                    f"silently replaced); save to a new path, or delete the folder if it is yours")
 
@@ -214,7 +215,7 @@ def remove_served_dir(path: Path) -> bool:
     vectors_dir = path / VECTORS_DIR
     remove_leftovers(vectors_dir)  # a vectors save killed inside the folder
     if vectors_dir.is_dir() and not vectors_dir.is_symlink():
-        _remove_cache_dir(vectors_dir)
+        remove_cache_dir(vectors_dir)
     for name in (INDEX_FILE, MANIFEST_FILE, CARD_FILE):
         if (path / name).is_file() and not (path / name).is_symlink():
             os.unlink(path / name)
@@ -223,63 +224,21 @@ def remove_served_dir(path: Path) -> bool:
     except FileNotFoundError:
         return True
     except OSError:
-        logger.warning("kept %s: it holds files a served save did not write (%s)", path, _names(os.listdir(path)))
+        logger.warning("kept %s: it holds files a served save did not write (%s)", path, list_names(os.listdir(path)))
         return False
     return True
 
 
 def remove_served_leftovers(target: Path) -> None:
-    """Remove ``.NAME.tmp-*`` / ``.NAME.old-*`` folders of killed saves of ``target`` whose writer is gone."""
-    target = Path(os.path.abspath(target))
-    prefixes = (f".{target.name}.served-tmp-", f".{target.name}.served-old-")
-    try:
-        entries = [e for e in os.scandir(target.parent) if e.name.startswith(prefixes)]
-    except OSError:
-        return
-    for entry in entries:
-        tag = entry.name[len(prefixes[0]):]  # both prefixes have the same length
-        path = Path(entry.path)
-        try:
-            if entry.is_dir(follow_symlinks=False) and _writer_gone(path, tag) and remove_served_dir(path):
-                logger.info("removed %s, left by a killed save of %s", path, target)
-        except OSError as err:
-            logger.debug("could not remove leftover %s (%s)", path, err)
+    """Remove ``.NAME.served-tmp-*`` / ``.NAME.served-old-*`` folders of killed saves of ``target`` whose writer
+    is gone."""
+    remove_leftovers_of(target, remove_served_dir, kind="served-")
 
 
 def write_served(path: Path, write_contents: Any) -> None:
     """Write a served folder atomically: ``write_contents(tmp)`` fills a temporary folder, which is then swapped in."""
-    path = Path(os.path.abspath(path))
-    check_save_target(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_served_leftovers(path)
-    tmp = path.with_name(f".{path.name}.served-tmp-{_writer_tag()}")
-    tmp.mkdir()
-    try:
-        write_contents(tmp)
-        _fsync_dir(tmp)
-        check_save_target(path)  # again, just before the swap: the folder may have gained files meanwhile
-        if path.exists():
-            if _exchange(tmp, path):
-                old = tmp
-            else:
-                old = path.with_name(f".{path.name}.served-old-{_writer_tag()}")
-                os.rename(path, old)
-                os.rename(tmp, path)
-            remove_served_dir(old)
-        else:
-            os.rename(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        if tmp.exists():
-            remove_served_dir(tmp)
-        raise
-
-
-def write_file(path: Path, data: bytes) -> None:
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+    write_folder_atomically(path, write_contents, check_target=check_save_target, remove_dir=remove_served_dir,
+                            kind="served-")
 
 
 __all__ = ["INDEX_FILE", "MANIFEST_FILE", "VECTORS_DIR", "check_save_target", "check_vectors", "make_manifest",

@@ -18,12 +18,11 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from ..cache.stale_cache import _fsync_dir, atomic_replace_dir
+from ..atomic_io import atomic_replace_dir, fsync_dir, fsync_file, write_text_atomic
 from ..errors import CacheCorruptError
 
 logger = logging.getLogger(__name__)
@@ -31,11 +30,6 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_MARKER = "checkpoint_complete.json"
 MARKER_VERSION = 1
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
 
 
 def _listing(folder: Path) -> dict[str, int]:
@@ -53,7 +47,7 @@ def remove_checkpoint_marker(folder: str | os.PathLike) -> None:
     marker = Path(folder) / CHECKPOINT_MARKER
     if marker.exists():
         marker.unlink()
-        _fsync_dir(marker.parent)
+        fsync_dir(marker.parent)
 
 
 def write_checkpoint_marker(folder: str | os.PathLike, step: int | None = None) -> Path:
@@ -61,22 +55,11 @@ def write_checkpoint_marker(folder: str | os.PathLike, step: int | None = None) 
     folder = Path(folder)
     files = _listing(folder)
     for rel in files:
-        _fsync_file(folder / rel)
+        fsync_file(folder / rel)
     for sub in {(folder / rel).parent for rel in files}:
-        _fsync_dir(sub)
+        fsync_dir(sub)
     marker = {"format_version": MARKER_VERSION, "global_step": step, "files": files}
-    fd, tmp = tempfile.mkstemp(prefix=f".{CHECKPOINT_MARKER}.tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(marker, fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, folder / CHECKPOINT_MARKER)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(folder)
-    return folder / CHECKPOINT_MARKER
+    return write_text_atomic(folder / CHECKPOINT_MARKER, json.dumps(marker, indent=1))
 
 
 def checkpoint_problem(folder: str | os.PathLike) -> str | None:
@@ -146,7 +129,7 @@ def publish_dir(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike) -> Non
             if target.is_dir():
                 shutil.rmtree(target)
             os.replace(entry, target)
-    _fsync_dir(final_dir)
+    fsync_dir(final_dir)
     shutil.rmtree(tmp_dir, ignore_errors=True)
 
 

@@ -1,7 +1,7 @@
 """What a step does with NaN or inf: stop naming the step, the tensor and the last good checkpoint, or skip it.
 
 Example:
-    >>> check_finite(torch.tensor([1.0, float("nan")]), "loss", step=3, action="raise", output_dir="out")  # doctest: +SKIP
+    >>> guard_step_tensor(torch.tensor([1.0, float("nan")]), "loss", step=3, action="raise", output_dir="out")  # doctest: +SKIP
     NonFiniteError: non-finite loss at step 4 (global_step 3); no complete checkpoint in out yet
 """
 
@@ -21,7 +21,7 @@ class SkipStep(Exception):
     """Abandon the current micro-batch (``nonfinite_action="skip"``); raised before backward."""
 
 
-def check_finite(tensor: torch.Tensor, name: str, step: int, action: str, output_dir: str,
+def guard_step_tensor(tensor: torch.Tensor, name: str, step: int, action: str, output_dir: str,
                  look_for_checkpoint: bool = True) -> None:
     """Raise :class:`NonFiniteError` (``action="raise"``) or :class:`SkipStep` (``"skip"``) when ``tensor`` has a NaN
     or inf. The error names the tensor, the step and the last complete checkpoint to resume from."""

@@ -35,7 +35,7 @@ from ..errors import ConfigError, DataFormatError
 from ..evaluation.metrics import exact_search
 from ..models.reader import Reader
 from .losses import corrector_loss
-from .nonfinite import check_finite
+from .nonfinite import guard_step_tensor
 from .reader_config import eval_top_k
 from .reader_losses import reader_losses
 from .staleness import staleness_metrics
@@ -184,7 +184,7 @@ class ReaderStep:
         for tensor, name in ((q, "query embeddings"), (t, "target embeddings"), (corrected, "corrector output"),
                              (logp, "reader log-likelihoods"), (loss, "loss")):
             if tensor is not None:
-                check_finite(tensor, name, step, args.nonfinite_action, args.output_dir, args.should_save)
+                guard_step_tensor(tensor, name, step, args.nonfinite_action, args.output_dir, args.should_save)
         logged = {name: float(value.detach()) for name, value in losses.items()}
         logged.update(staleness_metrics(q, t, stale_rows, corrected, inverse[:, :1]))
         with torch.no_grad():  # how often the retriever's best candidate is the reader's best

@@ -40,6 +40,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PredictionOutput
 
 from ..cache import StaleCache
+from ..card_text import public_model_id
 from ..cache.manager import CacheManager
 from ..cache.placement import resolve_cache_device
 from ..cache.sharded_store import check_part_provenance
@@ -50,7 +51,6 @@ from ..errors import CacheMismatchError, ConfigError
 from ..evaluation.evaluator import CorpusEmbeddings, RetrievalEvaluator, documents_outside
 from ..evaluation.metrics import exact_search
 from ..hub.callbacks import ModelCardCallback
-from ..hub.cards import public_model_id
 from ..hub.trainer_mixin import CorrectorHubMixin
 from ..models.corrector import CorrectorConfig, CorrectorModel
 from ..models.reader import Reader
@@ -64,7 +64,7 @@ from .config import CorrectorTrainingArguments
 from .distributed import check_distributed_setup
 from .inputs import index_inputs
 from .losses import step_losses
-from .nonfinite import SkipStep, check_finite
+from .nonfinite import SkipStep, guard_step_tensor
 from .optim import build_lr_scheduler, build_optimizer
 from .peft_utils import apply_peft
 from .user_optim import check_peft_by_hand, check_user_optimizer
@@ -341,7 +341,7 @@ class CorrectorTrainer(CheckpointingMixin, CorrectorHubMixin, Trainer):
         for tensor, name in ((q, "query embeddings"), (t, "target embeddings"), (corrected, "corrector output"),
                              (loss, "loss")):
             if tensor is not None:
-                check_finite(tensor, name, self.state.global_step, args.nonfinite_action, args.output_dir,
+                guard_step_tensor(tensor, name, self.state.global_step, args.nonfinite_action, args.output_dir,
                              args.should_save)
         self._record_step_metrics(losses, q, t, stale_rows, corrected, batch.inverse)
         self.cache_manager.record_step(batch.targets, t.detach(), self.state.global_step)

@@ -24,8 +24,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..atomic_io import write_text_atomic
+from ..card_text import public_model_id
 from ..errors import CacheMismatchError
-from ..hub.cards import public_model_id
 from .checkpoints import publish_dir
 from .peft_utils import load_peft_retriever, save_peft_retriever
 
@@ -36,9 +37,7 @@ EXTRA_TENSORS = "corrector_trainer_tensors.safetensors"
 def save_extra_state(folder: Path, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
     """Write ``state`` (JSON-serialisable) and ``tensors`` into the checkpoint ``folder``."""
     folder = Path(folder)
-    tmp = folder / f".{EXTRA_STATE}.tmp"
-    tmp.write_text(json.dumps(state, indent=2))
-    os.replace(tmp, folder / EXTRA_STATE)
+    write_text_atomic(folder / EXTRA_STATE, json.dumps(state, indent=2))
     if tensors:
         tmp = folder / (EXTRA_TENSORS + ".tmp")
         save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp))

@@ -1,11 +1,10 @@
 """The dataset card of a published stale cache, and publishing a cache with it.
 
-:mod:`hf_corrector.cache` stores and loads caches and renders no cards; this module renders the card and registers
-its renderer with :func:`hf_corrector.cache.register_card_renderer` when imported (``import hf_corrector`` does),
-so ``cache.push_to_hub(repo_id)`` publishes the card. :func:`push_cache_to_hub` does the same explicitly.
+``cache.push_to_hub(repo_id)`` publishes this card by default; :func:`push_cache_to_hub` does the same explicitly.
+Nothing is registered at import time.
 
 Example:
-    >>> from hf_corrector.hub.cache_card import render_cache_card  # doctest: +SKIP
+    >>> from hf_corrector.cache.card import render_cache_card  # doctest: +SKIP
     >>> print(render_cache_card(cache, keep_existing_metadata=False)[:40])  # doctest: +SKIP
 """
 
@@ -16,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from ..cache.stale_cache import INITIAL_STEP, register_card_renderer
-from .cards import CACHE_TAGS, CACHE_TEMPLATE, CITATIONS, _fmt, _link, known_secrets, redact, template_path
+from ..card_text import CACHE_TAGS, CACHE_TEMPLATE, CITATIONS, fmt, known_secrets, link, redact, template_path
+from .schema import INITIAL_STEP
 
 if TYPE_CHECKING:
-    from ..cache import StaleCache
+    from .stale_cache import StaleCache
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +69,8 @@ def render_cache_card(cache: StaleCache, repo_id: str | None = None, token: str 
     text = DatasetCard.from_template(
         data, template_path=str(template_path(CACHE_TEMPLATE)),
         repo_id=repo_id, load_id=repo_id or "path/to/cache", info=info, provenance=prov,
-        step_stats=step_stats, encoder_link=_link(encoder) if encoder else None,
-        fmt=_fmt, num_rows=len(cache), dim=cache.dim, dtype=cache.dtype,
+        step_stats=step_stats, encoder_link=link(encoder) if encoder else None,
+        fmt=fmt, num_rows=len(cache), dim=cache.dim, dtype=cache.dtype,
         nbytes=cache.nbytes, corrector_citation=CITATIONS["corrector"],
     ).content
     return redact(text, known_secrets())
@@ -80,10 +79,6 @@ def render_cache_card(cache: StaleCache, repo_id: str | None = None, token: str 
 def push_cache_to_hub(cache: StaleCache, repo_id: str, private: bool | None = None, token: str | None = None,
                       commit_message: str = "Upload stale cache") -> str:
     """Publish ``cache`` as a dataset repo with its card (:func:`render_cache_card`); returns the repo id."""
-    return cache.push_to_hub(repo_id, private=private, token=token, commit_message=commit_message,
-                             card=render_cache_card)
-
-
-register_card_renderer(render_cache_card)
+    return cache.push_to_hub(repo_id, private=private, token=token, commit_message=commit_message)
 
 __all__ = ["push_cache_to_hub", "render_cache_card"]
