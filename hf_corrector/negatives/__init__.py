@@ -12,6 +12,8 @@ arguments                                  sampler (score transform)
 ``correction="nystrom"``                   :class:`ExhaustiveSampler` (:class:`NystromTransform`)
 ``candidate_index`` = flat / ivf / hnsw    :class:`TwoStageSampler` (same transforms)
 ``tele_negatives=True``                    :class:`TeleSampler` (same transforms for the in-between pools)
+``tree_sampler=True``                      :class:`TreeSampler` (exact softmax sampling / top-k through a cluster
+                                           tree; linear maps fold into the query, MLP via the corrected view)
 =========================================  ==========================================================================
 
 ``negative_sampling`` (``topk`` / ``gumbel``) picks the rule inside the exhaustive and two-stage samplers. A
@@ -37,12 +39,14 @@ from .false_negatives import FalseNegativeFilter
 from .miner import NegativeMiner
 from .nystrom import NystromTransform, fit_nystrom_map
 from .tele import TeleSampler
+from .tree import ClusterTree, TreeSampler
 from .topk import Selection, gumbel_noise, query_generator, select_negatives
 from .transforms import (CorrectorTransform, IdentityTransform, LinearCorrectorTransform, ScoreTransform,
                          Transform)
 
 __all__ = [
     "CandidateIndex",
+    "ClusterTree",
     "CorrectorTransform",
     "ExhaustiveSampler",
     "FalseNegativeFilter",
@@ -57,6 +61,7 @@ __all__ = [
     "Selection",
     "TeleSampler",
     "TrainingExamples",
+    "TreeSampler",
     "Transform",
     "TwoStageSampler",
     "build_miner",
@@ -91,6 +96,10 @@ def build_sampler(args: Any, get_corrector: Callable[[], Any]) -> NegativeSample
         return TeleSampler(args.tele_pool_size, args.tele_momentum_weight, args.tele_lookahead_weight,
                            args.tele_use_ann, args.tele_use_lookahead, args.tele_use_momentum, args.tele_pool_steps,
                            transform=transform)
+    if getattr(args, "tree_sampler", False):
+        return TreeSampler(args.negative_sampling, args.sampling_temperature, transform=transform, mode=args.tree_mode,
+                           num_clusters=args.tree_num_clusters, probe_mass=args.tree_probe_mass,
+                           max_probe=args.tree_max_probe, rebuild_radius_factor=args.tree_rebuild_radius_factor)
     if args.candidate_index != "none":
         return TwoStageSampler(args.candidate_index, args.candidate_pool_size, args.candidate_nprobe,
                                args.negative_sampling, args.sampling_temperature, transform=transform)

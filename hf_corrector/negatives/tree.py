@@ -304,22 +304,22 @@ class _QueryDraw:
             if max_probe is not None and n >= max_probe:
                 return
             done = n >= min_probe and self.bound_mass <= probe_mass * float(self.weights.sum())
-            if done and (top or skip_top):
-                nxt = self.best_unprobed_bound()
+            if done and (top or skip_top):  # the best top + skip_top allowed rows are certified the best of all
+                need = top + skip_top
                 allowed = self.scores[self.weights > 0]
-                done = (not top or (allowed.numel() >= top and float(allowed.topk(top).values[-1]) >= nxt)) and \
-                       (not skip_top or (self.scores.numel() >= skip_top
-                                         and float(self.scores.topk(skip_top).values[-1]) >= nxt))
+                done = allowed.numel() >= need and float(allowed.topk(need).values[-1]) >= self.best_unprobed_bound()
             if done and self.max_score is not None:
                 done = self.best_unprobed_bound() <= self.max_score  # rows above the ceiling all seen (exact count)
             if done or not self.probe_next():
                 return
 
     def drop_best(self, skip_top: int) -> torch.Tensor:
-        """Block the ``skip_top`` best probed rows (certified the best of all by :meth:`probe_until`)."""
+        """Block the ``skip_top`` best allowed rows (certified the best of all by :meth:`probe_until`), as the
+        exhaustive scan does (positives and rows above the ceiling are not counted among them)."""
         if not skip_top:
             return self.rows[:0]
-        best = self.scores.topk(min(skip_top, self.scores.numel())).indices
+        allowed = torch.nonzero(self.weights > 0).flatten()
+        best = allowed[self.scores[allowed].topk(min(skip_top, allowed.numel())).indices]
         self.weights[best] = 0.0
         rows = self.rows[best]
         self.blocked.update(rows.tolist())
@@ -533,9 +533,10 @@ class TreeSampler(NegativeSampler):
             top = k if self.method == "topk" else 0
             d.probe_until(self.min_probe, self.probe_mass, self.max_probe if self.mode == "truncated" else None,
                           top, limits.skip_top)
+            if ms is not None:  # rows above the ceiling, positives aside (all of them were probed)
+                dropped[i] = int(((d.scores > ms) & ~torch.isin(d.rows, torch.as_tensor(list(exclude[i]),
+                                                                                       dtype=torch.long))).sum())
             skipped = d.drop_best(limits.skip_top)
-            if ms is not None:
-                dropped[i] = int((d.scores > ms).sum())
             dropped[i] += int(skipped.numel())
             if self.method == "topk":
                 allowed = torch.nonzero(d.weights > 0).flatten()

@@ -160,6 +160,10 @@ LIBRARY_SPECS: dict[str, Spec] = {
     "candidate_nprobe": _int(1),
     "eval_batch_size_encode": _int(1),
     "corrected_view_steps": _int(0),
+    "tree_num_clusters": _int(1, optional=True),
+    "tree_probe_mass": _float(0.0, 1e6, low_inclusive=False),
+    "tree_max_probe": _int(1),
+    "tree_rebuild_radius_factor": _float(1.0, 1e6, low_inclusive=False),
 }
 
 #: numeric fields inherited from transformers.TrainingArguments
