@@ -6,7 +6,7 @@ Importing the package registers :class:`CorrectorModel` and :class:`RetrieverMod
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from .errors import (
     CacheCorruptError,

@@ -32,11 +32,15 @@ Examples:
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import logging
 import os
 import sys
 import time
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,7 +103,9 @@ class ModelArguments:
     )
     pooling: str | None = field(default=None, metadata={"help": "mean | cls | last (default: from the model)."})
     normalize: bool | None = field(default=None, metadata={"help": "L2-normalise embeddings (default: from the model)."})
-    shared_towers: bool = field(default=True, metadata={"help": "One encoder for queries and targets."})
+    shared_towers: bool | None = field(
+        default=None, metadata={"help": "One encoder for queries and targets (default: yes for a backbone, as saved "
+                                        "for a saved retriever)."})
     num_hidden_layers: int | None = field(
         default=None, metadata={"help": "Cut the backbone to its first N layers at load (a weaker start)."}
     )
@@ -133,6 +139,33 @@ class DataArguments:
                                         "output_dir/served_index (None: skip; needs a corrector)."})
 
 
+NULL_VALUES = ("null", "Null", "NULL", "~")  # YAML's null spellings ("none" keeps its meaning: --report_to none)
+USAGE = "python recipes/train.py [--config FILE.yaml] [--FLAG VALUE ...]   (or: accelerate launch recipes/train.py ...)"
+
+
+def _optional_fields(dtype: type) -> set[str]:
+    """Names of the dataclass fields whose type admits ``None``."""
+    hints = typing.get_type_hints(dtype)
+    out = set()
+    for f in dataclasses.fields(dtype):
+        hint = hints.get(f.name)
+        if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint):
+            out.add(f.name)
+    return out
+
+
+def _null_or(convert):
+    """An argparse ``type`` that reads ``null`` (as YAML does) as None and anything else with ``convert``."""
+
+    def parse(value):
+        if isinstance(value, str) and value in NULL_VALUES:
+            return None
+        return convert(value) if convert is not None else value
+
+    parse.__name__ = getattr(convert, "__name__", "str")  # argparse names the type in its errors
+    return parse
+
+
 class RecipeArgumentParser(HfArgumentParser):
     """``HfArgumentParser`` with TRL's ``TrlParser`` config-file semantics (``--config`` / ``--config=``).
 
@@ -144,6 +177,42 @@ class RecipeArgumentParser(HfArgumentParser):
         >>> parser = RecipeArgumentParser((ModelArguments, DataArguments, CorrectorTrainingArguments))  # doctest: +SKIP
         >>> model_args, data_args, args = parser.parse_args_and_config(["--config", "c.yaml"])  # doctest: +SKIP
     """
+
+    def __init__(self, dataclass_types, **kwargs):
+        kwargs.setdefault("usage", USAGE)
+        kwargs.setdefault("description", (__doc__ or "").split("Examples:")[0].strip())
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(dataclass_types, **kwargs)
+        optional = set().union(*(_optional_fields(d) for d in self.dataclass_types))
+        for action in self._actions:
+            if action.dest in optional and action.nargs in (None, "?"):
+                action.type = _null_or(action.type)  # `--eval_split null` is None, as `eval_split: null` is
+        self._group_flags()
+
+    def _group_flags(self) -> None:
+        """``--help`` order: --config, the recipe's model and data flags, hf-corrector's training flags, then the
+        transformers ``TrainingArguments`` ones."""
+        from transformers import TrainingArguments
+
+        config = self.add_argument_group("config file")
+        config.add_argument("--config", metavar="FILE.yaml", default=argparse.SUPPRESS,
+                            help="A YAML file of flag values (TrlParser semantics: the file gives the defaults, flags "
+                                 "on the command line override it, `null` is None, an `env:` section sets variables).")
+        base = {f.name for f in dataclasses.fields(TrainingArguments)}
+        groups = {}
+        for dtype, title in ((ModelArguments, "model (recipe)"), (DataArguments, "data (recipe)"),
+                             (CorrectorTrainingArguments, "hf-corrector training (CorrectorTrainingArguments)")):
+            names = {f.name for f in dataclasses.fields(dtype)} - (base if dtype is CorrectorTrainingArguments else set())
+            groups[title] = (self.add_argument_group(title), names)
+        hf = self.add_argument_group("transformers training (TrainingArguments)")
+        for action in list(self._optionals._group_actions):
+            if action.dest in ("help", "config"):
+                continue
+            target = next((g for g, names in groups.values() if action.dest in names), hf)
+            self._optionals._group_actions.remove(action)
+            target._group_actions.append(action)
+        ordered = [self._optionals, config] + [g for g, _ in groups.values()] + [hf]
+        self._action_groups = ordered + [g for g in self._action_groups if g not in ordered]
 
     def parse_args_and_config(self, args: list[str] | None = None) -> tuple:
         args = list(sys.argv[1:] if args is None else args)
@@ -172,9 +241,38 @@ class RecipeArgumentParser(HfArgumentParser):
 
 
 def parse_arguments(argv: list[str] | None = None):
-    """Parse (ModelArguments, DataArguments, CorrectorTrainingArguments) from ``--config file.yaml`` and flags."""
+    """Parse (ModelArguments, DataArguments, CorrectorTrainingArguments) from ``--config file.yaml`` and flags, and
+    check every value (:func:`validate_arguments`) before anything is loaded or trained."""
     parser = RecipeArgumentParser((ModelArguments, DataArguments, CorrectorTrainingArguments))
-    return parser.parse_args_and_config(argv)
+    model_args, data_args, args = parser.parse_args_and_config(argv)
+    validate_arguments(model_args, data_args, args)
+    return model_args, data_args, args
+
+
+def validate_arguments(model_args: ModelArguments, data_args: DataArguments, args: CorrectorTrainingArguments) -> None:
+    """Every recipe flag checked at once (:class:`ConfigError` naming the flag), so no run is lost to a value that
+    is only read after training (the serving budget, the evaluation size)."""
+    from hf_corrector.data import _FORMATS as DATA_FORMATS
+    from hf_corrector.models.pooling import POOLING_MODES as POOLINGS
+    from hf_corrector.serving.inputs import check_budget, check_positive_int
+
+    if data_args.serve_reencode_budget is not None:
+        check_budget(data_args.serve_reencode_budget, "--serve_reencode_budget")
+    for name, value in (("--max_eval_queries", data_args.max_eval_queries),
+                        ("--num_hidden_layers", model_args.num_hidden_layers)):
+        if value is not None:
+            check_positive_int(value, name)
+    check_positive_int(model_args.lora_r, "--lora_r")
+    if model_args.pooling is not None and model_args.pooling not in POOLINGS:
+        raise ConfigError(f"--pooling must be one of {list(POOLINGS)} or null, got {model_args.pooling!r}")
+    if data_args.data_format not in DATA_FORMATS:
+        raise ConfigError(f"--data_format must be one of {list(DATA_FORMATS)}, got {data_args.data_format!r}")
+    if model_args.use_lora and not [m for m in model_args.lora_target_modules.split(",") if m.strip()]:
+        raise ConfigError("--lora_target_modules must name at least one module (comma-separated) with --use_lora")
+    for name in ("data_path", "model_name_or_path"):
+        value = getattr(data_args if name == "data_path" else model_args, name)
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"--{name} must be a non-empty string, got {value!r}")
 
 
 def resolve_resume(args: CorrectorTrainingArguments) -> str | None:
@@ -261,7 +359,8 @@ def main(argv: list[str] | None = None) -> dict:
     load_kwargs = {"pooling": model_args.pooling, "normalize": model_args.normalize,
                    "shared_towers": model_args.shared_towers, "query_max_length": args.query_max_length,
                    "target_max_length": args.target_max_length}
-    if model_args.num_hidden_layers:
+    load_kwargs = {k: v for k, v in load_kwargs.items() if v is not None}  # None: the model's own setting
+    if model_args.num_hidden_layers is not None:
         load_kwargs["num_hidden_layers"] = model_args.num_hidden_layers
     retriever = load_retriever(model_path, **load_kwargs)
     if model_args.model_name_or_path.startswith("demo:"):
@@ -283,8 +382,8 @@ def main(argv: list[str] | None = None) -> dict:
         cache = reusable_cache(cache_dir, retriever, train_data, args)  # a rerun into the same folder
     trainer = CorrectorTrainer(model=retriever, args=args, train_dataset=train_data, eval_dataset=eval_data,
                                cache=cache, corrector=model_args.corrector_name_or_path, peft_config=peft_config)
-    if args.should_save and resume is None:
-        trainer.cache.save(cache_dir)  # the starting cache, for reruns into the same folder
+    if resume is None:
+        trainer.save_cache(cache_dir)  # the starting cache, for reruns (every process: sharded, one shard each)
 
     results: dict[str, dict[str, float]] = {}
     if resume is not None and eval_data is not None and not data_args.skip_initial_eval:
@@ -315,13 +414,13 @@ def main(argv: list[str] | None = None) -> dict:
         trainer.log(results["after training"])
     trainer.save_model(args.output_dir)
     trainer.create_model_card()  # README.md (retriever) and corrector/README.md
-    if args.should_save:
+    if args.should_save:  # save_model wrote the cache as training left it into cache_dir (sharded: one shard a process)
+        from hf_corrector.cache.sharded_store import cache_summary
         from hf_corrector.hub.cache_card import render_cache_card
 
-        trainer.cache.save(cache_dir)  # the cache as training left it (unchanged unless write-back / refresh)
         if served is not None:
             served.save(Path(args.output_dir) / "served_index")
-        (cache_dir / "README.md").write_text(render_cache_card(trainer.cache, keep_existing_metadata=False))
+        (cache_dir / "README.md").write_text(render_cache_card(cache_summary(cache_dir), keep_existing_metadata=False))
     summary = {
         "results": results,
         "reembedding_cost": {**trainer.cost, "total": trainer.total_reembedding_cost(), "num_docs": train_data.num_docs},

@@ -7,6 +7,12 @@ final cache, and writes them to OUT.
 ``ddp_script.py OUT PER_DEVICE_BATCH scenario sharded|replicated``: the scale scenario (issue 15) with the given
 cache sharding, in one launch: a top-k run (write-back, a refresh at step 3, checkpoints at steps 2 and 4), a run
 resumed from its checkpoint-2, and a Gumbel run; each records the chosen negatives and every rank's cache rows.
+
+``ddp_script.py OUT PER_DEVICE_BATCH resume CHECKPOINT sharded|replicated``: the scenario's top-k run resumed from
+CHECKPOINT (written by any number of processes, issue 21); records the cache rows as loaded and the run.
+
+``ddp_script.py OUT PER_DEVICE_BATCH evaluate sharded|replicated``: 2 training steps, then fresh / stale / corrected
+evaluation; records the metrics and the number of whole-cache gathers during evaluation.
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ def _args(run_dir: Path, per_device_batch: int, sampling: str, sharding: str, **
 
 def _record(trainer: RecordingTrainer, out: Path, name: str) -> None:
     chosen = gather_object(trainer.chosen)
-    cache = trainer.cache
+    cache = trainer.cache_manager.cache
     shard = {"lo": trainer.cache_manager.local_rows[0], "cache": cache.matrix().float().clone(),
              "steps": cache.steps.clone(), "rank": trainer.accelerator.process_index}
     torch.save(shard, out / f"{name}_rank{trainer.accelerator.process_index}.pt")
@@ -81,6 +87,37 @@ def scenario(out: Path, per_device_batch: int, sharding: str) -> None:
     _record(trainer, out, "gumbel")
 
 
+def resume(out: Path, per_device_batch: int, checkpoint: str, sharding: str) -> None:
+    """Resume the scenario's top-k run from ``checkpoint`` (written by any number of processes) to step 4."""
+    train, _ = tiny_data()
+    args = _args(out / "resumed_here", per_device_batch, "topk", sharding, cache_refresh_steps=3,
+                 resume_from_checkpoint=checkpoint)
+    trainer = RecordingTrainer(model=tiny_retriever(out / "tok", seed=0, dropout=0.0), args=args, train_dataset=train)
+    loaded = trainer.cache_manager.cache
+    lo = trainer.cache_manager.local_rows[0]
+    torch.save({"lo": lo, "cache": loaded.matrix().float().clone(), "steps": loaded.steps.clone()},
+               out / f"loaded_rank{trainer.accelerator.process_index}.pt")
+    trainer.train(resume_from_checkpoint=checkpoint)
+    _record(trainer, out, "resumed_here")
+
+
+def evaluate(out: Path, per_device_batch: int, sharding: str) -> None:
+    """Train 2 steps (write-back), then evaluate fresh, stale and corrected corpora; record the metrics and how
+    often the whole cache was gathered during evaluation."""
+    train, test = tiny_data()
+    args = _args(out / "eval_run", per_device_batch, "topk", sharding, max_steps=2,
+                 eval_corpus_embeddings="fresh,stale,corrected")
+    trainer = RecordingTrainer(model=tiny_retriever(out / "tok", seed=0, dropout=0.0), args=args, train_dataset=train)
+    trainer.train()
+    manager, calls = trainer.cache_manager, []
+    gathered = manager.gathered
+    manager.gathered = lambda *a, **kw: calls.append(1) or gathered(*a, **kw)
+    metrics = trainer.evaluate(test)
+    calls = gather_object([len(calls)])
+    if trainer.accelerator.is_main_process:
+        (out / "eval.json").write_text(json.dumps({"metrics": metrics, "gathered": calls}))
+
+
 def main(out_dir: str, per_device_batch: int, sampling: str) -> None:
     out = Path(out_dir)
     train, _ = tiny_data()
@@ -90,14 +127,18 @@ def main(out_dir: str, per_device_batch: int, sampling: str) -> None:
     trainer.train()
     chosen = gather_object(trainer.chosen)
     rank = trainer.accelerator.process_index
-    torch.save({"cache": trainer.cache.matrix().clone(), "steps": trainer.cache.steps.clone()}, out / f"cache_rank{rank}.pt")
+    torch.save({"cache": trainer.cache_manager.cache.matrix().clone(), "steps": trainer.cache_manager.cache.steps.clone()}, out / f"cache_rank{rank}.pt")
     if trainer.accelerator.is_main_process:
         (out / "chosen.json").write_text(json.dumps(sorted(chosen)))
         (out / "world.json").write_text(json.dumps({"world_size": trainer.accelerator.num_processes}))
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 3 and sys.argv[3] == "scenario":
+    if len(sys.argv) > 3 and sys.argv[3] == "evaluate":
+        evaluate(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[4])
+    elif len(sys.argv) > 3 and sys.argv[3] == "resume":
+        resume(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[4], sys.argv[5])
+    elif len(sys.argv) > 3 and sys.argv[3] == "scenario":
         scenario(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[4] if len(sys.argv) > 4 else "sharded")
     else:
         main(sys.argv[1], int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else "topk")

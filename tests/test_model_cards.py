@@ -12,8 +12,6 @@ from huggingface_hub import DatasetCard, ModelCard
 from hf_corrector import CorrectorTrainer, CorrectorTrainingArguments, StaleCache
 from hf_corrector.hub import (
     CardData,
-    citations_for,
-    describe_strategy,
     non_default_hyperparameters,
     render_cache_card,
     render_corrector_card,
@@ -169,26 +167,35 @@ def test_no_corrector_strategy_card(tmp_path):
 
 
 def test_strategies_and_citations(tmp_path):
+    """The card's strategy line and citations come from the strategy object alone (no trainer needed)."""
+    from hf_corrector.training.strategy import NegativeStrategy
+
     cases = {
-        "in-batch negatives only": dict(num_negatives=0),
-        "stale cache, no correction": dict(correction="none"),
-        "full re-embedding of the corpus every 5 steps (ANCE-style)": dict(correction="none", cache_refresh_steps=5),
-        "residual MLP corrector network over a stale cache, no re-embedding": {},
-        "linear corrector network over a stale cache, plus a full re-embedding every 5 steps":
+        "in-batch negatives only; no re-embedding of the corpus": dict(num_negatives=0),
+        "exhaustive top-k over identity scores, 3 per query; no re-embedding": dict(correction="none"),
+        "identity scores, 3 per query; full re-embedding of the corpus every 5 steps":
+            dict(correction="none", cache_refresh_steps=5),
+        "exhaustive top-k over corrector scores, 3 per query; no re-embedding of the corpus": {},
+        "over linear-corrector scores, 3 per query; full re-embedding of the corpus every 5 steps":
             dict(correction="linear", cache_refresh_steps=5),
-        "Nyström low-rank correction": dict(correction="nystrom"),
-        "ANCE-Tele negatives": dict(tele_negatives=True),
-        "Gumbel-top-k negative sampling": dict(negative_sampling="gumbel"),
+        "over nystrom scores": dict(correction="nystrom"),
+        "ANCE-Tele pools (ANN + lookahead + momentum, 200 per pool": dict(tele_negatives=True),
+        "exhaustive Gumbel-top-k (temperature 0.05)": dict(negative_sampling="gumbel"),
+        "(cache write-back, 2 corrector warm-up steps)": dict(cache_write_back=True, corrector_warmup_steps=2),
+        "negatives given by the training data + exhaustive": dict(hard_negatives="dataset+cache"),
     }
     for expected, kw in cases.items():
-        assert expected in describe_strategy(_args(tmp_path, **kw)), (expected, kw)
-    plain = citations_for(_args(tmp_path))
-    assert len(plain) == 1 and "monath2024fresh" in plain[0]
-    assert any("xiong2021approximate" in c for c in citations_for(_args(tmp_path, cache_refresh_steps=3)))
-    assert any("xiong2021approximate" in c for c in citations_for(_args(tmp_path), num_refreshes=1))
-    tele = citations_for(_args(tmp_path, tele_negatives=True))
-    assert any("Teleportation" in c for c in tele) and not any("xiong2021" in c for c in tele)
-    assert any("monath2023improving" in c for c in citations_for(_args(tmp_path, correction="nystrom")))
+        assert expected in NegativeStrategy.from_args(_args(tmp_path, **kw)).description(), (expected, kw)
+
+    def keys(num_refreshes=0, **kw):
+        return NegativeStrategy.from_args(_args(tmp_path, **kw)).citations(num_refreshes=num_refreshes)
+
+    assert keys() == ["corrector"]
+    assert keys(cache_refresh_steps=3) == ["corrector", "ance"] and keys(num_refreshes=1) == ["corrector", "ance"]
+    assert keys(tele_negatives=True) == ["corrector", "ance-tele"]
+    assert keys(correction="nystrom") == ["corrector", "nystrom"]
+    assert keys(num_negatives=0, correction="none") == ["corrector"]
+    assert keys(hard_negatives="dataset", correction="none") == ["corrector"]  # no negative from the cache
 
 
 def test_local_base_model_stays_out_of_metadata(tmp_path):

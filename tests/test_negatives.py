@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import pkgutil
 from pathlib import Path
 
@@ -13,9 +14,10 @@ import torch
 import hf_corrector
 from hf_corrector import CorrectorTrainer, CorrectorTrainingArguments, RetrievalData
 from hf_corrector.errors import ConfigError
-from hf_corrector.negatives import (CorrectorTransform, ExhaustiveSampler, FalseNegativeFilter, IdentityTransform,
+from hf_corrector.negatives import (CacheReader, CorrectorTransform, ExhaustiveSampler, FalseNegativeFilter, IdentityTransform,
                                     LinearCorrectorTransform, NegativeSampler, NystromTransform, Selection,
-                                    TeleSampler, TwoStageSampler, build_sampler, query_generator, select_negatives)
+                                    TeleSampler, TwoStageSampler, query_generator, select_negatives)
+from hf_corrector.training.strategy import NegativeStrategy
 from tests.tiny import TINY_TRAINING_DEFAULTS, tiny_data, tiny_retriever, tiny_trainer
 
 PACKAGE = Path(hf_corrector.__file__).parent
@@ -66,9 +68,51 @@ def test_impossible_combinations_fail_in_post_init(tmp_path, kw, words):
     (dict(correction="none", tele_negatives=True), TeleSampler, IdentityTransform),
 ])
 def test_build_sampler_follows_the_arguments(tmp_path, kw, sampler, transform):
-    built = build_sampler(_args(tmp_path, **kw), lambda: None)
+    built = NegativeStrategy.from_args(_args(tmp_path, **kw)).build_sampler(lambda: None)
     assert type(built) is sampler and type(built.transform) is transform
     assert built.citation and built.description
+
+
+def test_a_registered_sampler_is_chosen_without_a_trainer_branch(tmp_path):
+    """A new strategy plugs in by registering its options class: the strategy object picks it by priority."""
+    from hf_corrector.training.strategy import SAMPLERS, SamplerOptions, register_sampler
+
+    @register_sampler("random-test", priority=30)
+    @dataclasses.dataclass(frozen=True)
+    class RandomOptions(SamplerOptions):
+        @classmethod
+        def selected(cls, args):
+            return args.num_negatives == 4
+
+        @classmethod
+        def from_args(cls, args):
+            return cls()
+
+        def build(self, strategy, transform):
+            return RandomNegatives(transform)
+
+    try:
+        strategy = NegativeStrategy.from_args(_args(tmp_path, correction="none", num_negatives=4))
+        assert strategy.sampler_name == "random-test" and isinstance(strategy.build_sampler(lambda: None),
+                                                                    RandomNegatives)
+        other = NegativeStrategy.from_args(_args(tmp_path, correction="none", num_negatives=3))
+        assert other.sampler_name == "exhaustive"
+        with pytest.raises(ConfigError, match="registered already"):
+            register_sampler("random-test")(type("Other", (SamplerOptions,), {}))
+    finally:
+        SAMPLERS.pop("random-test")
+
+
+def test_strategy_answers_the_trainers_questions(tmp_path):
+    s = NegativeStrategy.from_args(_args(tmp_path, correction="mlp", candidate_index="flat", candidate_pool_size=64))
+    assert (s.sampler_name, s.trains_corrector, s.candidate_pool) == ("two-stage", True, 64)
+    assert s.negative_source(True) == "dataset+cache" and s.negative_source(False) == "cache"
+    assert NegativeStrategy.from_args(_args(tmp_path, hard_negatives="cache")).negative_source(True) == "cache"
+    tele = NegativeStrategy.from_args(_args(tmp_path, correction="none", tele_negatives=True))
+    assert (tele.sampler_name, tele.trains_corrector, tele.candidate_pool) == ("ance-tele", False, None)
+    assert not NegativeStrategy.from_args(_args(tmp_path, num_negatives=0)).trains_corrector
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.num_negatives = 3
 
 
 def test_card_names_come_from_the_sampler(tmp_path):
@@ -171,7 +215,9 @@ def test_a_custom_sampler_trains_and_is_used(tmp_path):
     trainer = tiny_trainer(tmp_path, correction="none", num_negatives=4, max_steps=2)
     custom = CorrectorTrainer(model=tiny_retriever(tmp_path), args=trainer.args, train_dataset=tiny_data()[0],
                               sampler=sampler)
-    assert custom.sampler is sampler and sampler.context.cache is custom.cache_manager
+    reader = sampler.context.cache  # the narrow reader, not the manager: no way to its internals
+    assert custom.sampler is sampler and isinstance(reader, CacheReader) and not hasattr(reader, "cache")
+    assert len(reader) == len(custom.cache_manager) and not reader.sharded
     custom.train()
     assert calls == [4, 4]  # k from the one place it is kept (num_negatives), once per step
     assert custom.negatives.describe() == "random (identity scores), 4 per query"

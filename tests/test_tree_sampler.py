@@ -194,6 +194,39 @@ def test_sharded_cache_is_refused_with_the_reason():
         CorrectorTrainingArguments("out", tree_sampler=True, num_negatives=3, corrected_view_steps=0)
 
 
+def test_cache_on_a_device_is_refused_with_the_reason():
+    from hf_corrector import CorrectorTrainingArguments
+
+    with pytest.raises(ConfigError, match="cache_device='cpu'"):
+        CorrectorTrainingArguments("out", tree_sampler=True, cache_device="cuda:0", num_negatives=3, correction="none")
+
+    class OnDevice:  # a reader whose rows live on an accelerator ('auto' on a GPU run)
+        device = torch.device("meta")
+
+    with pytest.raises(ConfigError, match="cache_device='cpu'"):
+        TreeSampler().setup(SamplerContext(OnDevice(), encode_queries=None))
+
+
+def test_registered_in_the_strategy_with_the_dynamic_index_citation():
+    from hf_corrector import CorrectorTrainingArguments
+    from hf_corrector.hub.cards import CITATIONS
+    from hf_corrector.training.strategy import NegativeStrategy, TreeOptions
+
+    args = CorrectorTrainingArguments("out", tree_sampler=True, negative_sampling="gumbel", sampling_temperature=0.2,
+                                      tree_mode="truncated", tree_num_clusters=50, num_negatives=3, correction="nystrom")
+    strategy = NegativeStrategy.from_args(args)
+    assert strategy.sampler_name == "tree" and strategy.sampler == TreeOptions("gumbel", 0.2, "truncated", 50)
+    sampler = strategy.build_sampler(lambda: None)
+    assert isinstance(sampler, TreeSampler) and (sampler.mode, sampler.num_clusters, sampler.temperature) == \
+        ("truncated", 50, 0.2)
+    assert "tree truncated softmax sampling" in strategy.description()
+    keys = strategy.citations()
+    assert keys == ["corrector", "nystrom"] and "monath2023improving" in CITATIONS[keys[1]]
+    assert "Dynamic Indexes" in CITATIONS[keys[1]]
+    # without the tree (and without Nyström) the dynamic-index paper is not cited
+    assert "nystrom" not in NegativeStrategy.from_args(CorrectorTrainingArguments("out", correction="none")).citations()
+
+
 @pytest.mark.parametrize("correction", ["nystrom", "mlp"])
 def test_trains_inside_corrector_trainer(tmp_path, correction):
     extra = {"nystrom_landmarks": 16, "nystrom_refit_steps": 3} if correction == "nystrom" else {}

@@ -28,12 +28,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
 from ..errors import ConfigError
+from .sharded_store import finish_save, staging_dir, write_shard
 from .sharding import SHARDING_MODES, Collectives, row_range
 from .stale_cache import StaleCache
 
@@ -89,11 +91,13 @@ class CacheManager:
         self.accelerator = accelerator
         self.write_back = write_back
         self.collectives = Collectives(accelerator)
+        #: the one definition of "sharded": rows split over more than one process (``sharding="sharded"`` in a
+        #: single process holds every row and behaves as replicated)
         self.sharded = sharding == "sharded" and self.collectives.world > 1
-        self.sharding = sharding
         self.num_rows = len(self.texts)
         self.local_rows = (row_range(self.num_rows, self.collectives.world, self.collectives.rank) if self.sharded
                            else (0, self.num_rows))
+        self._placement: tuple[torch.device, bool] | None = None  # cache_device (:meth:`place`)
         self.cache = cache
         self.cost = ReembeddingCost()
         self._listeners: list[Any] = []
@@ -114,6 +118,30 @@ class CacheManager:
             raise ConfigError(f"a cache of {len(cache)} rows (from row {offset}) is neither the whole cache of "
                               f"{self.num_rows} rows nor this process's rows {lo}:{hi}")
         self._cache = cache
+        self._mirror = None  # the device copy (placement.py) is rebuilt from the new rows when next read
+
+    # -- placement (cache_device) ---------------------------------------------------------------------------------------
+    def place(self, device: torch.device, pin: bool = False) -> None:
+        """Keep this process's rows on ``device`` (or ``pin`` them on the host) for scanning: :meth:`read_chunk`
+        then serves views of that copy, kept in step by write-backs and refreshes. CPU without pinning: the
+        cache's own memory, as before (no copy)."""
+        self._placement = (torch.device(device), bool(pin))
+        self._mirror = None
+
+    @property
+    def device(self) -> torch.device:
+        """Where :meth:`read_chunk` rows live."""
+        return self._placement[0] if self._placement is not None else torch.device("cpu")
+
+    def _scan_matrix(self) -> torch.Tensor:
+        placement = self._placement
+        if placement is None or (placement[0].type == "cpu" and not placement[1]):
+            return self.cache.matrix()
+        if self._mirror is None:
+            from .placement import DeviceRows
+
+            self._mirror = DeviceRows(self.cache.matrix(), *placement)
+        return self._mirror.matrix
 
     # -- reading ------------------------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -145,7 +173,23 @@ class CacheManager:
         if not lo <= start <= stop <= hi:
             raise ConfigError(f"rows {start}:{stop} are not held by this process (it holds rows {lo}:{hi} of a "
                               f"cache sharded across processes)")
-        return self.cache.matrix()[start - lo : stop - lo]
+        return self._scan_matrix()[start - lo : stop - lo]
+
+    def local(self, index: torch.Tensor) -> torch.Tensor:
+        """float32 rows ``index`` (global numbers, inside :attr:`local_rows`) of this process's rows: no collective."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        lo, hi = self.local_rows
+        if index.numel() and (int(index.min()) < lo or int(index.max()) >= hi):
+            raise ConfigError(f"rows outside {lo}:{hi} are not held by this process (a cache sharded across processes)")
+        return self.cache.rows(index - lo)
+
+    def local_matrix(self) -> torch.Tensor:
+        """This process's rows (all rows unless sharded) as one matrix in the storage dtype (a view)."""
+        return self.cache.matrix()
+
+    def reader(self) -> CacheRows:
+        """A :class:`CacheRows` view of this manager: what samplers may read, nothing else."""
+        return CacheRows(self)
 
     def gathered(self, main_only: bool = False) -> StaleCache | None:
         """The whole cache: the cache itself when replicated; when sharded, the shards gathered (a collective:
@@ -166,17 +210,35 @@ class CacheManager:
         rows = rows.tolist() if isinstance(rows, torch.Tensor) else rows
         return [self.texts[i] for i in rows]
 
-    def prepare_save(self) -> None:
-        """Before a save (on every process): a sharded cache is gathered on the main process (:meth:`cache_to_save`)."""
-        self._to_save = self.gathered(main_only=True) if self.sharded else None
+    def prepare_save(self, final_dir: str | os.PathLike) -> None:
+        """Before a save into ``final_dir`` (on every process). Sharded: each process writes its own shard into a
+        staging folder next to ``final_dir`` (:mod:`~hf_corrector.cache.sharded_store`), then all wait, so the main
+        process can install them (:meth:`save_into`); no process ever holds more than its rows."""
+        self._staging = None
+        if self.sharded:
+            self._staging = staging_dir(final_dir)
+            write_shard(self.cache, self._staging, self.collectives.rank, self.collectives.world)
+            self.accelerator.wait_for_everyone()
 
-    def cache_to_save(self) -> StaleCache:
-        """The whole cache to write: the cache itself, or (sharded) what :meth:`prepare_save` gathered."""
-        cache, self._to_save = getattr(self, "_to_save", None), None
-        if cache is None and self.sharded:
-            raise ConfigError("a sharded cache is saved through trainer.save_model() called on every process (it "
-                              "gathers the shards first: CacheManager.prepare_save)")
-        return cache if cache is not None else self.cache
+    def save_into(self, folder: str | os.PathLike) -> None:
+        """Main process: write the whole cache into ``folder`` (replicated: the cache itself; sharded: the shards
+        :meth:`prepare_save` staged, moved into place, and the manifest written last)."""
+        staging, self._staging = getattr(self, "_staging", None), None
+        if not self.sharded:
+            self.cache.save(folder)
+            return
+        if staging is None:
+            raise ConfigError("a sharded cache is saved by every process: call trainer.save_model() / "
+                              "trainer.save_cache(path) on every process (CacheManager.prepare_save first)")
+        finish_save(staging, folder, self.collectives.world)
+
+    def save(self, folder: str | os.PathLike) -> None:
+        """Save the whole cache into ``folder`` (a collective when sharded: every process calls it)."""
+        self.prepare_save(folder)
+        if self.collectives.rank == 0:
+            self.save_into(folder)
+        if self.num_processes > 1:
+            self.accelerator.wait_for_everyone()
 
     # -- events ---------------------------------------------------------------------------------------------------------
     def add_listener(self, listener: Any) -> None:
@@ -238,6 +300,7 @@ class CacheManager:
             self.cache.replace_all(emb, step)
         else:
             self.cache.replace_all(self.encode_corpus("refreshing the cache"), step)
+        self._mirror = None  # rebuilt from the refreshed rows
         self.cost.refresh_encodings += len(self.texts)
         self.cost.num_refreshes += 1
         self._notify("on_cache_refreshed", step)
@@ -260,7 +323,78 @@ class CacheManager:
             lo, hi = self.local_rows
             if self.sharded:  # only the rows this process owns
                 mine = (targets >= lo) & (targets < hi)
-                self.cache.update(targets[mine] - lo, fresh.float().cpu()[mine], step)
+                targets_mine, fresh_mine = targets[mine] - lo, fresh.float().cpu()[mine]
             else:
-                self.cache.update(targets, fresh.float().cpu(), step)
+                targets_mine, fresh_mine = targets, fresh.float().cpu()
+            self.cache.update(targets_mine, fresh_mine, step)
+            if self._mirror is not None:
+                self._mirror.update(targets_mine, fresh_mine)
         self._notify("on_targets", targets)
+
+
+class CacheRows:
+    """The :class:`~hf_corrector.negatives.context.CacheReader` view of a :class:`CacheManager` handed to samplers:
+    row reading, a few facts, the collectives, counted encoding and events; not the manager's internals.
+
+    Example:
+        >>> reader = CacheRows(manager)  # doctest: +SKIP
+        >>> reader.rows(torch.tensor([0, 5])).shape  # doctest: +SKIP
+        torch.Size([2, 384])
+    """
+
+    def __init__(self, manager: CacheManager):
+        self._manager = manager
+
+    def __len__(self) -> int:
+        return self._manager.num_rows
+
+    def __repr__(self) -> str:
+        return f"CacheRows(num_rows={self.num_rows}, dim={self.dim}, sharded={self.sharded})"
+
+    @property
+    def num_rows(self) -> int:
+        return self._manager.num_rows
+
+    @property
+    def dim(self) -> int:
+        return self._manager.dim
+
+    @property
+    def sharded(self) -> bool:
+        return self._manager.sharded
+
+    @property
+    def local_rows(self) -> tuple[int, int]:
+        return self._manager.local_rows
+
+    @property
+    def write_back(self) -> bool:
+        return self._manager.write_back
+
+    @property
+    def collectives(self) -> Collectives:
+        return self._manager.collectives
+
+    def rows(self, index: torch.Tensor) -> torch.Tensor:
+        return self._manager.rows(index)
+
+    def read_chunk(self, start: int, stop: int) -> torch.Tensor:
+        return self._manager.read_chunk(start, stop)
+
+    def local(self, index: torch.Tensor) -> torch.Tensor:
+        return self._manager.local(index)
+
+    def local_matrix(self) -> torch.Tensor:
+        return self._manager.local_matrix()
+
+    @property
+    def device(self) -> torch.device:
+        """Where :meth:`read_chunk` rows live (``cache_device``)."""
+        return self._manager.device
+
+    def encode_rows(self, rows: torch.Tensor | Sequence[int], count_as: str, desc: str = "encoding targets"
+                    ) -> torch.Tensor:
+        return self._manager.encode_rows(rows, count_as, desc)
+
+    def add_listener(self, listener: Any) -> None:
+        self._manager.add_listener(listener)

@@ -311,6 +311,7 @@ def _install_dir(tmp_dir: Path, final_dir: Path) -> None:
 # -- validating cache_info.json and the Arrow table -------------------------------------------------------------------
 _DAMAGED = "the cache is damaged: rebuild it (StaleCache.build) or restore a copy"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_FINGERPRINT = re.compile(rf"^{re.escape(SCHEME)}:[0-9a-f]{{64}}$")
 
 
 def _int_field(info: dict, key: str, where: str, minimum: int) -> int:
@@ -355,9 +356,11 @@ def validate_info(info: Any, where: str, checksum: bool = True) -> dict:
         raise CacheCorruptError(f"{where}: field 'provenance' must be an object, got {type(provenance).__name__}; "
                                 f"{_DAMAGED}")
     for key in (WEIGHTS_KEY, TEXTS_KEY, "doc_ids_fingerprint"):
-        if provenance.get(key) is not None and not isinstance(provenance[key], str):
-            raise CacheCorruptError(f"{where}: field 'provenance.{key}' must be a string, got "
-                                    f"{_preview(provenance[key])}; {_DAMAGED}")
+        # absent or null: saved before fingerprints existed ("cannot verify"); anything else must be well formed
+        if provenance.get(key) is not None and not (isinstance(provenance[key], str)
+                                                    and _FINGERPRINT.match(provenance[key])):
+            raise CacheCorruptError(f"{where}: field 'provenance.{key}' is {_preview(provenance[key])}, not a "
+                                    f"fingerprint ('{SCHEME}:' and 64 hex digits); {_DAMAGED}")
     return info
 
 
@@ -708,6 +711,10 @@ class StaleCache:
                 check_local_folder(path, "stale cache")  # FileNotFoundError("no such folder: ..."), no Hub lookup
             cache = cls.from_hub(str(path), verify=verify, **hub_kwargs)
             return cache if rows is None else cache.slice_rows(*rows)
+        from .sharded_store import is_sharded, load_sharded
+
+        if is_sharded(path_obj):  # one shard per process plus a manifest (sharded_store.py)
+            return load_sharded(path_obj, verify=verify, rows=rows)
         remove_leftovers(path_obj)
         info_file, data_file = path_obj / INFO_FILE, path_obj / CACHE_FILE
         if not info_file.is_file() or not data_file.is_file():

@@ -138,12 +138,11 @@ def _id_field(obj: Mapping[str, Any], key: str, where: str) -> str:
 
 def _as_id(value: Any, where: str, what: str) -> str:
     """``value`` as an id string: a non-empty string or an integer (not a boolean); raises naming ``where``."""
+    from .format import normalize_id
+
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise DataFormatError(f"{where}: {what} must be a string or an integer, got {_json_type(value)}")
-    text = str(value)
-    if not text.strip():
-        raise DataFormatError(f"{where}: {what} is empty")
-    return text
+    return normalize_id(value, where, what)  # the same normalisation as the qrels ids and every other loader
 
 
 def _text_field(obj: Mapping[str, Any], key: str, where: str, required: bool = True) -> str:
@@ -267,6 +266,7 @@ def _read_qrels(
         qid, did, score_text = cols
         if not qid or not did:
             raise DataFormatError(f"{label}:{lineno}: empty {'query' if not qid else 'corpus'} id")
+        qid, did = _as_id(qid, f"{label}:{lineno}", "query id"), _as_id(did, f"{label}:{lineno}", "corpus id")
         try:
             score = float(score_text)
         except ValueError:

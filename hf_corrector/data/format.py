@@ -19,14 +19,44 @@ Example:
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import datasets
 
 from ..errors import DataFormatError
 
 logger = logging.getLogger(__name__)
+
+_UNSTORABLE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")  # control characters, lone surrogates
+
+
+def normalize_id(value: Any, where: str, what: str = "id") -> str:
+    """The one id normalisation of corpus ids, query ids and qrels (every loader): a string or an integer (not a
+    bool, not a float: 1.0 and 1 would be different ids), surrounding whitespace stripped (as a qrels TSV reads it),
+    non-empty, and storable (no control characters such as tab or newline, no lone surrogates: they cannot be written
+    to a qrels file or to Arrow). Raises :class:`DataFormatError` naming ``where``.
+
+    Example:
+        >>> normalize_id(" 12 ", "corpus row 0"), normalize_id(7, "row 1")
+        ('12', '7')
+    """
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        hint = " (a float id such as 1.0 would not match the id 1: convert the column to int or str)" \
+            if isinstance(value, float) else ""
+        raise DataFormatError(f"{where}: {what} must be a string or an integer, got {type(value).__name__} "
+                              f"{value!r}{hint}")
+    text = str(value).strip()
+    if not text:
+        raise DataFormatError(f"{where}: {what} is empty")
+    bad = _UNSTORABLE.search(text)
+    if bad:
+        raise DataFormatError(f"{where}: {what} {text!r} holds the character {bad.group()!r} (U+{ord(bad.group()):04X}), "
+                              f"which an id cannot store (qrels files, Arrow); rename the id")
+    return text
+
 
 QUERY_FEATURES = datasets.Features(
     {
@@ -66,14 +96,16 @@ class RetrievalData:
         """Build from plain dicts (``negative_ids`` optional), validating ids."""
         q_rows = [
             {
-                "query_id": str(q["query_id"]),
+                "query_id": normalize_id(q["query_id"], f"{name}: query row {i}", "query_id"),
                 "query": q["query"],
-                "positive_ids": [str(p) for p in q["positive_ids"]],
-                "negative_ids": [str(n) for n in q.get("negative_ids", []) or []],
+                "positive_ids": [normalize_id(p, f"{name}: query row {i}", "positive id") for p in q["positive_ids"]],
+                "negative_ids": [normalize_id(n, f"{name}: query row {i}", "negative id")
+                                 for n in q.get("negative_ids", []) or []],
             }
-            for q in queries
+            for i, q in enumerate(queries)
         ]
-        c_rows = [{"doc_id": str(d["doc_id"]), "text": d["text"]} for d in corpus]
+        c_rows = [{"doc_id": normalize_id(d["doc_id"], f"{name}: corpus row {i}", "doc_id"), "text": d["text"]}
+                  for i, d in enumerate(corpus)]
         qds = datasets.Dataset.from_list(q_rows, features=QUERY_FEATURES) if q_rows else _empty(QUERY_FEATURES)
         cds = datasets.Dataset.from_list(c_rows, features=CORPUS_FEATURES) if c_rows else _empty(CORPUS_FEATURES)
         data = cls(queries=qds, corpus=cds, name=name)

@@ -84,16 +84,23 @@ class CorpusEmbeddings:
         cache_manager: the run's :class:`~hf_corrector.cache.manager.CacheManager`.
         transform: ``transform(step)`` -> the map of stale rows (None = identity), e.g. ``sampler.transform.function``.
         chunk_size: cache rows transformed at once.
+        local: with a cache sharded across processes, return this process's rows only
+            (:class:`~hf_corrector.evaluation.sharded.LocalCorpus`, searched by ``retrieval_metrics`` with the
+            per-process top-k merged) instead of gathering the N x d corpus.
     """
 
-    def __init__(self, cache_manager: Any, transform: Callable[[int], Callable | None], chunk_size: int = 65536):
+    def __init__(self, cache_manager: Any, transform: Callable[[int], Callable | None], chunk_size: int = 65536,
+                 local: bool = False):
         self.cache_manager = cache_manager
         self.transform = transform
         self.chunk_size = chunk_size
+        self.local = local
 
     @torch.no_grad()
     def __call__(self, kind: str, step: int = 0, extra: tuple[list[str], list[str]] = ([], [])) -> torch.Tensor:
         manager = self.cache_manager
+        if self.local and manager.sharded and not extra[0]:
+            return self._local(kind, step)
         if kind == "fresh":
             corpus = manager.encode_corpus("encoding the corpus for evaluation")
             if not extra[0]:
@@ -110,3 +117,20 @@ class CorpusEmbeddings:
         chunks = tqdm(cache.iter_chunks(self.chunk_size), desc="correcting the cache",
                       total=-(-len(cache) // self.chunk_size), disable=len(cache) <= self.chunk_size)
         return torch.cat([transform(chunk).float().cpu() for _, chunk in chunks])
+
+    def _local(self, kind: str, step: int):
+        """This process's rows only: encoded (fresh), as cached (stale) or corrected chunk by chunk."""
+        from .sharded import LocalCorpus
+
+        manager = self.cache_manager
+        lo, hi = manager.local_rows
+        if kind == "fresh":
+            rows = manager.encode_targets(manager.texts[lo:hi], show_progress_bar=manager.collectives.rank == 0,
+                                          desc="encoding this process's rows for evaluation").float()
+        else:
+            transform = self.transform(step) if kind == "corrected" else None
+            cache = manager.local_matrix()
+            rows = cache.float() if transform is None else torch.cat(
+                [transform(cache[s : s + self.chunk_size]).float().cpu() for s in range(0, len(cache), self.chunk_size)]
+                or [cache[:0].float()])
+        return LocalCorpus(rows, lo, manager.num_rows, manager.collectives.all_gather)

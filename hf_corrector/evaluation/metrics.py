@@ -75,9 +75,17 @@ def retrieval_metrics(
     metrics: Sequence[str] = DEFAULT_METRICS,
     depth: int = 100,
 ) -> dict[str, float]:
-    """Exact search of every query over the whole corpus, then ``metrics`` from ``pytrec_eval``."""
+    """Exact search of every query over the whole corpus, then ``metrics`` from ``pytrec_eval``.
+
+    ``corpus_embeddings``: the corpus rows, or this process's rows of a sharded corpus
+    (:class:`~hf_corrector.evaluation.sharded.LocalCorpus`, every process calls it)."""
     needed = max([depth] + [int(m.split("@")[1]) for m in metrics if "@" in m])
-    scores, idx = exact_search(query_embeddings, corpus_embeddings, needed)
+    if isinstance(corpus_embeddings, torch.Tensor):
+        scores, idx = exact_search(query_embeddings, corpus_embeddings, needed)
+    else:  # this process's rows of a sharded corpus (evaluation/sharded.py): per-process top-k merged
+        from .sharded import local_exact_search
+
+        scores, idx = local_exact_search(query_embeddings, corpus_embeddings, needed)
     run = {
         qid: {doc_ids[j]: float(s) for s, j in zip(srow.tolist(), irow.tolist())}
         for qid, srow, irow in zip(query_ids, scores, idx)

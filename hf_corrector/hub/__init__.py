@@ -23,8 +23,6 @@ from .callbacks import ModelCardCallback, push_checkpoint, write_model_cards
 from .cards import (
     CardData,
     card_data_from_trainer,
-    citations_for,
-    describe_strategy,
     non_default_hyperparameters,
     public_name,
     render_corrector_card,
@@ -82,8 +80,6 @@ __all__ = [
     "CardData",
     "ModelCardCallback",
     "card_data_from_trainer",
-    "citations_for",
-    "describe_strategy",
     "export_sentence_transformers",
     "non_default_hyperparameters",
     "public_name",

@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .._version import __version__
+
 if TYPE_CHECKING:
     from ..models.corrector import CorrectorModel
 
@@ -265,52 +267,7 @@ def framework_versions() -> dict[str, str]:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             if dist == "hf-corrector":
-                from .. import __version__
-
                 out[dist] = __version__
-    return out
-
-
-def describe_strategy(args: Any) -> str:
-    """One line naming the training strategy selected by the arguments (see :mod:`hf_corrector.training.config`)."""
-    refresh = int(getattr(args, "cache_refresh_steps", 0) or 0)
-    correction = getattr(args, "correction", "mlp")
-    if int(getattr(args, "num_negatives", 0)) == 0:
-        text = "in-batch negatives only"
-    elif correction in ("mlp", "linear"):
-        name = "residual MLP" if correction == "mlp" else "linear"
-        text = f"{name} corrector network over a stale cache"
-        text += f", plus a full re-embedding every {refresh} steps" if refresh else ", no re-embedding"
-    elif correction == "nystrom":
-        text = "Nyström low-rank correction of a stale cache"
-        text += f", plus a full re-embedding every {refresh} steps" if refresh else ""
-    elif refresh:
-        text = f"full re-embedding of the corpus every {refresh} steps (ANCE-style), no correction"
-    else:
-        text = "stale cache, no correction"
-    extras = []
-    if getattr(args, "num_negatives", 0) and getattr(args, "negative_sampling", "topk") == "gumbel":
-        extras.append("Gumbel-top-k negative sampling")
-    if getattr(args, "tele_negatives", False):
-        extras.append("ANCE-Tele negatives")
-    if getattr(args, "cache_write_back", False):
-        extras.append("cache write-back")
-    if getattr(args, "candidate_index", "none") not in (None, "none"):
-        extras.append(f"two-stage selection ({args.candidate_index} index)")
-    if getattr(args, "corrector_warmup_steps", 0):
-        extras.append(f"{args.corrector_warmup_steps} corrector warm-up steps")
-    return text + (f" ({', '.join(extras)})" if extras else "")
-
-
-def citations_for(args: Any, num_refreshes: int = 0) -> list[str]:
-    """BibTeX entries: the corrector paper always; ANCE when a refresh was used; ANCE-Tele; Nyström."""
-    out = [CITATIONS["corrector"]]
-    if num_refreshes or int(getattr(args, "cache_refresh_steps", 0) or 0) > 0:
-        out.append(CITATIONS["ance"])
-    if getattr(args, "tele_negatives", False):
-        out.append(CITATIONS["ance-tele"])
-    if getattr(args, "correction", None) == "nystrom":
-        out.append(CITATIONS["nystrom"])
     return out
 
 
@@ -559,38 +516,15 @@ def _distinct_queries(rows: Any) -> int | None:
 
 
 def strategy_and_citations(trainer: Any, num_refreshes: int = 0) -> tuple[str, list[str]]:
-    """The training strategy in one line and the :data:`CITATIONS` keys, from the trainer's own objects.
-
-    ``trainer.negatives.describe()`` says how negatives were chosen and ``trainer.negatives.citations`` which
-    papers that follows; the refresh schedule and extras come from the arguments, and ANCE is cited when a full
-    refresh ran. A trainer without ``negatives`` falls back to :func:`describe_strategy` / :func:`citations_for`.
-    """
-    args = trainer.args
-    negatives = getattr(trainer, "negatives", None)
-    if negatives is None or not callable(getattr(negatives, "describe", None)):
-        texts = citations_for(args, num_refreshes)
-        return describe_strategy(args), [k for k, v in CITATIONS.items() if v in texts]
-    refresh = int(getattr(args, "cache_refresh_steps", 0) or 0)
-    if int(getattr(args, "num_negatives", 0) or 0) == 0:
-        text = "in-batch negatives only"
-    else:
-        text = negatives.describe()
-    text += f"; full re-embedding of the corpus every {refresh} steps" if refresh else "; no re-embedding of the corpus"
-    extras = []
-    if getattr(args, "cache_write_back", False):
-        extras.append("cache write-back")
-    if getattr(args, "corrector_warmup_steps", 0):
-        extras.append(f"{args.corrector_warmup_steps} corrector warm-up steps")
-    text += f" ({', '.join(extras)})" if extras else ""
-    keys = ["corrector"]
-    if int(getattr(args, "num_negatives", 0) or 0):
-        keys += list(getattr(negatives, "citations", []) or [])
-    if num_refreshes or refresh:
-        keys.append("ance")
+    """The training strategy in one line and the :data:`CITATIONS` keys, asked of the trainer's
+    :class:`~hf_corrector.training.strategy.NegativeStrategy` with the run's own miner (its sampler may be a user's);
+    ANCE is cited when a full refresh ran."""
+    strategy, miner = trainer.strategy, trainer.negatives
+    keys = strategy.citations(miner, num_refreshes)
     unknown = [k for k in keys if k not in CITATIONS]
     if unknown:
         logger.warning("model card: no citation for %s (known: %s)", unknown, ", ".join(CITATIONS))
-    return text, list(dict.fromkeys(k for k in keys if k in CITATIONS))
+    return strategy.description(miner), [k for k in keys if k in CITATIONS]
 
 
 def widget_examples(trainer: Any, max_chars: int = 300) -> list[dict[str, Any]]:
@@ -743,9 +677,7 @@ __all__ = [
     "TAGS",
     "CardData",
     "card_data_from_trainer",
-    "citations_for",
     "corrector_base_model",
-    "describe_strategy",
     "eval_results",
     "eval_rows_from_history",
     "is_hub_id",

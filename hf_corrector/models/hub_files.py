@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from huggingface_hub import hf_hub_download, try_to_load_from_cache
@@ -112,9 +112,13 @@ def model_file(name_or_path: str | os.PathLike, filename: str, **hub_kwargs: Any
     """
     kw = {k: hub_kwargs[k] for k in HUB_KWARGS if hub_kwargs.get(k) is not None}
     subfolder = kw.pop("subfolder", "") or ""
+    check_inside(str(name_or_path), subfolder, filename)
     local = Path(name_or_path).expanduser()
     if local.is_dir():
         path = local / subfolder / filename
+        if path.exists() and not path.resolve().is_relative_to(local.resolve()):  # a symlink out of the folder
+            raise ConfigError(f"{path}: a link to {path.resolve()}, outside the model folder {local}; a model's files "
+                              f"are read only from inside its folder (copy the file in instead of linking it)")
         return str(path) if path.is_file() else None
     check_local_folder(name_or_path)
     repo_id = str(name_or_path)
@@ -131,6 +135,16 @@ def model_file(name_or_path: str | os.PathLike, filename: str, **hub_kwargs: Any
         return None
     except EntryNotFoundError:  # the repo has no such file
         return None
+
+
+def check_inside(name_or_path: str, subfolder: str, filename: str = "") -> None:
+    """Refuse a ``subfolder`` / file name (e.g. a ``path`` in ``modules.json``) that leaves the model's folder:
+    absolute, with ``..``, or with a drive."""
+    for part in (subfolder, filename):
+        pure = PurePosixPath(str(part).replace("\\", "/"))
+        if pure.is_absolute() or ".." in pure.parts or (len(str(part)) > 1 and str(part)[1] == ":"):
+            raise ConfigError(f"{name_or_path}: {part!r} points outside the model folder (a module path in "
+                              f"modules.json, or subfolder=); a model's files are read only from inside its folder")
 
 
 def _read_json(path: str | None) -> dict:

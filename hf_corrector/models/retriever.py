@@ -21,7 +21,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -169,9 +169,14 @@ class RetrieverModel(PreTrainedModel):
         """
         name_or_path = check_local_folder(name_or_path)
         hub_kwargs = {k: model_kwargs[k] for k in HUB_KWARGS if k in model_kwargs}
+        _validate_overrides({k: v for k, v in (("pooling", pooling), ("normalize", normalize),
+                                               ("query_max_length", query_max_length),
+                                               ("target_max_length", target_max_length)) if v is not None})
         st = read_sentence_transformers_settings(name_or_path, **hub_kwargs)
         if st.get("transformer_path") and not hub_kwargs.get("subfolder"):
             hub_kwargs["subfolder"] = model_kwargs["subfolder"] = st["transformer_path"]
+        if "num_hidden_layers" in model_kwargs:
+            _check_layer_count(name_or_path, model_kwargs["num_hidden_layers"], hub_kwargs)
         pooling = pooling or st.get("pooling", "mean")
         normalize = st.get("normalize", False) if normalize is None else normalize
         encoder = AutoModel.from_pretrained(name_or_path, **model_kwargs)
@@ -362,6 +367,20 @@ class RetrieverModel(PreTrainedModel):
         }
 
 
+def _check_layer_count(name_or_path: str, value: Any, hub_kwargs: dict) -> None:
+    """``num_hidden_layers`` must be a positive integer no larger than the checkpoint's (more layers would be
+    randomly initialised, silently)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"num_hidden_layers must be a positive integer, got {value!r}")
+    try:
+        available = getattr(AutoConfig.from_pretrained(name_or_path, **hub_kwargs), "num_hidden_layers", None)
+    except (OSError, ValueError):
+        return
+    if isinstance(available, int) and value > available:
+        raise ConfigError(f"num_hidden_layers={value}: {name_or_path} has only {available} layers; the extra ones "
+                          f"would be randomly initialised. Pass at most {available}")
+
+
 def load_retriever(name_or_path: str | os.PathLike, **kwargs) -> RetrieverModel:
     """Load a saved :class:`RetrieverModel`, or wrap any other backbone with :meth:`RetrieverModel.from_backbone`.
 
@@ -381,5 +400,49 @@ def load_retriever(name_or_path: str | os.PathLike, **kwargs) -> RetrieverModel:
         except (OSError, ValueError):
             is_retriever = False
     if is_retriever:
-        return RetrieverModel.from_pretrained(name_or_path)
+        return _saved_with_overrides(name_or_path, kwargs)
     return RetrieverModel.from_backbone(name_or_path, **kwargs)
+
+
+#: settings of a saved retriever that ``load_retriever`` overrides when given (None = keep the saved value)
+OVERRIDABLE = ("pooling", "normalize", "query_max_length", "target_max_length", "softmax_temperature")
+
+
+def _saved_with_overrides(name_or_path: str, kwargs: dict) -> RetrieverModel:
+    """A saved retriever with the given settings applied (logged when they change it), or a :class:`ConfigError`
+    for those a saved retriever cannot take (a layer count, tower sharing): nothing is dropped silently."""
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    overrides = {k: kwargs.pop(k) for k in OVERRIDABLE if k in kwargs}
+    hub = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
+    shared = kwargs.pop("shared_towers", None)
+    if "num_hidden_layers" in kwargs:
+        raise ConfigError(f"num_hidden_layers={kwargs['num_hidden_layers']!r}: {name_or_path} is a saved retriever, "
+                          f"loaded with all its trained layers; cut the layers of the backbone before training "
+                          f"(load_retriever(backbone, num_hidden_layers=N)), not of a trained retriever")
+    if kwargs:
+        raise ConfigError(f"load_retriever({name_or_path!r}): {sorted(kwargs)} cannot be applied to a saved retriever "
+                          f"(it takes {list(OVERRIDABLE)} and {list(HUB_KWARGS)})")
+    model = RetrieverModel.from_pretrained(name_or_path, **hub)
+    if shared is not None and bool(shared) != bool(model.config.shared_towers):
+        raise ConfigError(f"shared_towers={shared}: {name_or_path} was saved with shared_towers="
+                          f"{model.config.shared_towers}, and its towers cannot be split or merged at load")
+    _validate_overrides(overrides)
+    for key, value in overrides.items():
+        if getattr(model.config, key) != value:
+            logger.warning("%s: %s=%r overrides the saved %r (embeddings change accordingly)", name_or_path, key,
+                           value, getattr(model.config, key))
+            setattr(model.config, key, value)
+    return model
+
+
+def _validate_overrides(overrides: dict) -> None:
+    from .pooling import POOLING_MODES
+
+    if "pooling" in overrides and overrides["pooling"] not in POOLING_MODES:
+        raise ConfigError(f"pooling must be one of {list(POOLING_MODES)}, got {overrides['pooling']!r}")
+    if "normalize" in overrides and not isinstance(overrides["normalize"], bool):
+        raise ConfigError(f"normalize must be True or False, got {overrides['normalize']!r}")
+    for key in ("query_max_length", "target_max_length"):
+        value = overrides.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{key} must be a positive integer, got {value!r}")

@@ -1,7 +1,8 @@
 """The negative-sampler interface and the narrow context a sampler works in.
 
-A :class:`NegativeSampler` chooses ``k`` cache rows per query. It sees a :class:`SamplerContext` (the cache
-manager, a query encoder, the seed, the device, the training examples), never the trainer. It holds a
+A :class:`NegativeSampler` chooses ``k`` cache rows per query. It sees a :class:`SamplerContext` (a
+:class:`~hf_corrector.negatives.context.CacheReader` over the cache, a query encoder, the seed, the device, the
+training examples), never the trainer or the cache manager. It holds a
 :class:`~hf_corrector.negatives.transforms.ScoreTransform` that maps stale rows before scoring. Periodic work
 arrives as events: ``on_step_end(step)`` (from :class:`~hf_corrector.training.callbacks.SamplerMaintenanceCallback`),
 ``on_cache_refreshed(step)`` and ``on_targets(rows)`` (from the cache manager). ``state_dict`` /
@@ -28,54 +29,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from ..errors import ConfigError
+from .context import CacheReader, SamplerContext, TrainingExamples
 from .topk import Selection
 from .transforms import IdentityTransform, ScoreTransform
 
-if TYPE_CHECKING:
-    from ..cache.manager import CacheManager
-
-
-@dataclass
-class TrainingExamples:
-    """What a sampler may know about the training examples (one per query-positive pair), in dataset order."""
-
-    example_ids: list[int]
-    query_ids: list[str]
-    queries: list[str]
-    positive_row: list[int]
-    positive_rows: list[list[int]]
-
-    @classmethod
-    def from_dataset(cls, examples: Any) -> TrainingExamples:
-        return cls([int(e) for e in examples["example_id"]], [str(q) for q in examples["query_id"]],
-                   list(examples["query"]), [int(r) for r in examples["positive_row"]],
-                   [[int(r) for r in rows] for rows in examples["positive_rows"]])
-
-
-@dataclass
-class SamplerContext:
-    """The narrow view of training a sampler gets in :meth:`NegativeSampler.setup`.
-
-    Attributes:
-        cache: the :class:`~hf_corrector.cache.manager.CacheManager` (rows, chunks, texts, encoding, cost).
-        encode_queries: ``encode_queries(texts) -> (n, d)`` with the current query encoder (eval mode).
-        seed: the run's seed (noise and draws are keyed by ``(seed, step, key)``).
-        chunk_size: cache rows scored at once.
-        device: where scoring runs.
-        examples: the training examples (None when there are none).
-    """
-
-    cache: CacheManager
-    encode_queries: Callable[[list[str]], torch.Tensor]
-    seed: int = 0
-    chunk_size: int = 65536
-    device: torch.device | str = "cpu"
-    examples: TrainingExamples | None = None
+__all__ = ["CacheReader", "NegativeSampler", "SamplerContext", "ScoreLimits", "TrainingExamples"]
 
 
 @dataclass
@@ -105,14 +68,12 @@ class NegativeSampler:
     # -- lifecycle ------------------------------------------------------------------------------------------------------
     def setup(self, context: SamplerContext) -> None:
         """Called once by the trainer before training; subscribes the sampler to the cache manager's events."""
-        if getattr(context.cache, "sharded", False) and not self.supports_sharding:
+        if context.cache.sharded and not self.supports_sharding:
             raise ConfigError(f"the {self.name} sampler needs the whole cache on every process: use "
                               f"cache_sharding='replicated' with it (only the exhaustive sampler scans a sharded cache)")
         self.context = context
         context.cache.add_listener(self)
-        setup = getattr(self.transform, "setup", None)
-        if setup is not None:
-            setup(context)
+        self.transform.setup(context)
 
     @property
     def ctx(self) -> SamplerContext:
@@ -149,19 +110,13 @@ class NegativeSampler:
     # -- events ---------------------------------------------------------------------------------------------------------
     def on_step_end(self, step: int) -> None:
         """Periodic maintenance after optimizer step ``step``."""
-        handler = getattr(self.transform, "on_step_end", None)
-        if handler is not None:
-            handler(step)
+        self.transform.on_step_end(step)
 
     def on_cache_refreshed(self, step: int) -> None:
-        handler = getattr(self.transform, "on_cache_refreshed", None)
-        if handler is not None:
-            handler(step)
+        self.transform.on_cache_refreshed(step)
 
     def on_targets(self, rows: torch.Tensor) -> None:
-        handler = getattr(self.transform, "on_targets", None)
-        if handler is not None:
-            handler(rows)
+        self.transform.on_targets(rows)
 
     # -- checkpoints ----------------------------------------------------------------------------------------------------
     def state_dict(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

@@ -199,7 +199,7 @@ class TwoStageSampler(NegativeSampler):
                f"re-scored with {self.transform.name} scores"
 
     def build(self, step: int) -> None:
-        matrix = self.ctx.cache.cache.matrix()
+        matrix = self.ctx.cache.local_matrix()  # not sharded: every row
         if self._restore:
             matrix = matrix.float().clone()
             rows = torch.as_tensor(sorted(self._restore), dtype=torch.long)

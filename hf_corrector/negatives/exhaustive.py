@@ -69,7 +69,7 @@ class ExhaustiveSampler(NegativeSampler):
         options = {"method": self.method, "temperature": self.temperature, "seed": ctx.seed, "step": step,
                    "chunk_size": ctx.chunk_size, "transform": transform, "skip_top": limits.skip_top,
                    "score_dtype": self.score_dtype}
-        if getattr(ctx.cache, "sharded", False):
+        if ctx.cache.sharded:
             selection = self._sample_sharded(q, read, k, exclude, keys, max_scores, options)
         else:
             selection = select_negatives(q, read, k, exclude=exclude, noise_keys=keys, num_rows=len(ctx.cache),

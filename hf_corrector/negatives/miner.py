@@ -102,8 +102,7 @@ class NegativeMiner:
         if not self.uses_cache:
             return torch.as_tensor(picked, dtype=torch.long).reshape(b, self.k)
         need = [self.k - len(p) for p in picked]
-        sharded = getattr(self.sampler.ctx.cache, "sharding", "replicated") == "sharded"
-        if max(need) == 0 and not sharded:  # a sharded scan is a collective: every rank must take part
+        if max(need) == 0 and not self.sampler.ctx.cache.sharded:  # a sharded scan is a collective: every rank must take part
             return torch.as_tensor(picked, dtype=torch.long)
         blocked = [list(ex) + p for ex, p in zip(exclude, picked)]
         limits = None

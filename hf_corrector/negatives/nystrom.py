@@ -141,7 +141,6 @@ class NystromTransform(ScoreTransform):
             raise ConfigError(f"nystrom landmark selection must be 'uniform' or 'recent', got {self.selection!r}")
         if self.num_landmarks < 1 or self.refit_steps < 1:
             raise ConfigError("nystrom_landmarks and nystrom_refit_steps must be >= 1")
-        self.context: Any = None
         self.W: torch.Tensor | None = None
         self.identity = False
         self.landmarks = torch.zeros(0, dtype=torch.long)
@@ -149,10 +148,6 @@ class NystromTransform(ScoreTransform):
         self.num_fits = 0
         self.recent: dict[int, None] = {}  # insertion-ordered: oldest first
         self.last_fit: dict[str, float] = {}
-
-    def setup(self, context: Any) -> None:
-        """Called by the sampler's setup: the cache manager (landmark rows, encoding, cost) and the seed."""
-        self.context = context
 
     # -- fitting ----------------------------------------------------------------------------------------------------
     def choose_landmarks(self, step: int) -> torch.Tensor:

@@ -162,11 +162,52 @@ def row_noise(seed: int, step: int, key: str, rows: torch.Tensor | tuple[int, in
     chunking, sharding, candidate pools or the batch. float32."""
     if isinstance(rows, tuple):
         rows = torch.arange(rows[0], rows[1], dtype=torch.long)
-    digest = hashlib.blake2b(f"{seed}:{step}:{key}".encode(), digest_size=8).digest()
-    stream = _signed(int.from_bytes(digest, "little"))
-    bits = _mix64(rows.to("cpu", torch.long) * _GOLDEN + stream)
+    return _gumbel(rows.to("cpu", torch.long) * _GOLDEN + _stream(seed, step, key))
+
+
+def _stream(seed: int, step: int, key: str) -> int:
+    """The hash stream of one query key at one step (signed int64)."""
+    return _signed(int.from_bytes(hashlib.blake2b(f"{seed}:{step}:{key}".encode(), digest_size=8).digest(), "little"))
+
+
+def _streams(seed: int, step: int, keys: Sequence[str]) -> list[int]:
+    """The streams of several query keys (for :func:`batch_row_noise`)."""
+    return [_stream(seed, step, key) for key in keys]
+
+
+def _gumbel(counters: torch.Tensor) -> torch.Tensor:
+    """Standard Gumbel noise from int64 counters ``row * golden + stream`` (float32)."""
+    bits = _mix64(counters)
     u = (_srl(bits, 11).double() + 0.5) * (1.0 / (1 << 53))  # 53 random bits, strictly inside (0, 1)
     return (-torch.log(-torch.log(u))).float()
+
+
+def batch_row_noise(streams: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """(B, stop - start) Gumbel noise of global rows ``start:stop`` for the queries whose :func:`row_noise` streams are
+    ``streams`` (int64, (B,)), computed on ``streams.device`` in one go (the same hash as :func:`row_noise`)."""
+    rows = torch.arange(start, stop, dtype=torch.long, device=streams.device)
+    return _gumbel(rows[None, :] * _GOLDEN + streams[:, None])
+
+
+def _device_path(q: torch.Tensor) -> bool:
+    """Whether the scan keeps noise keys and exclusions as device tensors (on an accelerator; CPU keeps the
+    arithmetic of the stored results)."""
+    return q.device.type != "cpu"
+
+
+class _Exclusions:
+    """Excluded (query, global row) pairs as two index tensors on the scan's device: masked per chunk without a
+    Python loop (the same -inf entries as the per-pair loop)."""
+
+    def __init__(self, exclude: Sequence[Sequence[int]] | None, device: torch.device):
+        pairs = [(qi, int(r)) for qi, rows in enumerate(exclude or []) for r in rows]
+        t = torch.tensor(pairs, dtype=torch.long).reshape(-1, 2).to(device)
+        self.query, self.row = t[:, 0], t[:, 1]
+
+    def apply(self, p: torch.Tensor, start: int, stop: int) -> None:
+        if self.row.numel():
+            inside = (self.row >= start) & (self.row < stop)
+            p[self.query[inside], self.row[inside] - start] = float("-inf")
 
 
 def chunk_bounds(lo: int, hi: int, chunk_size: int) -> list[tuple[int, int]]:
@@ -191,17 +232,26 @@ def _scan(q, get, lo, hi, k, exclude, method, temperature, noise_keys, seed, ste
     best = _RunningTop(b, skip_top, q.device) if skip_top and method == "gumbel" else None
     dropped = torch.zeros(b, dtype=torch.long)
     qs = q if score_dtype is None or score_dtype == torch.float32 else q.to(score_dtype)
+    on_device = _device_path(q)  # an accelerator: keys and exclusions as device tensors, no per-pair loop
+    streams = torch.tensor(_streams(seed, step, keys), dtype=torch.long, device=q.device) \
+        if on_device and keys is not None else None
+    excluded = _Exclusions(exclude, q.device) if on_device else None
     for start, stop in chunk_bounds(lo, hi, chunk_size):
-        rows = get(start, stop)
+        rows = get(start, stop)  # with cache_device on the queries' device: a view, nothing copied
         if transform is not None:
-            rows = transform(rows.to(q.device, torch.float32))
-        rows = rows.to(q.device, qs.dtype)
+            rows = transform(rows.to(q.device, torch.float32, non_blocking=on_device and rows.is_pinned()))
+        rows = rows.to(q.device, qs.dtype, non_blocking=on_device and rows.is_pinned())
         s = (qs @ rows.T).float()
         p = s / temperature if method == "gumbel" else s.clone()
-        if keys is not None:
+        if streams is not None:
+            p = p + batch_row_noise(streams, start, stop)
+        elif keys is not None:  # CPU: exactly the stored results' arithmetic
             p = p + torch.stack([row_noise(seed, step, key, (start, stop)) for key in keys]).to(q.device)
-        for qi, col in _exclusions(exclude, start, stop):
-            p[qi, col] = float("-inf")
+        if excluded is not None:
+            excluded.apply(p, start, stop)
+        else:
+            for qi, col in _exclusions(exclude, start, stop):
+                p[qi, col] = float("-inf")
         if max_scores is not None:
             above = s > max_scores.to(s.device)[:, None]
             above &= torch.isfinite(p)

@@ -36,6 +36,8 @@ from typing import Any
 
 import torch
 
+from .context import SamplerContext
+
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -47,6 +49,21 @@ class ScoreTransform:
 
     def __init__(self) -> None:
         self.bypassed = False
+        self.context: SamplerContext | None = None
+
+    # -- events (no-ops here; the sampler forwards its own) -------------------------------------------------------------
+    def setup(self, context: SamplerContext) -> None:
+        """Called by the sampler's setup with its :class:`~hf_corrector.negatives.context.SamplerContext`."""
+        self.context = context
+
+    def on_step_end(self, step: int) -> None:
+        """Periodic maintenance after optimizer step ``step``."""
+
+    def on_cache_refreshed(self, step: int) -> None:
+        """The whole cache was re-encoded at ``step``."""
+
+    def on_targets(self, rows: torch.Tensor) -> None:
+        """The step's training targets (every process's rows), after write-back."""
 
     def function(self, step: int) -> Transform | None:
         """The map applied to stale rows at ``step`` (None: use them as they are)."""
@@ -108,14 +125,10 @@ class CorrectorTransform(ScoreTransform):
         self.get_corrector = get_corrector
         self.view_steps = int(view_steps)
         self.view_dtype = view_dtype
-        self.context: Any = None
         self.snapshot: Any = None  # h_s: the frozen corrector of the view
         self.view_step: int | None = None
         self.view_due = True
         self._view: torch.Tensor | None = None
-
-    def setup(self, context: Any) -> None:
-        self.context = context
 
     # -- amortised correction -----------------------------------------------------------------------------------------
     @property
@@ -143,10 +156,11 @@ class CorrectorTransform(ScoreTransform):
         if self._view is None:
             dtype = self.view_dtype or cache.read_chunk(lo, min(lo + 1, hi)).dtype
             apply = _apply_eval(self.snapshot)
-            view = torch.empty(hi - lo, cache.dim, dtype=dtype)
+            device = cache.device  # cache_device: the view lives with the rows
+            view = torch.empty(hi - lo, cache.dim, dtype=dtype, device=device)
             for start in range(lo, hi, self.view_chunk_size):
                 stop = min(start + self.view_chunk_size, hi)
-                view[start - lo : stop - lo] = apply(cache.read_chunk(start, stop).float()).to("cpu", dtype)
+                view[start - lo : stop - lo] = apply(cache.read_chunk(start, stop).float()).to(device, dtype)
             self._view = view
 
         def read(start: int, stop: int, view: torch.Tensor = self._view) -> torch.Tensor:
@@ -157,13 +171,15 @@ class CorrectorTransform(ScoreTransform):
     @torch.no_grad()
     def on_targets(self, rows: torch.Tensor) -> None:
         """Rows written back: re-correct them with the view's ``h_s`` (the view stays ``h_s`` of the cache)."""
-        if self._view is None or self.snapshot is None or not getattr(self.context.cache, "write_back", False):
+        if self._view is None or self.snapshot is None or self.context is None \
+                or not self.context.cache.write_back:
             return
         lo, hi = self.context.cache.local_rows
         mine = torch.unique(rows[(rows >= lo) & (rows < hi)])
         if mine.numel():
-            stale = self.context.cache.cache.rows(mine - lo)
-            self._view[mine - lo] = _apply_eval(self.snapshot)(stale).to("cpu", self._view.dtype)
+            stale = self.context.cache.local(mine)
+            self._view[(mine - lo).to(self._view.device)] = _apply_eval(self.snapshot)(stale).to(self._view.device,
+                                                                                                 self._view.dtype)
 
     def on_cache_refreshed(self, step: int) -> None:
         """The cache was re-encoded: the view is recomputed (with a new ``h_s``) when next used."""

@@ -54,7 +54,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .base import NegativeSampler, ScoreLimits
+from .base import NegativeSampler, SamplerContext, ScoreLimits
 from .candidates import require_faiss
 from .topk import Selection, query_generator
 from .transforms import ScoreTransform
@@ -435,7 +435,7 @@ class TreeSampler(NegativeSampler):
     """
 
     name = "tree"
-    citation = "nystrom"  # monath2023improving: the dynamic-index paper (tree and Nyström)
+    citation = "nystrom"  # the key of monath2023improving (AISTATS 2023): the dynamic-index paper, tree and Nyström
     supports_sharding = False
 
     def __init__(self, method: str = "gumbel", temperature: float = 1.0, transform: ScoreTransform | None = None,
@@ -459,11 +459,19 @@ class TreeSampler(NegativeSampler):
         self.niter = int(niter)
         self.tree: ClusterTree | None = None
         self._source: tuple | None = None  # (kind, data_ptr, shape) of the vectors the radii were computed on
+        self._view: torch.Tensor | None = None  # the corrected view indexed (kind "view")
         self.stats = {"proposals": 0, "accepted": 0, "exact_rows": 0, "draws": 0, "local_rebuilds": 0,
                       "row_updates": 0, "rows_moved": 0, "radius_refreshes": 0}
         self._cluster_proposals: torch.Tensor | None = None
         self._cluster_accepts: torch.Tensor | None = None
         self.last_stats: dict[str, Any] = {}
+
+    def setup(self, context: SamplerContext) -> None:
+        """As every sampler; the tree and the rows it reads stay in host memory (the paper's setting)."""
+        if context.cache.device.type != "cpu":
+            raise ConfigError(f"the tree sampler reads the cache in host memory, but cache_device put it on "
+                              f"{context.cache.device}: set cache_device='cpu' with tree_sampler=True")
+        super().setup(context)
 
     @property
     def beta(self) -> float:
@@ -505,6 +513,7 @@ class TreeSampler(NegativeSampler):
             self.tree.refresh_radii(vectors)
             self.stats["radius_refreshes"] += 1
         self._source = key
+        self._view = vectors if kind == "view" else None
 
     def _reset_counters(self) -> None:
         c = self.tree.num_clusters
@@ -587,19 +596,18 @@ class TreeSampler(NegativeSampler):
 
     # -- maintenance ------------------------------------------------------------------------------------------------
     def _current_vectors(self) -> torch.Tensor | None:
+        """The vectors the radii were computed on, while they are still the indexed ones (None: replaced)."""
         if self.tree is None or self._source is None:
             return None
-        n = len(self.ctx.cache)
-        if self._source[0] == "view":  # the materialised view, while it is the one the radii were computed on
-            vectors = getattr(self.transform, "_view", None)
-        else:
-            vectors = self.ctx.cache.read_chunk(0, n)
-        return vectors if vectors is not None and vectors.data_ptr() == self._source[1] else None
+        if self._source[0] == "view":  # the materialised view (the transform updates it in place on write-backs)
+            return self._view
+        vectors = self.ctx.cache.read_chunk(0, len(self.ctx.cache))
+        return vectors if vectors.data_ptr() == self._source[1] else None
 
     def on_targets(self, rows: torch.Tensor) -> None:
         """Rows written back (or re-corrected in the view): update them in place."""
         super().on_targets(rows)
-        if not getattr(self.ctx.cache, "write_back", False):
+        if not self.ctx.cache.write_back:
             return
         vectors = self._current_vectors()
         if vectors is None:  # the vectors were replaced: the next draw recomputes every radius
@@ -610,6 +618,9 @@ class TreeSampler(NegativeSampler):
     def on_cache_refreshed(self, step: int) -> None:
         """Every row changed: recompute every radius in place now (degraded clusters are rebuilt at step end)."""
         super().on_cache_refreshed(step)
+        if self._source is not None and self._source[0] == "view":  # the transform drops its view: so does the tree
+            self._view, self._source = None, None
+            return  # radii are recomputed on the new view at the next draw
         vectors = self._current_vectors()
         if vectors is None:
             return

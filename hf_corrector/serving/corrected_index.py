@@ -31,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -41,18 +42,22 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..cache.provenance import fingerprint_retriever
+from ..cache.provenance import fingerprint_module, fingerprint_retriever, short
 from ..cache.stale_cache import StaleCache
-from ..errors import ConfigError
-from ..negatives.candidates import CandidateIndex
+from ..errors import CacheCorruptError, CacheMismatchError, ConfigError
+from ..negatives.candidates import INDEX_KINDS, CandidateIndex
+from . import storage
+from .inputs import (check_bool, check_budget, check_choice, check_positive_int, check_query_embeddings,
+                     check_query_texts)
 from .maps import MAP_METHODS, fit_map
 from .selection import SELECTIONS, select_rows
 
 logger = logging.getLogger(__name__)
 
 CORRECTED_STEP = -2  # ``step`` of a row served as map(g'(y))
-VECTORS_DIR = "vectors"
-INDEX_FILE = "index.faiss"
+VECTORS_DIR = storage.VECTORS_DIR
+INDEX_FILE = storage.INDEX_FILE
+RETRIEVER_KEY = "retriever_weights_fingerprint"  # all of the retriever's weights (both towers)
 DEFAULT_METHOD = "corrector_ridge"
 DEFAULT_BUDGET = 0.05
 DEFAULT_SELECTION = "random"
@@ -91,6 +96,8 @@ class CorrectedIndex:
         vectors: the served vectors with provenance (as built by :func:`build_corrected_index`).
         retriever: the trained retriever whose query encoder searches the index (optional for pure vector search).
         index_kind: faiss index ``flat`` (exact), ``ivf`` or ``hnsw``.
+        allow_other_retriever: search with a retriever other than the one that built the vectors (recorded in
+            their provenance). Refused by default: its queries would live in another space than the vectors.
 
     Example:
         >>> index = build_corrected_index(retriever, corrector, cache, reencode_budget=0.05)  # doctest: +SKIP
@@ -98,7 +105,15 @@ class CorrectedIndex:
     """
 
     def __init__(self, vectors: StaleCache, retriever: Any = None, index_kind: str = "flat",
-                 faiss_index: CandidateIndex | None = None, show_progress_bar: bool = True):
+                 faiss_index: CandidateIndex | None = None, show_progress_bar: bool = True,
+                 allow_other_retriever: bool = False):
+        if not isinstance(vectors, StaleCache):
+            raise ConfigError(f"vectors must be a StaleCache (as build_corrected_index makes), got "
+                              f"{type(vectors).__name__}")
+        check_choice(index_kind, INDEX_KINDS, "index_kind")
+        check_bool(allow_other_retriever, "allow_other_retriever")
+        if retriever is not None:
+            check_retriever(vectors, retriever, allow_other_retriever)
         self.vectors = vectors
         self.retriever = retriever
         self.index_kind = index_kind
@@ -124,6 +139,8 @@ class CorrectedIndex:
 
     # -- search -----------------------------------------------------------------------------------------------------
     def encode_queries(self, queries: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        queries = check_query_texts(queries)
+        batch_size = check_positive_int(batch_size, "batch_size")
         if self.retriever is None:
             raise ConfigError("searching with text needs the retriever: CorrectedIndex(..., retriever=...) or "
                               "CorrectedIndex.load(path, retriever=...)")
@@ -136,13 +153,16 @@ class CorrectedIndex:
         Example:
             >>> scores, ids = index.search(["binary search in a sorted list"], k=3)  # doctest: +SKIP
         """
-        if isinstance(queries, str):
-            queries = [queries]
-        q = queries if isinstance(queries, torch.Tensor) else self.encode_queries(queries)
-        if q.ndim != 2 or q.shape[1] != self.vectors.dim:
-            raise ConfigError(f"queries must be (B, {self.vectors.dim}) embeddings, got {tuple(q.shape)}")
-        k = min(int(k), len(self))
-        scores, idx = self.faiss_index.index.search(np.ascontiguousarray(q.detach().float().cpu().numpy()), k)
+        k = check_positive_int(k, "k")
+        if isinstance(queries, (torch.Tensor, np.ndarray)):
+            q = check_query_embeddings(queries, self.vectors.dim)
+        else:
+            texts = check_query_texts(queries)
+            if not texts:
+                return torch.zeros(0, min(k, len(self))), []
+            q = check_query_embeddings(self.encode_queries(texts), self.vectors.dim, "the encoded queries")
+        k = min(k, len(self))
+        scores, idx = self.faiss_index.index.search(np.ascontiguousarray(q.numpy()), k)
         ids = [[self.doc_ids[j] for j in row if j >= 0] for row in idx.tolist()]
         return torch.from_numpy(scores), ids
 
@@ -158,6 +178,9 @@ class CorrectedIndex:
         Example:
             >>> index = CorrectedIndex.from_trainer(trainer, reencode_budget=0.05)  # doctest: +SKIP
         """
+        check_budget(reencode_budget)  # before any work (gathering a sharded cache is a collective)
+        check_choice(method, MAP_METHODS, "method")
+        check_choice(selection, SELECTIONS, "selection")
         queries = None
         if selection == "retrieved" and trainer.train_examples is not None:
             queries = list(dict.fromkeys(trainer.train_examples["query"]))
@@ -166,76 +189,190 @@ class CorrectedIndex:
             return trainer.cache_manager.encode_rows(rows, count_as="refresh_encodings",
                                                      desc="re-encoding the budget")
 
-        return build_corrected_index(trainer.retriever, trainer.corrector, trainer.cache, trainer.corpus_texts,
+        # the whole cache: a served (flat) index holds every row by nature; sharded, the shards are gathered here
+        cache = trainer.cache_manager.gathered()  # a collective when sharded: every process calls from_trainer
+        return build_corrected_index(trainer.retriever, trainer.corrector, cache, trainer.corpus_texts,
                                      reencode_budget=reencode_budget, method=method, selection=selection,
                                      selection_queries=queries, encode_rows=encode_rows,
                                      step=int(trainer.state.global_step), seed=int(trainer.args.seed), **kwargs)
 
     # -- disk / Hub -------------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        """Write ``path/vectors`` (the Arrow vectors, :meth:`StaleCache.save`) and ``path/index.faiss``.
+        """Write ``path/vectors`` (the Arrow vectors, :meth:`StaleCache.save`), ``path/index.faiss`` and
+        ``path/serving_manifest.json``, atomically as a whole (see :mod:`hf_corrector.serving.storage`).
+
+        ``path`` must not exist, be empty, or be a served index folder saved before; a folder holding anything else
+        (an ``index.faiss`` of its own, a training ``output_dir``) raises :class:`UnsafeOverwriteError` and nothing
+        is touched.
 
         Example:
             >>> index.save("outputs/served")  # doctest: +SKIP
         """
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
         from ..hub.cache_card import render_cache_card
 
-        self.vectors.save(path / VECTORS_DIR, card=render_cache_card(self.vectors, keep_existing_metadata=False))
-        blob = self.faiss_index.serialize().numpy()
-        tmp = path / f".{INDEX_FILE}.tmp-{os.getpid()}"
-        tmp.write_bytes(blob.tobytes())
-        os.replace(tmp, path / INDEX_FILE)
-        return path
+        given = Path(path)
+        blob = self.faiss_index.serialize().numpy().tobytes()
+        manifest = storage.make_manifest(self.vectors, blob, self.index_kind)
+        card = render_cache_card(self.vectors, keep_existing_metadata=False)
+
+        def write(tmp: Path) -> None:
+            self.vectors.save(tmp / VECTORS_DIR, card=card)
+            storage.write_file(tmp / INDEX_FILE, blob)
+            storage.write_file(tmp / storage.MANIFEST_FILE, json.dumps(manifest, indent=2).encode())
+
+        storage.write_served(given, write)
+        return given
 
     @classmethod
-    def load(cls, path: str | os.PathLike, retriever: Any = None, verify: str = "checksum") -> CorrectedIndex:
-        """Load a folder written by :meth:`save` (the faiss index is rebuilt if ``index.faiss`` is missing)."""
+    def load(cls, path: str | os.PathLike, retriever: Any = None, verify: str = "checksum",
+             allow_other_retriever: bool = False) -> CorrectedIndex:
+        """Load a folder written by :meth:`save`, verifying it (:mod:`hf_corrector.serving.storage`): the vectors
+        against the manifest, ``index.faiss`` against its checksum and against the vectors (rows, dimension, a
+        sample search agreeing with exact search). A mismatch raises :class:`CacheCorruptError` naming the file.
+
+        ``retriever`` must be the one that built the index (its weights are recorded), unless
+        ``allow_other_retriever=True``. ``verify``: ``"checksum"`` (default) or ``"rows"`` (no SHA-256 of the files;
+        the structural checks and the sample search are always made).
+
+        Example:
+            >>> index = CorrectedIndex.load("outputs/served", retriever=load_retriever("outputs/model"))  # doctest: +SKIP
+        """
+        check_choice(verify, ("checksum", "rows", "none"), "verify")
+        check_bool(allow_other_retriever, "allow_other_retriever")
         path = Path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"no such folder: {path} (a folder written by CorrectedIndex.save)")
+        if storage.TEMPORARY.match(path.name):
+            raise CacheCorruptError(f"{path}: the temporary folder of a save that did not finish (killed); it is "
+                                    f"removed by the next save or load of {path.name.split('.')[1]!r}")
+        storage.remove_served_leftovers(path)
+        manifest_file = path / storage.MANIFEST_FILE
+        manifest = storage.read_manifest(manifest_file) if manifest_file.is_file() else None
         vectors = StaleCache.load(path / VECTORS_DIR, verify=verify)
-        return cls._with_index(vectors, retriever, path / INDEX_FILE)
+        return cls._with_index(vectors, retriever, path / INDEX_FILE, manifest, str(manifest_file),
+                               str(path / VECTORS_DIR), verify, allow_other_retriever)
 
     @classmethod
-    def _with_index(cls, vectors: StaleCache, retriever: Any, index_file: Path | None) -> CorrectedIndex:
+    def _with_index(cls, vectors: StaleCache, retriever: Any, index_file: Path | None, manifest: dict | None,
+                    manifest_where: str, vectors_where: str, verify: str,
+                    allow_other_retriever: bool) -> CorrectedIndex:
         kind = vectors.provenance.get("serving", {}).get("index_kind", "flat")
+        if kind not in INDEX_KINDS:
+            raise CacheCorruptError(f"{vectors_where}: provenance.serving.index_kind is {kind!r}, not one of "
+                                    f"{list(INDEX_KINDS)}")
+        if manifest is not None:
+            storage.check_vectors(manifest, vectors, manifest_where, vectors_where)
+            if manifest.get("index_kind", kind) != kind:
+                raise CacheCorruptError(f"{manifest_where}: index_kind {manifest.get('index_kind')!r} but the vectors "
+                                        f"record {kind!r}")
+        else:
+            logger.warning("%s has no %s (saved by an older hf_corrector): the faiss index is checked against the "
+                           "vectors by rows, dimension and a sample search only; save it again to record checksums",
+                           vectors_where, storage.MANIFEST_FILE)
         faiss_index = None
         if index_file is not None and index_file.is_file():
+            blob = storage.read_index_blob(index_file, manifest, verify)
             faiss_index = CandidateIndex(kind, pool_size=10)
-            faiss_index.deserialize(torch.from_numpy(np.frombuffer(index_file.read_bytes(), dtype=np.uint8).copy()))
-            if faiss_index.num_rows != len(vectors):
-                logger.warning("%s holds %d rows but the vectors %d: rebuilding the index", index_file,
-                               faiss_index.num_rows, len(vectors))
-                faiss_index = None
-        return cls(vectors, retriever=retriever, index_kind=kind, faiss_index=faiss_index)
+            try:
+                faiss_index.deserialize(torch.from_numpy(np.frombuffer(blob, dtype=np.uint8).copy()))
+            except (RuntimeError, ValueError, TypeError) as err:
+                raise CacheCorruptError(f"{index_file}: cannot be read as a faiss index ({err}); build the served "
+                                        f"index again or restore a copy") from None
+            storage.verify_index(faiss_index.index, vectors, str(index_file), kind)
+        elif manifest is not None:
+            raise CacheCorruptError(f"{index_file}: missing, but {manifest_where} records it; build the served index "
+                                    f"again or restore a copy")
+        else:
+            logger.info("no %s: building the faiss index from the vectors", INDEX_FILE)
+        return cls(vectors, retriever=retriever, index_kind=kind, faiss_index=faiss_index,
+                   allow_other_retriever=allow_other_retriever)
 
-    def push_to_hub(self, repo_id: str, private: bool | None = None, token: str | None = None) -> str:
-        """Publish as a dataset repo: the vectors as the cache is published, plus ``index.faiss``.
+    def push_to_hub(self, repo_id: str, private: bool | None = None, token: str | None = None,
+                    commit_message: str = "Upload served index") -> str:
+        """Publish as a dataset repo in one commit: the vectors as parquet (as the cache is published), their
+        ``cache_info.json``, the dataset card, ``index.faiss`` and ``serving_manifest.json``.
 
         Example:
             >>> index.push_to_hub("me/my-served-corpus")  # doctest: +SKIP
         """
-        from huggingface_hub import HfApi
+        import io
 
-        self.vectors.push_to_hub(repo_id, private=private, token=token, commit_message="Upload served vectors")
-        HfApi(token=token).upload_file(path_or_fileobj=self.faiss_index.serialize().numpy().tobytes(),
-                                       path_in_repo=INDEX_FILE, repo_id=repo_id, repo_type="dataset",
-                                       commit_message="Add the faiss index")
+        from huggingface_hub import CommitOperationAdd, HfApi
+
+        from ..hub.cache_card import render_cache_card
+
+        blob = self.faiss_index.serialize().numpy().tobytes()
+        manifest = storage.make_manifest(self.vectors, blob, self.index_kind)
+        parquet = io.BytesIO()
+        self.vectors.dataset.to_parquet(parquet)
+        card = render_cache_card(self.vectors, keep_existing_metadata=False)
+        files = {"data/train-00000-of-00001.parquet": parquet.getvalue(),
+                 "cache_info.json": json.dumps(self.vectors.info(), indent=2).encode(),
+                 "README.md": card.encode(), INDEX_FILE: blob,
+                 storage.MANIFEST_FILE: json.dumps(manifest, indent=2).encode()}
+        api = HfApi(token=token)
+        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        api.create_commit(repo_id, repo_type="dataset", commit_message=commit_message,
+                          operations=[CommitOperationAdd(path_in_repo=k, path_or_fileobj=v) for k, v in files.items()])
         return repo_id
 
     @classmethod
     def from_hub(cls, repo_id: str, retriever: Any = None, revision: str | None = None, token: str | None = None,
-                 verify: str = "checksum") -> CorrectedIndex:
-        """Load an index published with :meth:`push_to_hub`."""
-        from huggingface_hub import hf_hub_download
+                 verify: str = "checksum", allow_other_retriever: bool = False) -> CorrectedIndex:
+        """Load an index published with :meth:`push_to_hub`, verified as :meth:`load` verifies a folder (every file
+        is read from the same commit)."""
+        from huggingface_hub import HfApi, hf_hub_download
         from huggingface_hub.utils import EntryNotFoundError
 
-        vectors = StaleCache.from_hub(repo_id, revision=revision, token=token, verify=verify)
-        try:
-            index_file = Path(hf_hub_download(repo_id, INDEX_FILE, repo_type="dataset", revision=revision, token=token))
-        except EntryNotFoundError:
-            index_file = None
-        return cls._with_index(vectors, retriever, index_file)
+        check_choice(verify, ("checksum", "rows", "none"), "verify")
+        check_bool(allow_other_retriever, "allow_other_retriever")
+        sha = HfApi(token=token).dataset_info(repo_id, revision=revision).sha or revision
+
+        def download(name: str) -> Path | None:
+            try:
+                return Path(hf_hub_download(repo_id, name, repo_type="dataset", revision=sha, token=token))
+            except EntryNotFoundError:
+                return None
+
+        manifest_file = download(storage.MANIFEST_FILE)
+        manifest = storage.read_manifest(manifest_file) if manifest_file is not None else None
+        vectors = StaleCache.from_hub(repo_id, revision=sha, token=token, verify=verify)
+        index_file = download(INDEX_FILE)
+        return cls._with_index(vectors, retriever, index_file if index_file is not None else Path(repo_id) / INDEX_FILE,
+                               manifest, f"{repo_id}/{storage.MANIFEST_FILE}", f"{repo_id} (vectors)", verify,
+                               allow_other_retriever)
+
+
+def check_retriever(vectors: StaleCache, retriever: Any, allow_other: bool = False) -> None:
+    """Refuse to search ``vectors`` with a retriever other than the one that built them (recorded weights), unless
+    ``allow_other``; dimension, pooling and normalisation must always agree."""
+    where = vectors._where().replace("the stale cache", "the served vectors")
+    dim = getattr(retriever, "embedding_dim", None)
+    if dim is not None and int(dim) != vectors.dim:
+        raise CacheMismatchError(f"{where} have dimension {vectors.dim}, the retriever {dim}")
+    prov = vectors.provenance
+    config = getattr(retriever, "config", None)
+    for key in ("pooling", "normalize"):
+        mine, theirs = prov.get(key), getattr(config, key, None)
+        if mine is not None and theirs is not None and mine != theirs:
+            raise CacheMismatchError(f"{where} were built with {key}={mine!r}, the retriever uses {key}={theirs!r}")
+    recorded = prov.get("serving", {}).get(RETRIEVER_KEY)
+    if recorded is None:
+        if "serving" in prov:
+            logger.warning("%s record no fingerprint of the retriever that built them (older hf_corrector): cannot "
+                           "verify that this retriever is that one", where)
+        return
+    actual = fingerprint_module(retriever)
+    if actual == recorded:
+        return
+    if allow_other:
+        logger.info("%s were built by another retriever (%s) than this one (%s): used on purpose", where,
+                    short(recorded), short(actual))
+        return
+    raise CacheMismatchError(
+        f"{where} were built by another retriever (weights {short(recorded)}) than the one given ({short(actual)}): "
+        f"its queries would be searched against vectors of another encoder. Pass the retriever that was trained "
+        f"with this index, or allow_other_retriever=True if this is on purpose")
 
 
 def build_corrected_index(retriever: Any, corrector: Any, cache: StaleCache, texts: Sequence[str] | None = None,
@@ -264,10 +401,26 @@ def build_corrected_index(retriever: Any, corrector: Any, cache: StaleCache, tex
     Example:
         >>> index = build_corrected_index(retriever, corrector, cache, texts, reencode_budget=0.05)  # doctest: +SKIP
     """
-    if method not in MAP_METHODS:
-        raise ConfigError(f"unknown method {method!r}; choose one of {MAP_METHODS}")
-    if selection not in SELECTIONS:
-        raise ConfigError(f"unknown selection {selection!r}; choose one of {SELECTIONS}")
+    reencode_budget = check_budget(reencode_budget)
+    check_choice(method, MAP_METHODS, "method")
+    check_choice(selection, SELECTIONS, "selection")
+    check_choice(index_kind, INDEX_KINDS, "index_kind")
+    serve_fresh = check_bool(serve_fresh, "serve_fresh")
+    normalize = None if normalize is None else check_bool(normalize, "normalize")
+    chunk_size = check_positive_int(chunk_size, "chunk_size")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    if not isinstance(cache, StaleCache):
+        raise ConfigError(f"cache must be a StaleCache, got {type(cache).__name__}")
+    if retriever is not None:
+        cache._check_encoding_settings(retriever)  # dimension, pooling, normalisation
+    if corrector is not None and getattr(getattr(corrector, "config", None), "embedding_dim", cache.dim) != cache.dim:
+        raise CacheMismatchError(f"the corrector maps {corrector.config.embedding_dim}-d vectors, the cache holds "
+                                 f"{cache.dim}-d ones")
+    if texts is not None:
+        texts = check_query_texts(texts, "texts")
+        cache.check_provenance(texts=texts)  # a cache of other texts is never served
+    if selection_queries is not None:
+        selection_queries = check_query_texts(selection_queries, "selection_queries")
     if method in ("corrector", "corrector_ridge") and corrector is None:
         logger.warning("no corrector: serving with method 'identity' fitted maps only")
         method = "identity" if method == "corrector" else "lowrank_affine"
@@ -323,9 +476,12 @@ def build_corrected_index(retriever: Any, corrector: Any, cache: StaleCache, tex
             "name_or_path": getattr(corrector, "name_or_path", None) or None,
             "architecture": corrector.config.architecture, "num_parameters": int(corrector.num_parameters_total)},
         "retriever_fingerprint": fingerprint_retriever(retriever) if retriever is not None else None,
+        RETRIEVER_KEY: fingerprint_module(retriever) if retriever is not None else None,
         "corrected_step": CORRECTED_STEP,
     }
     vectors = StaleCache(cache.doc_ids, served, steps=steps, provenance=provenance, dtype=cache.dtype)
     logger.info("served %d rows: %d mapped with %s, %d re-encoded (budget %.3g, %s)", n, n - int(rows.numel()),
                 fitted_method, int(rows.numel()), reencode_budget, selection)
-    return CorrectedIndex(vectors, retriever=retriever, index_kind=index_kind, show_progress_bar=show_progress_bar)
+    index = CorrectedIndex(vectors, index_kind=index_kind, show_progress_bar=show_progress_bar)
+    index.retriever = retriever  # the one just fingerprinted into the provenance: no second pass over its weights
+    return index

@@ -4,6 +4,7 @@ from .callbacks import CacheRefreshCallback, CorrectorFallbackCallback, SamplerM
 from .collator import CorrectorDataCollator, prepare_train_examples
 from .config import CorrectorTrainingArguments
 from .losses import corrector_loss, task_loss
+from .strategy import NegativeStrategy, SamplerOptions, build_sampler, register_sampler
 from .trainer import CorrectorTrainer, CorrectorTrainingModel
 
 __all__ = [
@@ -13,8 +14,12 @@ __all__ = [
     "CorrectorTrainer",
     "CorrectorTrainingArguments",
     "CorrectorTrainingModel",
+    "NegativeStrategy",
+    "SamplerOptions",
     "SamplerMaintenanceCallback",
+    "build_sampler",
     "corrector_loss",
     "prepare_train_examples",
+    "register_sampler",
     "task_loss",
 ]

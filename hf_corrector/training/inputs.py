@@ -13,8 +13,10 @@ from dataclasses import dataclass
 import datasets
 
 from ..data.format import RetrievalData
+from ..data.open_qa import OpenQAData, is_open_qa
 from ..errors import CacheMismatchError, ConfigError
 from .collator import prepare_train_examples
+from .reader_step import prepare_open_qa_examples
 
 
 @dataclass
@@ -37,7 +39,7 @@ def index_inputs(train_dataset: RetrievalData | datasets.Dataset | None,
                  eval_dataset: RetrievalData | datasets.Dataset | None,
                  corpus: datasets.Dataset | None = None) -> TrainingInputs:
     """Index the trainer's datasets (the corpus comes from ``train_dataset`` when it is :class:`RetrievalData`)."""
-    if isinstance(train_dataset, RetrievalData):
+    if isinstance(train_dataset, (RetrievalData, OpenQAData)):
         corpus = train_dataset.corpus if corpus is None else corpus
         train_queries = train_dataset.queries
     else:
@@ -50,6 +52,11 @@ def index_inputs(train_dataset: RetrievalData | datasets.Dataset | None,
     doc_index = {d: i for i, d in enumerate(doc_ids)}
     if len(doc_index) != len(doc_ids):
         raise CacheMismatchError("duplicate doc ids in the corpus")
-    examples = prepare_train_examples(train_queries, doc_index) if train_queries is not None else None
-    eval_queries = eval_dataset.queries if isinstance(eval_dataset, RetrievalData) else eval_dataset
+    if train_queries is None:
+        examples = None
+    elif is_open_qa(train_queries):  # questions with answers, no positives: reader-supervised training
+        examples = prepare_open_qa_examples(train_queries)
+    else:
+        examples = prepare_train_examples(train_queries, doc_index)
+    eval_queries = eval_dataset.queries if isinstance(eval_dataset, (RetrievalData, OpenQAData)) else eval_dataset
     return TrainingInputs(corpus, doc_ids, doc_index, examples, eval_queries)

@@ -135,18 +135,29 @@ __all__ = ["NOT_COMPOSABLE", "build_lr_scheduler", "encoder_lr_lambda"]
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
 
 
-def build_optimizer(model: torch.nn.Module, args: TrainingArguments) -> torch.optim.Optimizer:
+def build_optimizer(model: torch.nn.Module, args: TrainingArguments,
+                    cls_and_kwargs: tuple[type, dict] | None = None) -> torch.optim.Optimizer:
     """Trainer's optimizer class over three groups: encoder weights (``weight_decay``), encoder biases and norms
-    (no decay), both at ``learning_rate``; the corrector (``corrector.*``) at ``corrector_learning_rate``."""
+    (no decay), both at ``learning_rate``; the corrector (``corrector.*``) at ``corrector_learning_rate``.
+
+    ``cls_and_kwargs`` is Trainer's ``optimizer_cls_and_kwargs``: that class and its keyword arguments instead of
+    the ones ``args.optim`` names; its ``lr`` / ``weight_decay``, when given, replace the encoders' rate / decay."""
+    if cls_and_kwargs is not None:
+        optimizer_cls, optimizer_kwargs = cls_and_kwargs[0], dict(cls_and_kwargs[1] or {})
+    else:
+        optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    lr = optimizer_kwargs.pop("lr", args.learning_rate)
+    decay = optimizer_kwargs.pop("weight_decay", args.weight_decay)
     corrector = [p for n, p in model.named_parameters() if n.startswith("corrector.") and p.requires_grad]
-    encoder = [(n, p) for n, p in model.named_parameters() if not n.startswith("corrector.") and p.requires_grad]
+    reader = [p for n, p in model.named_parameters() if n.startswith("reader.") and p.requires_grad]  # issue 20
+    encoder = [(n, p) for n, p in model.named_parameters()
+               if not n.startswith(("corrector.", "reader.")) and p.requires_grad]
     groups = [
-        {"params": [p for n, p in encoder if not n.endswith(NO_DECAY)], "weight_decay": args.weight_decay,
-         "lr": args.learning_rate, "group": "encoder"},
-        {"params": [p for n, p in encoder if n.endswith(NO_DECAY)], "weight_decay": 0.0, "lr": args.learning_rate,
+        {"params": [p for n, p in encoder if not n.endswith(NO_DECAY)], "weight_decay": decay, "lr": lr,
          "group": "encoder"},
+        {"params": [p for n, p in encoder if n.endswith(NO_DECAY)], "weight_decay": 0.0, "lr": lr, "group": "encoder"},
         {"params": corrector, "weight_decay": 0.0, "lr": args.corrector_learning_rate, "group": "corrector"},
+        {"params": reader, "weight_decay": args.weight_decay, "lr": getattr(args, "reader_learning_rate", None),
+         "group": "reader"},
     ]
-    optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
-    optimizer_kwargs.pop("lr", None)
     return optimizer_cls([g for g in groups if g["params"]], **optimizer_kwargs)

@@ -37,11 +37,15 @@ import datasets
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import PredictionOutput, rotate_checkpoints
+from transformers.trainer_utils import PredictionOutput
 
 from ..cache import StaleCache
 from ..cache.manager import CacheManager
+from ..cache.placement import resolve_cache_device
+from ..cache.sharded_store import check_part_provenance
+from ..cache.sharding import row_range
 from ..data.format import RetrievalData
+from ..data.open_qa import OpenQAData
 from ..errors import CacheMismatchError, ConfigError
 from ..evaluation.evaluator import CorpusEmbeddings, RetrievalEvaluator, documents_outside
 from ..evaluation.metrics import exact_search
@@ -49,12 +53,12 @@ from ..hub.callbacks import ModelCardCallback
 from ..hub.cards import public_model_id
 from ..hub.trainer_mixin import CorrectorHubMixin
 from ..models.corrector import CorrectorConfig, CorrectorModel
+from ..models.reader import Reader
 from ..models.retriever import RetrieverModel, load_retriever
-from ..negatives import NegativeSampler, SamplerContext, TrainingExamples, build_miner, build_sampler
+from ..negatives import NegativeSampler, SamplerContext, TrainingExamples
 from .callbacks import (CacheRefreshCallback, CorrectorFallbackCallback, CorrectorHealth, RetrieverCallbackHandler,
                         SamplerMaintenanceCallback)
-from .checkpoints import (finish_if_complete, last_complete_checkpoint, remove_checkpoint_marker, verify_checkpoint,
-                          write_checkpoint_marker)
+from .checkpoints import finish_if_complete, last_complete_checkpoint, verify_checkpoint
 from .collator import CorrectorDataCollator
 from .config import CorrectorTrainingArguments
 from .distributed import check_distributed_setup
@@ -63,24 +67,26 @@ from .losses import step_losses
 from .nonfinite import SkipStep, check_finite
 from .optim import build_lr_scheduler, build_optimizer
 from .peft_utils import apply_peft
+from .user_optim import check_peft_by_hand, check_user_optimizer
+from .reader_step import ReaderStep, check_reader_data, load_reader
 from .staleness import staleness_metrics
+from .strategy import NegativeStrategy
 from .targets import build_target_batch
 from .validation import check_enough_negatives
-from .trainer_state import (load_extra_state, load_model_weights, publish_model, save_extra_state,
-                            save_model_files)
+from .persistence import CACHE_DIR, CheckpointingMixin
 
 logger = logging.getLogger(__name__)
-
-CACHE_DIR = "stale_cache"
 
 
 class CorrectorTrainingModel(nn.Module):
     """What the Trainer wraps: the retriever and the corrector, so one ``forward`` carries every gradient."""
 
-    def __init__(self, retriever: RetrieverModel, corrector: CorrectorModel | None = None):
+    def __init__(self, retriever: RetrieverModel, corrector: CorrectorModel | None = None, reader: nn.Module | None = None):
         super().__init__()
         self.retriever = retriever
         self.corrector = corrector
+        if reader is not None:  # a jointly trained reader's LM (issue 20): in the optimizer, group "reader"
+            self.reader = reader
 
     def forward(self, query_input_ids: torch.Tensor, query_attention_mask: torch.Tensor, target_input_ids: torch.Tensor,
                 target_attention_mask: torch.Tensor, stale_target_embeddings: torch.Tensor | None = None
@@ -99,7 +105,7 @@ class CorrectorTrainingModel(nn.Module):
                 tower.activation_checkpointing_enable(activation_checkpointing_kwargs, every_n_layers, offload)
 
 
-class CorrectorTrainer(CorrectorHubMixin, Trainer):
+class CorrectorTrainer(CheckpointingMixin, CorrectorHubMixin, Trainer):
     """A :class:`~transformers.Trainer` for dual encoders with a stale cache and a corrector network.
 
     Args (beyond ``Trainer``'s):
@@ -132,7 +138,7 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
                  optimizer_cls_and_kwargs=None, preprocess_logits_for_metrics=None, *,
                  corpus: datasets.Dataset | None = None, cache: StaleCache | str | os.PathLike | None = None,
                  corrector: CorrectorModel | str | None = None, peft_config: Any | None = None,
-                 sampler: NegativeSampler | None = None):
+                 sampler: NegativeSampler | None = None, reader: Reader | None = None):
         args = args if args is not None else CorrectorTrainingArguments("corrector-trainer-output")
         if not isinstance(args, CorrectorTrainingArguments):
             raise ConfigError("args must be CorrectorTrainingArguments")
@@ -140,30 +146,38 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
             raise ConfigError("CorrectorTrainer computes retrieval metrics itself (nDCG@10, Recall@10/100, MRR@10 over "
                               "the whole corpus) in evaluate(); compute_metrics / preprocess_logits_for_metrics would "
                               "never be called: drop them, or subclass and override retrieval_metrics()")
-        retriever = _prepare_retriever(model, processing_class, peft_config)
-        self.uses_peft = peft_config is not None
+        self.strategy = strategy = NegativeStrategy.from_args(args)  # the only reader of the strategy arguments
+        retriever = _prepare_retriever(model, processing_class, None)
+        self.uses_peft = check_peft_by_hand(retriever, peft_config) or peft_config is not None
+        retriever = apply_peft(retriever, peft_config) if peft_config is not None else retriever
 
         inputs = index_inputs(train_dataset, eval_dataset, corpus)
         self.corpus, self.doc_ids, self.doc_index = inputs.corpus, inputs.doc_ids, inputs.doc_index
         self.train_examples, self.eval_queries = inputs.train_examples, inputs.eval_queries
-        if args.num_negatives >= len(self.doc_ids):
-            raise ConfigError(f"num_negatives={args.num_negatives} needs a corpus larger than {len(self.doc_ids)}")
-        if self.train_examples is not None and args.num_negatives > 0:  # names the query that has too few
-            pool = args.candidate_pool_size if args.candidate_index != "none" and not args.tele_negatives else None
-            check_enough_negatives(self.train_examples, len(self.doc_ids), args.num_negatives, pool_size=pool,
-                                   skip_top=args.false_negative_skip_top)
+        check_reader_data(args, self.train_examples)
+        k = strategy.num_negatives
+        if k >= len(self.doc_ids):
+            raise ConfigError(f"num_negatives={k} needs a corpus larger than {len(self.doc_ids)}")
+        if self.train_examples is not None and k > 0:  # names the query that has too few
+            check_enough_negatives(self.train_examples, len(self.doc_ids), k, pool_size=strategy.candidate_pool,
+                                   skip_top=strategy.false_negatives.skip_top)
 
-        corrector = _prepare_corrector(corrector, retriever, args, self.corrector_class)
+        corrector = _prepare_corrector(corrector, retriever, args, strategy, self.corrector_class)
         if data_collator is None:
             data_collator = self.collator_class(
                 tokenizer=retriever.tokenizer, query_max_length=args.query_max_length or retriever.config.query_max_length,
                 query_prefix=retriever.config.query_prefix)
-        super().__init__(model=CorrectorTrainingModel(retriever, corrector), args=args, data_collator=data_collator,
+        reader = load_reader(args, reader, args.device) if args.reader_loss != "none" else None
+        super().__init__(model=CorrectorTrainingModel(retriever, corrector,
+                                                      reader.model if reader is not None and reader.trainable else None),
+                         args=args, data_collator=data_collator,
                          train_dataset=self.train_examples, eval_dataset=self.eval_queries, processing_class=None,
                          model_init=model_init, compute_metrics=compute_metrics, callbacks=callbacks,
                          optimizers=optimizers, optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
                          preprocess_logits_for_metrics=preprocess_logits_for_metrics)
         check_distributed_setup(self.accelerator)  # N processes that do not form one run would train N models
+        if self.optimizer is not None:  # optimizers=(opt, sched): the corrector must be in it
+            check_user_optimizer(self.model, self.optimizer, strategy.corrector_warmup_steps, self.lr_scheduler is None)
         self._eval_data = eval_dataset
         self.callback_handler = RetrieverCallbackHandler(self.callback_handler.callbacks, self.model, retriever.tokenizer,
                                                          self.optimizer, self.lr_scheduler)  # callbacks see the retriever
@@ -173,27 +187,33 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
         if from_checkpoint:  # the checkpoint holds the cache: do not encode the corpus only to throw it away
             cache = _checkpoint_cache(args.output_dir, args.resume_from_checkpoint)
         built = cache is None
-        cache = _prepare_cache(cache, retriever, self.corpus, args, self.cache_class, from_checkpoint)
+        cache = _prepare_cache(cache, retriever, self.corpus, args, self.cache_class, from_checkpoint,
+                               rows=_local_rows(self.accelerator, len(self.corpus), strategy.cache_sharding))
         self.cache_manager = self.cache_manager_class(cache, list(self.corpus["text"]), self._encode_targets,
-                                                      self.accelerator, write_back=args.cache_write_back,
-                                                      sharding=args.cache_sharding)
-        if built and args.mines_negatives:  # with in-batch negatives only the cache serves diagnostics
+                                                      self.accelerator, write_back=strategy.cache_write_back,
+                                                      sharding=strategy.cache_sharding)
+        self._place_cache(strategy)
+        if built and strategy.mines_negatives:  # with in-batch negatives only the cache serves diagnostics
             self.cache_manager.cost.initial_cache_encodings = len(self.doc_ids)
-        self.sampler = sampler if sampler is not None else build_sampler(args, lambda: self.corrector)
+        self.sampler = sampler if sampler is not None else strategy.build_sampler(lambda: self.corrector)
+        self.reader_step = None if reader is None else ReaderStep(reader, args, self.cache_manager, retriever,
+                                                                  self.train_examples)
+        if reader is not None and reader.trainable and self.accelerator.num_processes > 1:
+            raise ConfigError("a jointly trained reader (reader_learning_rate) is single-process only for now; "
+                              "freeze it (reader_learning_rate=None) for multi-process runs")
         examples = TrainingExamples.from_dataset(self.train_examples) if self.train_examples is not None else None
-        self.sampler.setup(SamplerContext(self.cache_manager, self._encode_queries_for_sampler, seed=args.seed,
-                                          chunk_size=args.corrector_chunk_size, device=args.device, examples=examples))
-        source = args.hard_negatives if args.hard_negatives != "auto" else (
-            "dataset+cache" if inputs.has_given_negatives else "cache")
-        self.negatives = build_miner(args, self.sampler, source)
-        if self.train_examples is not None and args.num_negatives:
+        self.sampler.setup(SamplerContext(self.cache_manager.reader(), self._encode_queries_for_sampler,
+                                          seed=args.seed, chunk_size=args.corrector_chunk_size, device=args.device,
+                                          examples=examples))
+        self.negatives = strategy.build_miner(self.sampler, inputs.has_given_negatives)
+        if self.train_examples is not None and k:
             self.negatives.check_examples([len(r) for r in self.train_examples["negative_rows"]],
                                           self.train_examples["query_id"])
         self.corrector_health = CorrectorHealth()
         self.fallback_callback = CorrectorFallbackCallback(self.corrector_health, self.sampler.transform,
                                                            args.corrector_fallback_patience,
-                                                           args.corrector_warmup_steps, self.accelerator)
-        for callback in (self.refresh_callback_class(self.cache_manager, args.cache_refresh_steps),
+                                                           strategy.corrector_warmup_steps, self.accelerator)
+        for callback in (self.refresh_callback_class(self.cache_manager, strategy.cache_refresh_steps),
                          SamplerMaintenanceCallback(self.sampler), self.fallback_callback):
             self.add_callback(callback)
         self.model_card_callback = ModelCardCallback(self, train_dataset, eval_dataset)
@@ -220,8 +240,24 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
     def corrector(self) -> CorrectorModel | None:
         return self.accelerator.unwrap_model(self.model).corrector
 
+    def _place_cache(self, strategy) -> None:
+        """``cache_device``: keep this process's rows (and the corrected view) where negative selection reads them."""
+        local = self.cache_manager.cache
+        view = 2 if strategy.corrected_view_steps else 1
+        device = resolve_cache_device(self.args.cache_device, self.args.device, view * local.nbytes)
+        self.cache_manager.place(device, pin=device.type == "cpu" and torch.device(self.args.device).type != "cpu")
+
     @property
     def cache(self) -> StaleCache:
+        """The stale cache. With ``cache_sharding="sharded"`` over several processes each holds only its rows, so
+        this raises (saving or pushing it would silently drop the other processes' rows): use
+        :meth:`save_cache` / :meth:`push_cache_to_hub` (every process), or ``trainer.cache_manager.cache`` for this
+        process's shard."""
+        if self.cache_manager.sharded:
+            raise ConfigError("trainer.cache: with cache_sharding='sharded' each process holds only its rows "
+                              f"{self.cache_manager.local_rows} of {len(self.cache_manager)}; save or publish the "
+                              "whole cache with trainer.save_cache(path) / trainer.push_cache_to_hub(repo_id) called on "
+                              "every process, or read this process's shard as trainer.cache_manager.cache")
         return self.cache_manager.cache
 
     @property
@@ -242,7 +278,7 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
     def create_optimizer(self, model=None):
         """One optimizer with the encoders and the corrector in separate parameter groups (own learning rates)."""
         if self.optimizer is None:
-            self.optimizer = build_optimizer(self.model, self.args)
+            self.optimizer = build_optimizer(self.model, self.args, self.optimizer_cls_and_kwargs)
         return self.optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
@@ -278,9 +314,18 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         args = self.args
+        if self.reader_step is not None:  # reader-supervised (issue 20): hf_corrector.training.reader_step
+            loss, out, logged = self.reader_step.compute_loss(model, inputs, self.choose_negatives(inputs).cpu(),
+                                                              self.state.global_step)
+            for name, value in logged.items():
+                self._metrics[name].append(value)
+            if "staleness_cos_corrected" in logged:
+                self.corrector_health.record(logged["staleness_cos_stale"], logged["staleness_cos_corrected"])
+            return (loss, out) if return_outputs else loss
         device = inputs["query_input_ids"].device
         b = inputs["query_input_ids"].shape[0]
-        neg = self.choose_negatives(inputs).cpu() if args.num_negatives > 0 else torch.zeros((b, 0), dtype=torch.long)
+        neg = (self.choose_negatives(inputs).cpu() if self.strategy.mines_negatives
+               else torch.zeros((b, 0), dtype=torch.long))
         batch = build_target_batch(inputs["positive_rows"].cpu(), neg, inputs["exclude_rows"].cpu(),
                                    args.in_batch_negatives)
         tok = self.retriever.tokenize(self.cache_manager.texts_of(batch.targets), "target", args.target_max_length)
@@ -290,7 +335,7 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
                     stale_target_embeddings=stale_rows.to(device) if self.corrector is not None else None)
         q, t, corrected = out["query_embeddings"], out["target_embeddings"], out.get("corrected_embeddings")
         losses = step_losses(q, t, corrected, batch.to(device), args)
-        warm = self.state.global_step < args.corrector_warmup_steps
+        warm = self.state.global_step < self.strategy.corrector_warmup_steps
         loss = losses["task_loss"] * (0.0 if warm else 1.0) + losses.get("corrector_loss", 0.0)
         # the tensors first, so that the error names the source of a NaN rather than the loss it spreads to
         for tensor, name in ((q, "query embeddings"), (t, "target embeddings"), (corrected, "corrector output"),
@@ -330,6 +375,8 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
             if self.corrector is not None:
                 logs["corrector_fallback"] = float(self.fallback_callback.falling_back)
             logs["reembedding_cost"] = self.total_reembedding_cost()
+            if self.reader_step is not None:
+                logs["reader_forward_passes"] = self.reader_step.forward_passes
         super().log(logs, start_time)
 
     # ---------------------------------------------------------------------------------------------------------------
@@ -346,9 +393,19 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
         if isinstance(data, dict):
             return {k: v for name, part in data.items() for k, v in
                     self.evaluate(part, ignore_keys, f"{metric_key_prefix}_{name}").items()}
-        queries = data.queries if isinstance(data, RetrievalData) else data
+        queries = data.queries if isinstance(data, (RetrievalData, OpenQAData)) else data
         if queries is None:
             raise ConfigError("evaluate() needs an eval_dataset (RetrievalData or a queries Dataset)")
+        if self.reader_step is not None:  # answer recall@k and exact match (issue 20)
+            encode = lambda texts: self.retriever.encode_queries(  # noqa: E731
+                texts, batch_size=self.args.eval_batch_size_encode, max_length=self.args.query_max_length,
+                device=self.args.device)
+            metrics = self.reader_step.evaluate(queries, encode, self.corpus_embeddings, self.args.eval_corpus_list,
+                                                metric_key_prefix)
+            metrics[f"{metric_key_prefix}_reembedding_cost"] = self.total_reembedding_cost()
+            self.log(metrics)
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics=metrics)
+            return metrics
         extra = documents_outside(queries, self.doc_index, data.corpus if isinstance(data, RetrievalData) else None)
         metrics = self.retrieval_metrics(queries, self.args.eval_corpus_list, prefix=metric_key_prefix, extra=extra)
         metrics[f"{metric_key_prefix}_reembedding_cost"] = self.total_reembedding_cost()
@@ -365,78 +422,19 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
         _, rows = exact_search(q, self.corpus_embeddings("fresh"), 100)
         return PredictionOutput(rows.numpy(), None, self.evaluate(test_dataset, ignore_keys, metric_key_prefix))
 
-    def corpus_embeddings(self, kind: str, extra: tuple[list[str], list[str]] = ([], [])) -> torch.Tensor:
-        """The corpus as ``fresh``, ``stale`` or ``corrected`` rows (see :class:`CorpusEmbeddings`)."""
+    def corpus_embeddings(self, kind: str, extra: tuple[list[str], list[str]] = ([], []), local: bool = False
+                          ) -> torch.Tensor:
+        """The corpus as ``fresh``, ``stale`` or ``corrected`` rows (see :class:`CorpusEmbeddings`; ``local``: a
+        sharded cache's rows of this process only)."""
         return CorpusEmbeddings(self.cache_manager, self.sampler.transform.function,
-                                self.args.corrector_chunk_size)(kind, self.state.global_step, extra)
+                                self.args.corrector_chunk_size, local=local)(kind, self.state.global_step, extra)
 
     def retrieval_metrics(self, queries: datasets.Dataset, kinds: list[str], prefix: str = "eval",
                           extra: tuple[list[str], list[str]] = ([], [])) -> dict[str, float]:
         q = self.retriever.encode_queries(list(queries["query"]), batch_size=self.args.eval_batch_size_encode,
                                           max_length=self.args.query_max_length, device=self.args.device)
         evaluator = RetrievalEvaluator(queries, self.doc_ids + extra[0])
-        return evaluator(q, lambda kind: self.corpus_embeddings(kind, extra), kinds, prefix=prefix)
-
-    # ---------------------------------------------------------------------------------------------------------------
-    # saving and resuming
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        self.cache_manager.prepare_save()  # sharded: gathers the shards (a collective; every process calls save_model)
-        super().save_model(output_dir, _internal_call)
-
-    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        """Save the retriever, ``corrector/`` and the arguments, written aside and then moved into place."""
-        if self.args.should_save:
-            publish_model(Path(output_dir or self.args.output_dir), self._save_model_files)
-
-    def _save_model_files(self, output_dir: str) -> None:
-        """The retriever, ``corrector/``, the arguments, the cost and the cache (``stale_cache/``: what continuing
-        training needs; ``StaleCache.load(output_dir + "/stale_cache")``)."""
-        save_model_files(output_dir, self.retriever, self.corrector, self.uses_peft, self.args.to_json_string(),
-                         {**self.cost, "total": self.total_reembedding_cost(), "num_docs": len(self.doc_ids)})
-        self.cache_manager.cache_to_save().save(Path(output_dir) / CACHE_DIR)
-
-    def _save_checkpoint(self, model, trial):
-        """Trainer's checkpoint plus the cache and this trainer's extra state (cost, sampler state). The folder is
-        marked complete only at the very end, and older checkpoints are rotated out only after that."""
-        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
-        if self.args.should_save:
-            remove_checkpoint_marker(folder)  # rewritten in place: must not look complete until it is
-        limit, self.args.save_total_limit = self.args.save_total_limit, None  # rotate after the marker, below
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self.args.save_total_limit = limit
-        if self.accelerator.num_processes > 1:
-            self.accelerator.wait_for_everyone()  # every rank's files are written before the marker
-        if not self.args.should_save or not folder.exists():
-            return
-        sampler_state, tensors = self.sampler.state_dict()
-        save_extra_state(folder, {"cost": self.cost, "fallback": self.fallback_callback.state_dict(),
-                                  "sampler": sampler_state, "global_step": self.state.global_step}, tensors)
-        write_checkpoint_marker(folder, self.state.global_step)
-        rotate_checkpoints(output_dir=str(folder.parent), save_total_limit=limit,
-                           best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
-        self._push_pending_checkpoint()
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        wrapper = self.accelerator.unwrap_model(model if model is not None else self.model)
-        load_model_weights(Path(resume_from_checkpoint), wrapper.retriever, wrapper.corrector, self.uses_peft)
-
-    def _load_best_model(self) -> None:
-        self._load_from_checkpoint(self.state.best_model_checkpoint)
-        self._load_extra_state(Path(self.state.best_model_checkpoint))
-
-    def _load_extra_state(self, folder: Path) -> None:
-        if (folder / CACHE_DIR).exists():  # written by earlier weights of this run: check the corpus only
-            cache = self.cache_class.load(folder / CACHE_DIR)
-            cache.check_provenance(doc_ids=self.doc_ids, texts=self.cache_manager.texts)
-            self.cache_manager.cache = cache
-        loaded = load_extra_state(folder)
-        if loaded is not None:
-            state, tensors = loaded
-            self.cache_manager.cost.load(state.get("cost", {}))
-            self.fallback_callback.load_state_dict(state.get("fallback", {}))
-            self.sampler.load_state_dict(state.get("sampler", {}), tensors)
+        return evaluator(q, lambda kind: self.corpus_embeddings(kind, extra, local=True), kinds, prefix=prefix)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """Trainer's ``train`` that also restores the cache and the trainer's extra state on resume."""
@@ -460,16 +458,17 @@ class CorrectorTrainer(CorrectorHubMixin, Trainer):
         return result
 
 
-def _prepare_corrector(corrector, retriever: RetrieverModel, args, corrector_class) -> CorrectorModel | None:
+def _prepare_corrector(corrector, retriever: RetrieverModel, args, strategy: NegativeStrategy, corrector_class
+                       ) -> CorrectorModel | None:
     """The corrector to train: loaded, given, or built from the arguments (None when no corrector trains)."""
     if isinstance(corrector, (str, os.PathLike)):
         corrector = corrector_class.from_pretrained(corrector)
-    trains_corrector = args.uses_corrector and args.mines_negatives
-    if args.uses_corrector and not trains_corrector:
+    trains_corrector = strategy.trains_corrector
+    if strategy.uses_corrector and not trains_corrector:
         logger.info("num_negatives=0 (in-batch negatives only): no corrector is trained")
     if corrector is None and trains_corrector:
         corrector = corrector_class(CorrectorConfig(
-            embedding_dim=retriever.embedding_dim, architecture=args.correction, hidden_dim=args.corrector_hidden_dim,
+            embedding_dim=retriever.embedding_dim, architecture=strategy.correction, hidden_dim=args.corrector_hidden_dim,
             num_layers=args.corrector_num_layers,
             retriever_name_or_path=public_model_id(retriever.config.base_model_name_or_path)))
     if corrector is not None and corrector.config.embedding_dim != retriever.embedding_dim:
@@ -478,15 +477,30 @@ def _prepare_corrector(corrector, retriever: RetrieverModel, args, corrector_cla
     return corrector if trains_corrector else None
 
 
+def _local_rows(accelerator, num_rows: int, sharding: str) -> tuple[int, int] | None:
+    """This process's rows of a cache sharded across processes (None: it holds every row)."""
+    world = int(accelerator.num_processes)
+    return row_range(num_rows, world, int(accelerator.process_index)) if sharding == "sharded" and world > 1 else None
+
+
 def _prepare_cache(cache, retriever: RetrieverModel, corpus: datasets.Dataset, args, cache_class,
-                   from_checkpoint: bool = False) -> StaleCache:
+                   from_checkpoint: bool = False, rows: tuple[int, int] | None = None) -> StaleCache:
     """The stale cache: loaded from a path, given, or built with the starting model (at ``target_max_length``).
 
+    ``rows``: this process's rows of a sharded run; a sharded cache folder is then read for those rows only.
     A cache must belong to this corpus (ids and texts) and, unless ``cache_from_other_weights`` says on purpose that
     it is an older encoder's cache to correct, to this target encoder. A checkpoint's cache was written by earlier
     weights of this run by design: only its corpus is checked.
     """
     if isinstance(cache, (str, os.PathLike)):
+        if rows is not None:  # this process's rows only, of a sharded or a single-file folder (sharded_store.py)
+            part = cache_class.load(cache, rows=rows)
+            check_part_provenance(part, cache, list(corpus["doc_id"]), list(corpus["text"]),
+                                  None if from_checkpoint else retriever,
+                                  allow_other_weights=args.cache_from_other_weights, max_length=args.target_max_length)
+            if from_checkpoint:
+                part.check_model(retriever)
+            return part
         cache = cache_class.load(cache)
     if cache is None:
         logger.info("building the stale cache: encoding %d documents with the starting model", len(corpus))

@@ -164,6 +164,11 @@ LIBRARY_SPECS: dict[str, Spec] = {
     "tree_probe_mass": _float(0.0, 1e6, low_inclusive=False),
     "tree_max_probe": _int(1),
     "tree_rebuild_radius_factor": _float(1.0, 1e6, low_inclusive=False),
+    "reader_temperature": _float(1e-4, 1e4, low_inclusive=True),
+    "reader_learning_rate": _float(0.0, 1.0, low_inclusive=False, optional=True),
+    "reader_batch_size": _int(1),
+    "reader_passage_max_length": _int(1, MAX_TOKENS),
+    "reader_eval_passages": _int(1),
 }
 
 #: numeric fields inherited from transformers.TrainingArguments

@@ -1,0 +1,312 @@
+"""A stale cache saved as one shard per process plus a manifest: no process ever holds more than its rows.
+
+Layout of a sharded cache folder (``stale_cache/`` of a checkpoint or of ``save_model``)::
+
+    stale_cache/
+      shard-00000-of-00002/   a complete StaleCache folder (cache.arrow + cache_info.json with its SHA-256)
+      shard-00001-of-00002/
+      cache_manifest.json     written last, by the main process: rows, dim, dtype, provenance and, per shard,
+                              its row range, row count, bytes and SHA-256
+
+Each process writes its own shard (:func:`write_shard`, atomic: :meth:`StaleCache.save`) into a staging folder;
+after a barrier the main process moves the shards into place and writes the manifest (:func:`finish_save`). A folder
+without a manifest is not a cache; a manifest whose shard is missing, of another size or checksum is refused naming
+the shard. :meth:`StaleCache.load` reads either layout: ``rows=(start, stop)`` reads only the shards that overlap
+(zero-copy when the range is one shard, as with ``W`` processes loading a ``W``-shard cache), without ``rows`` the
+shards are concatenated into one :class:`StaleCache`.
+
+Example:
+    >>> write_shard(part, staging, rank=0, world=2)  # on every process  # doctest: +SKIP
+    >>> finish_save(staging, "out/stale_cache")                 # on the main process, after a barrier  # doctest: +SKIP
+    >>> StaleCache.load("out/stale_cache", rows=(0, 60))        # any number of processes  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import CacheCorruptError
+from .stale_cache import CACHE_FILE, INFO_FILE, StaleCache, _check_save_target, _fsync_dir, _sha256
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_FILE = "cache_manifest.json"
+MANIFEST_VERSION = 1
+_SHARD_RE = re.compile(r"^shard-(\d{5})-of-(\d{5})$")
+_DAMAGED = "the sharded cache is incomplete or damaged: resume from another checkpoint or rebuild the cache"
+
+
+def shard_name(rank: int, world: int) -> str:
+    return f"shard-{rank:05d}-of-{world:05d}"
+
+
+def is_sharded(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is (or was being written as) a sharded cache folder (a manifest or shard folders)."""
+    path = Path(path)
+    return (path / MANIFEST_FILE).is_file() or (path.is_dir() and not (path / CACHE_FILE).exists()
+                                               and any(_SHARD_RE.match(p.name) for p in path.iterdir()))
+
+
+def staging_dir(final_dir: str | os.PathLike) -> Path:
+    """Where the processes write their shards before the main process installs them (the same on every process)."""
+    final_dir = Path(os.path.abspath(final_dir))
+    return final_dir.parent / f".{final_dir.name}.shards"
+
+
+def write_shard(part: StaleCache, staging: str | os.PathLike, rank: int, world: int) -> Path:
+    """Write this process's rows as shard ``rank`` of ``world`` (atomic); shards hold consecutive row ranges in
+    rank order."""
+    staging = Path(staging)
+    staging.mkdir(parents=True, exist_ok=True)
+    folder = staging / shard_name(rank, world)
+    part.save(folder)
+    return folder
+
+
+def finish_save(staging: str | os.PathLike, final_dir: str | os.PathLike, world: int) -> Path:
+    """Main process, after every shard is written: move the ``world`` shards of ``staging`` into ``final_dir``
+    and write the manifest last. Raises :class:`CacheCorruptError` naming a shard that is missing."""
+    staging, final_dir = Path(staging), Path(final_dir)
+    entries, dims, dtypes, provenance, expected = [], set(), set(), None, 0
+    for rank in range(world):
+        name = shard_name(rank, world)
+        folder = staging / name
+        if not (folder / INFO_FILE).is_file() or not (folder / CACHE_FILE).is_file():
+            raise CacheCorruptError(f"{folder}: shard {name} was not written (every process must call save)")
+        info = json.loads((folder / INFO_FILE).read_text())
+        dims.add(info["embedding_dim"]), dtypes.add(info["dtype"])
+        provenance = provenance if provenance is not None else info.get("provenance", {})
+        entries.append({"name": name, "start": expected, "stop": expected + int(info["num_rows"]),
+                        "sha256": info["sha256"], "bytes": (folder / CACHE_FILE).stat().st_size})
+        expected += int(info["num_rows"])
+    if len(dims) > 1 or len(dtypes) > 1:
+        raise CacheCorruptError(f"{staging}: shards disagree on dimension {sorted(dims)} or dtype {sorted(dtypes)}")
+    if final_dir.exists():
+        _check_save_target_sharded(final_dir)
+        (final_dir / MANIFEST_FILE).unlink(missing_ok=True)  # from here on the old cache is not complete
+    final_dir.mkdir(parents=True, exist_ok=True)
+    for entry in entries:
+        target = final_dir / entry["name"]
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging / entry["name"], target)
+    keep = {e["name"] for e in entries}
+    for old in final_dir.iterdir():  # shards of an earlier save with another number of processes
+        if old.is_dir() and _SHARD_RE.match(old.name) and old.name not in keep:
+            shutil.rmtree(old)
+    _fsync_dir(final_dir)
+    manifest = {"format": "sharded", "format_version": MANIFEST_VERSION, "num_rows": expected,
+                "embedding_dim": dims.pop() if dims else 0, "dtype": dtypes.pop() if dtypes else "float32",
+                "provenance": provenance or {}, "shards": entries}
+    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST_FILE}.tmp-", dir=final_dir)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(manifest, fh, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, final_dir / MANIFEST_FILE)
+    _fsync_dir(final_dir)
+    shutil.rmtree(staging, ignore_errors=True)
+    return final_dir
+
+
+def _check_save_target_sharded(path: Path) -> None:
+    """A sharded save may replace a sharded or a single-file cache folder, nothing else."""
+    if (path / CACHE_FILE).exists() or (path / INFO_FILE).exists():
+        _check_save_target(path)  # a single-file cache folder: its usual check, then swap it out
+        for name in (CACHE_FILE, INFO_FILE):
+            (path / name).unlink(missing_ok=True)
+        return
+    others = [p.name for p in path.iterdir() if not (_SHARD_RE.match(p.name) or p.name in (MANIFEST_FILE, "README.md")
+                                                     or p.name.startswith("."))]
+    if others:
+        from ..errors import UnsafeOverwriteError
+
+        raise UnsafeOverwriteError(f"{path} holds {others[:5]}: not a cache folder; refusing to write a sharded "
+                                   "cache over it")
+
+
+def read_manifest(path: str | os.PathLike, verify: str = "checksum") -> dict:
+    """The validated manifest of a sharded cache folder; every shard is checked to be there, of the recorded size
+    and (``verify="checksum"``) SHA-256. Raises :class:`CacheCorruptError` naming the folder or the shard."""
+    path = Path(path)
+    file = path / MANIFEST_FILE
+    if not file.is_file():
+        raise CacheCorruptError(f"{path}: no {MANIFEST_FILE} (a sharded cache whose save did not finish); {_DAMAGED}")
+    try:
+        manifest = json.loads(file.read_text())
+        shards = manifest["shards"]
+        num_rows = int(manifest["num_rows"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise CacheCorruptError(f"{file}: unreadable manifest ({err}); {_DAMAGED}") from None
+    expected = 0
+    for entry in shards:
+        folder = path / entry["name"]
+        data = folder / CACHE_FILE
+        if not data.is_file() or not (folder / INFO_FILE).is_file():
+            raise CacheCorruptError(f"{path}: shard {entry['name']} (rows {entry['start']}:{entry['stop']}) is "
+                                    f"missing; {_DAMAGED}")
+        if data.stat().st_size != entry["bytes"]:
+            raise CacheCorruptError(f"{data}: shard {entry['name']} has {data.stat().st_size} bytes, the manifest "
+                                    f"says {entry['bytes']} (torn); {_DAMAGED}")
+        if verify == "checksum" and _sha256(data) != entry["sha256"]:
+            raise CacheCorruptError(f"{data}: shard {entry['name']} does not match the checksum in {file}; {_DAMAGED}")
+        if entry["start"] != expected:
+            raise CacheCorruptError(f"{file}: shard {entry['name']} starts at row {entry['start']}, expected "
+                                    f"{expected}; {_DAMAGED}")
+        expected = entry["stop"]
+    if expected != num_rows:
+        raise CacheCorruptError(f"{file}: the shards cover {expected} rows, the manifest says {num_rows}; {_DAMAGED}")
+    return manifest
+
+
+def load_sharded(path: str | os.PathLike, verify: str = "checksum", rows: tuple[int, int] | None = None) -> StaleCache:
+    """Rows ``rows`` (default: all) of a sharded cache folder as one :class:`StaleCache` (see the module docstring).
+
+    Only the shards overlapping ``rows`` are opened (memory-mapped); a range equal to one shard is zero-copy."""
+    path = Path(path)
+    manifest = read_manifest(path, verify)
+    num_rows = int(manifest["num_rows"])
+    start, stop = (0, num_rows) if rows is None else (int(rows[0]), int(rows[1]))
+    if not 0 <= start <= stop <= num_rows:
+        raise CacheCorruptError(f"{path}: rows {start}:{stop} are outside the cache's {num_rows} rows")
+    parts = []
+    # the manifest's checksums were just verified: each shard is read as "rows" (schema and row count)
+    shard_verify = "rows" if verify == "checksum" else verify
+    for entry in manifest["shards"]:
+        lo, hi = max(start, entry["start"]), min(stop, entry["stop"])
+        if lo < hi:
+            parts.append(StaleCache.load(path / entry["name"], verify=shard_verify,
+                                         rows=(lo - entry["start"], hi - entry["start"])))
+    if not parts:  # an empty range (a process with no rows)
+        parts.append(StaleCache.load(path / manifest["shards"][0]["name"], verify=shard_verify, rows=(0, 0)))
+    cache = parts[0] if len(parts) == 1 else _concat(parts)
+    if verify == "checksum":
+        from .stale_cache import check_finite
+
+        check_finite(cache.matrix(), f"loaded cache embeddings ({path})")
+    cache.source = f"{path}" if rows is None else f"{path} (rows {start}:{stop})"
+    cache.provenance = dict(manifest.get("provenance", cache.provenance))
+    if rows is not None:
+        cache.row_offset, cache.total_rows = start, num_rows
+    else:
+        for attr in ("row_offset", "total_rows"):
+            if hasattr(cache, attr):
+                delattr(cache, attr)
+    return cache
+
+
+def _concat(parts: list[StaleCache]) -> StaleCache:
+    first = parts[0]
+    return StaleCache([d for p in parts for d in p.doc_ids], torch.cat([p.matrix() for p in parts]),
+                      steps=torch.cat([p.steps for p in parts]).numpy(), provenance=first.provenance,
+                      dtype=first.dtype)
+
+
+def check_part_provenance(part: StaleCache, path: str | os.PathLike, doc_ids: list[str], texts: list[str] | None,
+                          retriever: Any = None, **kwargs: Any) -> None:
+    """:meth:`StaleCache.check_provenance` of a whole sharded cache, checked from this process's rows ``part``:
+    its doc ids against ``doc_ids[part's rows]``, the corpus texts against the manifest's fingerprint, the encoder
+    against its provenance (and the part's step markers). No other process's rows are read."""
+    from ..errors import CacheMismatchError
+
+    lo = int(getattr(part, "row_offset", 0))
+    for i, (a, b) in enumerate(zip(part.doc_ids, doc_ids[lo : lo + len(part)])):
+        if a != str(b):
+            raise CacheMismatchError(f"cache row {lo + i} is doc id {a!r} but corpus row {lo + i} is {b!r}")
+    header = StaleCache.__new__(StaleCache)  # the whole cache's facts, no embeddings
+    header.dtype, header.doc_ids, header.steps = part.dtype, [str(d) for d in doc_ids], part.steps
+    header._storage = part.matrix()[:0]
+    header.provenance, header.source, header._row_of = dict(part.provenance), str(path), None
+    if len(doc_ids) != int(getattr(part, "total_rows", len(part))):
+        raise CacheMismatchError(f"the stale cache at {path} has {getattr(part, 'total_rows', len(part))} rows but "
+                                 f"the corpus has {len(doc_ids)} documents")
+    header.check_provenance(retriever, texts=texts, **kwargs)
+
+
+class ShardedCacheSummary:
+    """What a dataset card needs of a sharded cache (rows, dim, dtype, provenance, step markers), without its
+    embeddings: the step markers (8 bytes a row) are read shard by shard."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.manifest = read_manifest(self.path, verify="rows")
+        self.dtype = self.manifest["dtype"]
+        self.dim = int(self.manifest["embedding_dim"])
+        self.provenance = dict(self.manifest.get("provenance", {}))
+        self.steps = torch.cat([StaleCache.load(self.path / e["name"], verify="rows").steps
+                                for e in self.manifest["shards"]]) if self.manifest["shards"] else torch.zeros(0)
+        self.source = str(self.path)
+
+    def __len__(self) -> int:
+        return int(self.manifest["num_rows"])
+
+    @property
+    def nbytes(self) -> int:
+        return len(self) * self.dim * torch.empty(0, dtype=getattr(torch, self.dtype)).element_size()
+
+    def info(self) -> dict[str, Any]:
+        from .stale_cache import FORMAT_VERSION, INITIAL_STEP
+
+        n = len(self)
+        return {"format_version": FORMAT_VERSION, "num_rows": n, "embedding_dim": self.dim, "dtype": self.dtype,
+                "provenance": self.provenance,
+                "steps": {"min": int(self.steps.min()) if n else None, "max": int(self.steps.max()) if n else None,
+                          "initial_rows": int((self.steps == INITIAL_STEP).sum())},
+                "shards": len(self.manifest["shards"])}
+
+
+def push_to_hub(path: str | os.PathLike, repo_id: str, private: bool | None = None, token: str | None = None,
+                commit_message: str = "Upload stale cache", card: str | None = None) -> str:
+    """Publish a saved cache folder (sharded or single-file) as a dataset repo in ``datasets``' sharded layout:
+    ``data/train-0000r-of-0000W.parquet`` per shard (one shard in memory at a time), ``cache_info.json`` and the
+    card. ``StaleCache.from_hub`` / ``datasets.load_dataset`` read it back as one split.
+
+    Example:
+        >>> push_to_hub("out/stale_cache", "me/my-cache")  # doctest: +SKIP
+    """
+    import pyarrow.parquet as pq
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    path = Path(path)
+    if not is_sharded(path):
+        return StaleCache.load(path, verify="rows").push_to_hub(repo_id, private=private, token=token,
+                                                                commit_message=commit_message, card=card)
+    summary = ShardedCacheSummary(path)
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    shards = summary.manifest["shards"]
+    with tempfile.TemporaryDirectory() as tmp:
+        ops = []
+        for i, entry in enumerate(shards):
+            part = StaleCache.load(path / entry["name"], verify="rows")
+            local = Path(tmp) / f"train-{i:05d}-of-{len(shards):05d}.parquet"
+            pq.write_table(part.dataset.data.table, local)
+            ops.append(CommitOperationAdd(f"data/{local.name}", str(local)))
+            del part
+        info = {k: v for k, v in summary.info().items() if k != "shards"}
+        ops.append(CommitOperationAdd("cache_info.json", json.dumps(info, indent=2).encode()))
+        if card is None:
+            from ..hub.cache_card import render_cache_card
+
+            card = render_cache_card(summary, repo_id=None, keep_existing_metadata=False)
+        ops.append(CommitOperationAdd("README.md", card.encode()))
+        api.create_commit(repo_id, ops, repo_type="dataset", commit_message=commit_message)
+    return repo_id
+
+
+def cache_summary(path: str | os.PathLike) -> Any:
+    """What a card needs of a saved cache folder, without holding a sharded cache's embeddings."""
+    return ShardedCacheSummary(path) if is_sharded(path) else StaleCache.load(path, verify="rows")
+
+
+__all__ = ["MANIFEST_FILE", "ShardedCacheSummary", "cache_summary", "check_part_provenance", "finish_save", "is_sharded", "load_sharded", "push_to_hub",
+           "read_manifest", "shard_name", "staging_dir", "write_shard"]
