@@ -242,3 +242,19 @@ def test_trains_inside_corrector_trainer(tmp_path, correction):
     assert vectors is not None
     dist = (vectors.float() - tree.centroids[tree.assign]).norm(dim=1)
     assert bool((dist <= tree.radius[tree.assign]).all())
+
+
+@pytest.mark.parametrize("name", ["tree-nystrom", "tree-corrector-linear"])
+def test_testbed_tree_scores_are_the_corrected_scores(name):
+    """On the synthetic testbed (issue 18), the tree with a map folded into the query reports, for the rows it
+    draws, the same corrected scores the exhaustive path computes (Nyström map with its offset / linear h)."""
+    from hf_corrector.testbed import build_strategy, make_testbed
+
+    tb = make_testbed(N=400, d=8, seed=1, drift=5, pretrain_steps=5, feature_dim=6, hidden=16, num_train=64,
+                      num_test=16, batch_size=32)
+    sampler = build_strategy(name, tb, corrector_steps=3, corrector_batch=16, k=4, nystrom_landmarks=32).sampler
+    q = tb.encode_queries(tb.train_queries[:8])
+    sel = sampler.sample(q, [[int(p)] for p in tb.train_positives[:8]], [str(i) for i in range(8)], 4, step=0)
+    expected = sampler.score_rows(q, sel.indices, step=0)
+    assert torch.allclose(sel.scores, expected, atol=1e-4)
+    assert not torch.allclose(expected, torch.einsum("bd,bkd->bk", q, tb.stale[sel.indices]), atol=1e-3)
