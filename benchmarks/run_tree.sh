@@ -3,6 +3,6 @@
 set -euo pipefail
 PY=${PY:-python}
 cd "$(dirname "$0")/.."
-$PY benchmarks/tree.py --sizes 100000 --output benchmarks/results/tree_1e5.json
+$PY benchmarks/tree.py --sizes 100000 --grad-size 0 --output benchmarks/results/tree_1e5.json
 $PY benchmarks/tree.py --sizes 1000000 --kinds clustered --betas 20 100 --grad-size 0 --steps 2 \
     --output benchmarks/results/tree_1e6.json

@@ -120,8 +120,7 @@ class ClusterTree:
         if n > two_level_rows and c >= 16:
             from faiss.contrib.clustering import two_level_clustering
 
-            centroids, _ = two_level_clustering(x, int(round(math.sqrt(c))), c, clustering_niter=niter, seed=seed,
-                                                niter=niter)
+            centroids, _ = two_level_clustering(x, int(round(math.sqrt(c))), c, clustering_niter=niter, seed=seed)
         else:
             km = faiss.Kmeans(d, c, niter=niter, seed=seed, max_points_per_centroid=256, min_points_per_centroid=1)
             km.train(x)
@@ -385,8 +384,8 @@ class _QueryDraw:
                 self.cluster_accepts.index_add_(0, cl[acc], torch.ones_like(cl[acc]))
             out.append(row[ok])
             got += int(ok.sum())
-            if int(ok.sum()) < batch // 10:
-                self.probe_next()
+            if int(ok.sum()) < batch // 10:  # tighten the envelope (groups growing with the probed set)
+                self.probe_next(max(1, len(self.probed) // 4))
         return torch.cat(out)[:num]
 
     def draw(self, exact: bool, replace: bool, batch: int = 64, max_attempts: int = 256) -> tuple[int, float]:
@@ -399,7 +398,7 @@ class _QueryDraw:
                 if exact and self.probe_next():
                     continue
                 raise ValueError("no allowed row left to draw")
-            if attempts >= max_attempts and self.probe_next():  # tighten the envelope (adaptive, still exact)
+            if attempts >= max_attempts and self.probe_next(max(1, len(self.probed) // 4)):  # tighten (still exact)
                 attempts = 0
                 continue
             coin = torch.rand(batch, generator=self.gen, dtype=torch.float64) * (z + u)
