@@ -258,3 +258,13 @@ def test_testbed_tree_scores_are_the_corrected_scores(name):
     expected = sampler.score_rows(q, sel.indices, step=0)
     assert torch.allclose(sel.scores, expected, atol=1e-4)
     assert not torch.allclose(expected, torch.einsum("bd,bkd->bk", q, tb.stale[sel.indices]), atol=1e-3)
+
+
+def test_two_level_build_covers_every_row():
+    """Above ``two_level_rows`` the tree is built by faiss' two-level clustering (crashed before: niter twice)."""
+    from hf_corrector.negatives import ClusterTree
+
+    v = torch.nn.functional.normalize(torch.randn(3000, 8, generator=torch.Generator().manual_seed(0)), dim=1)
+    tree = ClusterTree.build(v, 64, two_level_rows=1000, niter=3)
+    assert tree.num_clusters == 64 and int(tree.counts.sum()) == 3000
+    assert bool(((v - tree.centroids[tree.assign]).norm(dim=1) <= tree.radius[tree.assign]).all())
