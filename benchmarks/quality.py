@@ -53,6 +53,9 @@ ALL_ROWS = ["inbatch", "stale", "refresh_half", "refresh_quarter", "refresh_tent
 #: amortised correction (corrected_view_steps=M) of the corrector_cemse row: corrector_view<M>
 VIEW_ROWS = [f"corrector_view{m}" for m in (1, 2, 5, 10, 20, 30)]
 ALL_ROWS += VIEW_ROWS
+#: the dynamic-index tree sampler (AISTATS 2023; issue 19): exact draws from softmax(score / 0.05) over the stale
+#: cache (tree) or its Nyström-corrected scores (tree_nystrom, the paper's method)
+ALL_ROWS += ["tree", "tree_nystrom"]
 DESCRIPTIONS = {
     "start": "starting model, no training",
     "inbatch": "in-batch negatives only",
@@ -68,6 +71,8 @@ DESCRIPTIONS = {
     "tele": "ANCE-Tele + refresh every T/2",
     "st_mnrl": "ST MNRL, in-batch negatives",
     "st_mnrl_hn": "ST MNRL + mine_hard_negatives",
+    "tree": "tree sampler, exact softmax draws, stale cache",
+    "tree_nystrom": "tree sampler, exact softmax draws, Nystrom scores",
     **{r: f"corrector (CE+MSE), corrected view recomputed every {r[len('corrector_view'):]} steps" for r in VIEW_ROWS},
 }
 METRICS = ("ndcg@10", "recall@100", "mrr@10")
@@ -145,6 +150,10 @@ def trainer_kwargs(row: str, args) -> dict:
         kw.update(correction="nystrom", nystrom_refit_steps=max(1, math.ceil(2 * args.steps / 3)))
     elif row == "tele":
         kw["tele_negatives"] = True
+    elif row in ("tree", "tree_nystrom"):  # sampling_temperature: the library default 0.05 (beta 20)
+        kw.update(tree_sampler=True, negative_sampling="gumbel")
+        if row == "tree_nystrom":  # the nystrom row's refit schedule
+            kw.update(correction="nystrom", nystrom_refit_steps=max(1, math.ceil(2 * args.steps / 3)))
     return kw
 
 
@@ -289,7 +298,7 @@ def run_trainer_row(ctx: Context, row: str, seed: int) -> dict:
             res["cos_stale_fresh"] = cos_mean(stale, fresh)
             res["cos_stale_fresh_unused"] = cos_mean(stale[unused], fresh[unused]) if unused.any() else None
             res["num_used_docs"] = int((~unused).sum())
-            if trainer.args.uses_corrector or row == "nystrom":
+            if trainer.args.uses_corrector or row in ("nystrom", "tree_nystrom"):
                 corrected = trainer.corpus_embeddings("corrected")
                 res.update({f"corrected_{k}": v for k, v in ctx.metrics(q, corrected).items()})
                 res["cos_corrected_fresh"] = cos_mean(corrected, fresh)

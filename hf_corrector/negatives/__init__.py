@@ -13,6 +13,8 @@ arguments                                  sampler (score transform)
 ``correction="nystrom"``                   :class:`ExhaustiveSampler` (:class:`NystromTransform`)
 ``candidate_index`` = flat / ivf / hnsw    :class:`TwoStageSampler` (same transforms)
 ``tele_negatives=True``                    :class:`TeleSampler` (same transforms for the in-between pools)
+``tree_sampler=True``                      :class:`TreeSampler` (exact softmax sampling / top-k through a cluster
+                                           tree; linear maps fold into the query, MLP via the corrected view)
 =========================================  ==========================================================================
 
 ``negative_sampling`` (``topk`` / ``gumbel``) picks the rule inside the exhaustive and two-stage samplers. A
@@ -36,6 +38,7 @@ from .false_negatives import FalseNegativeFilter
 from .miner import NegativeMiner
 from .nystrom import NystromTransform, fit_nystrom_map
 from .tele import TeleSampler
+from .tree import ClusterTree, TreeSampler
 from .topk import Selection, gumbel_noise, query_generator, select_negatives
 from .transforms import (CorrectorTransform, IdentityTransform, LinearCorrectorTransform, ScoreTransform,
                          Transform)
@@ -43,6 +46,7 @@ from .transforms import (CorrectorTransform, IdentityTransform, LinearCorrectorT
 __all__ = [
     "CacheReader",
     "CandidateIndex",
+    "ClusterTree",
     "CorrectorTransform",
     "ExhaustiveSampler",
     "FalseNegativeFilter",
@@ -57,6 +61,7 @@ __all__ = [
     "Selection",
     "TeleSampler",
     "TrainingExamples",
+    "TreeSampler",
     "Transform",
     "TwoStageSampler",
     "fit_nystrom_map",

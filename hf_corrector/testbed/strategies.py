@@ -33,7 +33,7 @@ from ..cache.manager import CacheManager
 from ..errors import ConfigError
 from ..models.corrector import CorrectorConfig, CorrectorModel
 from ..negatives import (CorrectorTransform, ExhaustiveSampler, IdentityTransform, LinearCorrectorTransform,
-                         NegativeSampler, NystromTransform, TeleSampler, TwoStageSampler)
+                         NegativeSampler, NystromTransform, TeleSampler, TreeSampler, TwoStageSampler)
 from ..training.losses import corrector_loss
 from .adapter import setup_sampler, tensor_cache_manager
 from .evaluate import draw_rows, evaluate_sampler
@@ -238,6 +238,39 @@ def _oracle(tb: Testbed, opts: StrategyOptions) -> Built:
 def _exact_softmax(tb: Testbed, opts: StrategyOptions) -> Built:
     manager = tensor_cache_manager(tb.fresh, tb.encode_targets)
     return Built(_setup(ExhaustiveSampler("gumbel", 1.0 / tb.beta), tb, manager), tb.num_targets, manager=manager)
+
+
+# -- the dynamic-index tree sampler (AISTATS 2023): exact draws from the softmax over all N of its scores ----------
+@register("tree-stale", stochastic=True)
+def _tree_stale(tb: Testbed, opts: StrategyOptions) -> Built:
+    """Exact Gumbel-top-k draws from softmax(β · stale score) through the cluster tree (the distribution of
+    ``stale-gumbel``, at sub-linear cost)."""
+    manager = stale_manager(tb)
+    return Built(_setup(TreeSampler("gumbel", 1.0 / tb.beta), tb, manager), manager=manager)
+
+
+@register("tree-nystrom", stochastic=True)
+def _tree_nystrom(tb: Testbed, opts: StrategyOptions) -> Built:
+    """The paper's method: the tree over the stale cache, the Nyström map folded into the query, exact draws from
+    softmax(β · Nyström-corrected score)."""
+    transform = NystromTransform(opts.nystrom_landmarks, "uniform", ridge=1e-3, residual=True)
+    manager = stale_manager(tb)
+    sampler = _setup(TreeSampler("gumbel", 1.0 / tb.beta, transform=transform), tb, manager)
+    transform.fit(0)
+    return Built(sampler, manager.cost.landmark_encodings, manager=manager)
+
+
+@register("tree-corrector-linear", stochastic=True)
+def _tree_corrector(tb: Testbed, opts: StrategyOptions) -> Built:
+    """A linear corrector (trained as ``corrector-linear``) folded into the query; the tree is untouched."""
+    return _corrected(tb, opts, "linear", lambda t: TreeSampler("gumbel", 1.0 / tb.beta, transform=t))
+
+
+@register("tree-fresh", stochastic=True)
+def _tree_fresh(tb: Testbed, opts: StrategyOptions) -> Built:
+    """The tree over the fresh embeddings: the same distribution as ``exact-softmax`` (a check of exactness)."""
+    manager = tensor_cache_manager(tb.fresh, tb.encode_targets)
+    return Built(_setup(TreeSampler("gumbel", 1.0 / tb.beta), tb, manager), tb.num_targets, manager=manager)
 
 
 def evaluate_strategy(name: str, testbed: Testbed, k: int = 16, num_queries: int = 256, draws: int = 8,

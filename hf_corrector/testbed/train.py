@@ -27,14 +27,15 @@ import torch
 
 from ..errors import ConfigError
 from ..models.corrector import CorrectorConfig, CorrectorModel
-from ..negatives import CorrectorTransform, ExhaustiveSampler, IdentityTransform, NystromTransform, TeleSampler
+from ..negatives import (CorrectorTransform, ExhaustiveSampler, IdentityTransform, NystromTransform, TeleSampler,
+                         TreeSampler)
 from ..training.losses import corrector_loss, task_loss
 from .adapter import setup_sampler, tensor_cache_manager
 from .evaluate import draw_rows
 from .ground_truth import DualEncoder, Testbed, full_softmax_loss
 
 E2E_STRATEGIES = ("stale", "corrector", "corrector-linear", "nystrom", "refresh", "ance-tele", "oracle",
-                  "full-softmax")
+                  "full-softmax", "tree", "tree-nystrom")
 
 
 @torch.no_grad()
@@ -81,11 +82,13 @@ def train_end_to_end(tb: Testbed, strategy: str, steps: int = 200, k: int = 16, 
                                                    strategy == "corrector-linear" else "mlp")).eval()
         transform = CorrectorTransform(lambda: corrector)
         h_opt = torch.optim.Adam(corrector.parameters(), lr=corrector_lr)
-    elif strategy == "nystrom":
+    elif strategy in ("nystrom", "tree-nystrom"):
         transform = NystromTransform(nystrom_landmarks, "uniform", ridge=1e-3, residual=True, refit_steps=refresh_every)
     sampler = None
     if strategy == "ance-tele":
         sampler = TeleSampler(tele_pool_size, transform=transform)
+    elif strategy.startswith("tree"):  # the dynamic-index paper: exact draws from softmax(β · stale or Nyström score)
+        sampler = TreeSampler("gumbel", 1.0 / tb.beta, transform=transform)
     elif strategy != "full-softmax":
         sampler = ExhaustiveSampler("topk", transform=transform)
     if sampler is not None:

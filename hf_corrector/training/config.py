@@ -11,6 +11,7 @@ full re-embedding every R steps   ``correction="none", cache_refresh_steps=R`` (
 corrector, no refresh (headline)  ``correction="mlp"`` (the default)
 corrector plus refresh            ``correction="mlp", cache_refresh_steps=R``
 Nyström low-rank correction       ``correction="nystrom"`` (+ ``nystrom_*``)
+tree sampler (dynamic index)      ``tree_sampler=True, negative_sampling="gumbel"`` (+ ``tree_*``)
 ================================  ==============================================================================
 
 Defaults overridden from :class:`transformers.TrainingArguments`, and why:
@@ -47,6 +48,7 @@ NONFINITE_ACTIONS = ("raise", "skip")
 NYSTROM_LANDMARKS = ("uniform", "recent")
 CACHE_SHARDING = ("replicated", "sharded")
 SCORING_DTYPES = ("float32", "bfloat16", "float16")
+TREE_MODES = ("exact", "truncated")
 
 
 @dataclass
@@ -232,6 +234,35 @@ class CorrectorTrainingArguments(TrainingArguments):
     candidate_pool_size: int = field(default=1024, metadata={"help": "Candidates per query from the faiss index."})
     candidate_nprobe: int = field(default=16, metadata={"help": "IVF lists searched per query (candidate_index='ivf')."})
 
+    # -- tree sampler (dynamic index, AISTATS 2023; issue 19) ----------------------------------------------------------
+    tree_sampler: bool = field(
+        default=False,
+        metadata={"help": "Choose negatives through a cluster tree over the cache (faiss k-means, covering radii): "
+                          "negative_sampling='gumbel' draws exactly from softmax(score / sampling_temperature) over "
+                          "all rows by bounded rejection, 'topk' gives the exact top-k by branch and bound. Rows are "
+                          "updated in place on write-backs and refreshes; degraded clusters are re-clustered locally. "
+                          "Needs cache_sharding='replicated'; an MLP corrector needs corrected_view_steps > 0."},
+    )
+    tree_mode: str = field(
+        default="exact",
+        metadata={"help": "'exact' (rejection sampling of the rows outside the probed clusters) or 'truncated' "
+                          "(draw from the probed clusters only; the certified bound on the mass left out is logged)."},
+    )
+    tree_num_clusters: int | None = field(
+        default=None, metadata={"help": "Clusters of the tree (default about 4 sqrt(N))."}
+    )
+    tree_probe_mass: float = field(
+        default=0.1,
+        metadata={"help": "Probe clusters (score their rows exactly) until the bound mass of the others is at most "
+                          "this fraction of the probed mass. Exactness does not depend on it, only the cost."},
+    )
+    tree_max_probe: int = field(default=32, metadata={"help": "Clusters probed per query in tree_mode='truncated'."})
+    tree_rebuild_radius_factor: float = field(
+        default=1.5,
+        metadata={"help": "Re-cluster a cluster locally when its radius grows past this factor of its radius at "
+                          "(re)build (> 1)."},
+    )
+
     # -- reader-supervised retriever training (issue 20; see hf_corrector.training.reader_step) --------------------------
     reader_loss: str = field(
         default="none",
@@ -289,7 +320,8 @@ class CorrectorTrainingArguments(TrainingArguments):
                               ("corrector_loss", CORRECTOR_LOSSES), ("candidate_index", CANDIDATE_INDEXES),
                               ("nystrom_landmark_selection", NYSTROM_LANDMARKS), ("hard_negatives", HARD_NEGATIVES),
                               ("cache_dtype", CACHE_DTYPES), ("nonfinite_action", NONFINITE_ACTIONS),
-                              ("cache_sharding", CACHE_SHARDING), ("scoring_dtype", SCORING_DTYPES)):
+                              ("cache_sharding", CACHE_SHARDING), ("scoring_dtype", SCORING_DTYPES),
+                              ("tree_mode", TREE_MODES)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         from ..cache.placement import check_cache_device
@@ -328,6 +360,7 @@ class CorrectorTrainingArguments(TrainingArguments):
         if self.tele_negatives and self.negative_sampling != "topk":
             problems.append("negative_sampling='gumbel' does not apply to tele_negatives=True (ANCE-Tele draws "
                             "uniformly from its pools): drop negative_sampling")
+        problems += self._tree_problems()
         if self.tele_pool_steps and not self.tele_negatives:
             problems.append("tele_pool_steps needs tele_negatives=True")
         if not self.uses_corrector:
@@ -350,6 +383,25 @@ class CorrectorTrainingArguments(TrainingArguments):
                                     "cache): use hard_negatives='dataset+cache' or drop it")
         if problems:
             raise ConfigError("invalid strategy: " + "; ".join(problems))
+
+    def _tree_problems(self) -> list[str]:
+        """What ``tree_sampler=True`` cannot do, and what to change."""
+        if not self.tree_sampler:
+            return []
+        out = [f"{name} is not used with tree_sampler=True: drop one of them"
+               for on, name in [(self.tele_negatives, "tele_negatives"),
+                                (self.candidate_index != "none", "candidate_index")] if on]
+        if self.cache_sharding == "sharded":
+            out.append("tree_sampler=True keeps the whole cache and its tree in the host memory of every process "
+                       "(the paper's setting; a tree over rows sharded across processes is not implemented): use "
+                       "cache_sharding='replicated'")
+        if self.cache_device not in ("auto", "cpu"):
+            out.append(f"tree_sampler=True reads the cache in host memory (the paper's setting), not on "
+                       f"cache_device={self.cache_device!r}: use cache_device='cpu'")
+        if self.correction == "mlp" and self.corrected_view_steps == 0:
+            out.append("tree_sampler=True indexes fixed vectors: correction='mlp' needs corrected_view_steps > 0 "
+                       "(the tree indexes the materialised corrected view)")
+        return out
 
     @property
     def eval_corpus_list(self) -> list[str]:

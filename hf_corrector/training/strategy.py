@@ -45,7 +45,7 @@ from ..errors import ConfigError
 from ..models.corrector import CorrectorModel
 from ..negatives import (CorrectorTransform, ExhaustiveSampler, FalseNegativeFilter, IdentityTransform,
                          LinearCorrectorTransform, NegativeMiner, NegativeSampler, NystromTransform, ScoreTransform,
-                         TeleSampler, TwoStageSampler)
+                         TeleSampler, TreeSampler, TwoStageSampler)
 from .config import CorrectorTrainingArguments
 
 logger = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ STRATEGY_ARGUMENTS = (
     "tele_negatives", "tele_pool_size", "tele_momentum_weight", "tele_lookahead_weight", "tele_use_ann",
     "tele_use_lookahead", "tele_use_momentum", "tele_pool_steps", "candidate_index", "candidate_pool_size",
     "candidate_nprobe", "uses_corrector", "mines_negatives",
+    "tree_sampler", "tree_mode", "tree_num_clusters", "tree_probe_mass", "tree_max_probe", "tree_rebuild_radius_factor",
 )
 
 
@@ -177,6 +178,35 @@ class TeleOptions(SamplerOptions):
     def build(self, strategy: NegativeStrategy, transform: ScoreTransform) -> NegativeSampler:
         return TeleSampler(self.pool, self.momentum_weight, self.lookahead_weight, self.use_ann, self.use_lookahead,
                            self.use_momentum, self.pool_steps, transform=transform)
+
+
+@register_sampler("tree", priority=15)
+@dataclass(frozen=True)
+class TreeOptions(SamplerOptions):
+    """The dynamic-index tree sampler (Monath et al., AISTATS 2023): exact softmax draws / exact top-k through
+    a cluster tree over the cache in host memory (:class:`~hf_corrector.negatives.tree.TreeSampler`)."""
+
+    method: str = "gumbel"
+    temperature: float = 0.05
+    mode: str = "exact"
+    num_clusters: int | None = None
+    probe_mass: float = 0.1
+    max_probe: int = 32
+    rebuild_radius_factor: float = 1.5
+
+    @classmethod
+    def selected(cls, args: CorrectorTrainingArguments) -> bool:
+        return args.tree_sampler
+
+    @classmethod
+    def from_args(cls, args: CorrectorTrainingArguments) -> TreeOptions:
+        return cls(args.negative_sampling, args.sampling_temperature, args.tree_mode, args.tree_num_clusters,
+                   args.tree_probe_mass, args.tree_max_probe, args.tree_rebuild_radius_factor)
+
+    def build(self, strategy: NegativeStrategy, transform: ScoreTransform) -> NegativeSampler:
+        return TreeSampler(self.method, self.temperature, transform=transform, mode=self.mode,
+                           num_clusters=self.num_clusters, probe_mass=self.probe_mass, max_probe=self.max_probe,
+                           rebuild_radius_factor=self.rebuild_radius_factor)
 
 
 # -- the strategy -----------------------------------------------------------------------------------------------------
