@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import random
+
+import torch
 
 import pytest
 
@@ -17,11 +20,11 @@ def _one_thread(one_thread):
     """Single-threaded (see conftest.one_thread)."""
 
 
-def _trainer(tmp_path, **kw):
+def _trainer(tmp_path, model=None, **kw):
     train, _ = tiny_data()
     args = CorrectorTrainingArguments(str(tmp_path / "out"), **{**TINY_TRAINING_DEFAULTS, "num_negatives": 3,
                                                                "max_steps": 2, **kw})
-    return CorrectorTrainer(model=tiny_retriever(tmp_path), args=args, train_dataset=train)
+    return CorrectorTrainer(model=model or tiny_retriever(tmp_path), args=args, train_dataset=train)
 
 
 def _warnings(caplog):
@@ -45,3 +48,19 @@ def test_no_warning_when_accumulation_changes_nothing(tmp_path, caplog, kw):
     caplog.set_level(logging.WARNING, logger=LOGGER)
     _trainer(tmp_path, **kw)
     assert not _warnings(caplog)
+
+
+def _losses(trainer):
+    trainer.train()
+    return [row["loss"] for row in trainer.state.log_history if "loss" in row]
+
+
+def test_the_same_seed_twice_in_one_process_gives_the_same_run(tmp_path):
+    kw = {"max_steps": 4, "logging_steps": 1, "seed": 7}
+    runs = []
+    for name, noise in (("a", 1), ("b", 12345)):
+        retriever = tiny_retriever(tmp_path / name)
+        torch.manual_seed(noise)  # whatever ran before the trainer (another run, user code) must not matter
+        random.seed(noise)
+        runs.append(_losses(_trainer(tmp_path / name, model=retriever, **kw)))
+    assert len(runs[0]) == 4 and runs[0] == runs[1]

@@ -21,6 +21,18 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 
+def seed_before_set_up(args: Any) -> None:
+    """Seed as ``Trainer.__init__`` does, but before the corrector (and anything else random) is built, so the same
+    seed twice in one process gives the same run whatever ran before (``Trainer`` seeds only in its own
+    ``__init__``, after :class:`CorrectorTrainer` has initialised the corrector from the global generator)."""
+    from transformers.trainer_utils import enable_full_determinism, set_seed
+
+    if getattr(args, "full_determinism", False):
+        enable_full_determinism(args.seed)
+    else:
+        set_seed(args.seed)
+
+
 def warn_accumulation_is_not_a_bigger_batch(args: Any) -> bool:
     """Log one warning when ``gradient_accumulation_steps > 1`` with in-batch negatives; return whether it did."""
     steps = int(getattr(args, "gradient_accumulation_steps", 1) or 1)
@@ -35,4 +47,4 @@ def warn_accumulation_is_not_a_bigger_batch(args: Any) -> bool:
     return True
 
 
-__all__ = ["warn_accumulation_is_not_a_bigger_batch"]
+__all__ = ["seed_before_set_up", "warn_accumulation_is_not_a_bigger_batch"]
