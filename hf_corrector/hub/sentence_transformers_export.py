@@ -22,8 +22,10 @@ own max length, and plain ``encode`` uses the document tower.
 :func:`export_sentence_transformers` writes the classic standalone layout (Transformer at the root) for a folder
 that only sentence-transformers has to read. sentence-transformers is not needed to write either, only to load.
 
-Caveat (shared towers): one ``max_seq_length`` for both sides, the document one (``target_max_length``); queries
-longer than ``query_max_length`` are truncated later by ``encode_query`` than by ``encode_queries``.
+Shared towers: one ``Transformer`` module with ``max_seq_length`` = ``target_max_length`` and the per-task lengths
+of sentence-transformers 6 (``query_length`` = ``query_max_length``, ``document_length``), so ``encode_query``
+truncates a long query where :meth:`RetrieverModel.encode_queries` does (with an older sentence-transformers
+installed at save time they are not written, with a warning).
 
 Example:
     >>> retriever.save_pretrained("out/final")  # doctest: +SKIP
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import importlib.metadata
+import inspect
 import json
 import logging
 import os
@@ -74,12 +77,32 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
-def _write_transformer(encoder: Any, tokenizer: Any, folder: Path, max_length: int, safe_serialization: bool) -> None:
-    """A sentence-transformers ``Transformer`` module: backbone, tokenizer and ``sentence_bert_config.json``."""
+def _task_lengths_supported() -> bool:
+    """Whether the installed sentence-transformers' ``Transformer`` takes per-task lengths (``query_length`` /
+    ``document_length``, sentence-transformers 6); older versions refuse unknown keys in ``sentence_bert_config``."""
+    try:
+        from sentence_transformers.base.modules import Transformer
+    except ImportError:
+        return False
+    return "query_length" in inspect.signature(Transformer.__init__).parameters
+
+
+def _write_transformer(encoder: Any, tokenizer: Any, folder: Path, max_length: int, safe_serialization: bool,
+                       query_length: int | None = None) -> None:
+    """A sentence-transformers ``Transformer`` module: backbone, tokenizer and ``sentence_bert_config.json``
+    (with ``query_length`` / ``document_length`` when one module serves both sides and the library takes them)."""
     folder.mkdir(parents=True, exist_ok=True)
     _plain_encoder(encoder).save_pretrained(folder, safe_serialization=safe_serialization)
     tokenizer.save_pretrained(folder)
-    _write_json(folder / "sentence_bert_config.json", {"max_seq_length": int(max_length), "do_lower_case": False})
+    settings: dict[str, Any] = {"max_seq_length": int(max_length), "do_lower_case": False}
+    if query_length is not None and int(query_length) != int(max_length):
+        if _task_lengths_supported():
+            settings.update(query_length=int(query_length), document_length=int(max_length))
+        else:
+            logger.warning("the installed sentence-transformers has no per-task lengths: SentenceTransformer(...)."
+                           "encode_query will truncate queries at %d tokens, not at query_max_length=%d (upgrade "
+                           "to sentence-transformers >= 6 and save again)", max_length, query_length)
+    _write_json(folder / "sentence_bert_config.json", settings)
 
 
 def _check_tower(retriever: RetrieverModel, tower: str | None) -> str:
@@ -138,7 +161,7 @@ def write_sentence_transformers_files(
         encoder = retriever.tower("query" if side == "query" else "target")
         max_length = cfg.query_max_length if side == "query" else cfg.target_max_length
         _write_transformer(encoder, retriever.tokenizer, path / transformer_dir if transformer_dir else path,
-                           max_length, safe_serialization)
+                           max_length, safe_serialization, query_length=cfg.query_max_length if side == "both" else None)
         modules = [{"idx": 0, "name": "0", "path": transformer_dir, "type": _TYPES["Transformer"]}]
 
     (path / "1_Pooling").mkdir(exist_ok=True)

@@ -207,6 +207,9 @@ def read_sentence_transformers_settings(name_or_path: str | os.PathLike, **hub_k
             bert_cfg = _read_json(file_in(module_dir, "sentence_bert_config.json"))
             if bert_cfg.get("max_seq_length"):
                 settings["max_seq_length"] = int(bert_cfg["max_seq_length"])
+            for key in ("query_length", "document_length"):  # sentence-transformers 6 per-task lengths
+                if bert_cfg.get(key):
+                    settings[key] = int(bert_cfg[key])
         else:
             logger.warning("%s: sentence-transformers module %s (%s) has no counterpart in RetrieverModel; "
                            "embeddings will differ from SentenceTransformer's", name_or_path, kind, module_dir)

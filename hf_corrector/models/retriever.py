@@ -31,7 +31,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedConfig,
 from transformers.utils import ModelOutput
 
 from ..errors import ConfigError
-from .hub_files import HUB_KWARGS, check_local_folder, read_sentence_transformers_settings
+from .hub_files import HUB_KWARGS, check_local_folder, model_file, read_sentence_transformers_settings
 from .pooling import check_pooling, pool
 
 logger = logging.getLogger(__name__)
@@ -194,8 +194,8 @@ class RetrieverModel(PreTrainedModel):
             normalize=normalize,
             softmax_temperature=softmax_temperature,
             shared_towers=shared_towers,
-            query_max_length=query_max_length or min(64, max_len),
-            target_max_length=target_max_length or max_len,
+            query_max_length=query_max_length or st.get("query_length") or min(64, max_len),
+            target_max_length=target_max_length or st.get("document_length") or max_len,
             query_prefix=st.get("query_prefix", ""),
             target_prefix=st.get("target_prefix", ""),
             base_model_name_or_path=str(name_or_path),
@@ -215,6 +215,10 @@ class RetrieverModel(PreTrainedModel):
         """
         if isinstance(pretrained_model_name_or_path, (str, os.PathLike)):
             pretrained_model_name_or_path = check_local_folder(pretrained_model_name_or_path, "retriever")
+            hub = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
+            saved_type = _saved_model_type(pretrained_model_name_or_path, hub)
+            if saved_type not in (None, cls.config_class.model_type):
+                return _load_foreign_folder(cls, pretrained_model_name_or_path, saved_type, hub)
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         model._freeze_unused_heads()  # from_pretrained resets requires_grad: an unfrozen pooler breaks DDP
         tok_kwargs = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
@@ -365,6 +369,30 @@ class RetrieverModel(PreTrainedModel):
             "normalize": self.config.normalize,
             "target_max_length": self.config.target_max_length,
         }
+
+
+def _saved_model_type(name_or_path: str, hub_kwargs: dict) -> str | None:
+    """``model_type`` of the saved ``config.json`` (``None`` when there is none to read)."""
+    try:
+        cfg, _ = PreTrainedConfig.get_config_dict(name_or_path, **hub_kwargs)
+    except (OSError, ValueError):
+        return None
+    return cfg.get("model_type")
+
+
+def _load_foreign_folder(cls: type[RetrieverModel], name_or_path: str, model_type: str,
+                         hub_kwargs: dict) -> RetrieverModel:
+    """A folder whose root ``config.json`` is not a retriever's: a sentence-transformers model (for instance one
+    that ``SentenceTransformer(...).save`` wrote back over a saved retriever) is read with :meth:`from_backbone`,
+    which takes its pooling, normalisation, lengths and prompts; anything else is refused naming what to call."""
+    if model_file(name_or_path, "modules.json", **hub_kwargs) is None:
+        raise ConfigError(f"{name_or_path} holds a plain {model_type!r} model, not a saved retriever; wrap it with "
+                          f"RetrieverModel.from_backbone({str(name_or_path)!r}) (or load_retriever) to train it")
+    logger.warning("%s is a sentence-transformers model whose root config.json is a %r backbone (saved by "
+                   "sentence-transformers, maybe over a retriever): loading it with RetrieverModel.from_backbone "
+                   "(pooling, normalisation, lengths and prompts from its modules; softmax_temperature and tower "
+                   "sharing take their defaults; a corrector/ folder is loaded separately)", name_or_path, model_type)
+    return cls.from_backbone(name_or_path, **hub_kwargs)
 
 
 def _check_layer_count(name_or_path: str, value: Any, hub_kwargs: dict) -> None:

@@ -72,6 +72,7 @@ from .reader_step import ReaderStep, check_reader_data, load_reader
 from .staleness import staleness_metrics
 from .strategy import NegativeStrategy
 from .targets import build_target_batch
+from .semantics import seed_before_set_up, warn_accumulation_is_not_a_bigger_batch
 from .validation import check_enough_negatives
 from .persistence import CACHE_DIR, CheckpointingMixin
 
@@ -147,6 +148,8 @@ class CorrectorTrainer(CheckpointingMixin, CorrectorHubMixin, Trainer):
                               "the whole corpus) in evaluate(); compute_metrics / preprocess_logits_for_metrics would "
                               "never be called: drop them, or subclass and override retrieval_metrics()")
         self.strategy = strategy = NegativeStrategy.from_args(args)  # the only reader of the strategy arguments
+        seed_before_set_up(args)
+        warn_accumulation_is_not_a_bigger_batch(args)
         retriever = _prepare_retriever(model, processing_class, None)
         self.uses_peft = check_peft_by_hand(retriever, peft_config) or peft_config is not None
         retriever = apply_peft(retriever, peft_config) if peft_config is not None else retriever
