@@ -188,3 +188,31 @@ def test_sharded_evaluation_equals_one_process_without_gathering(tmp_path: Path)
     keys = [k for k in one["metrics"] if "recall" in k or "ndcg" in k or "mrr" in k]
     assert any("_corrected_" in k for k in keys) and any("_stale_" in k for k in keys)
     assert {k: two["metrics"][k] for k in keys} == {k: one["metrics"][k] for k in keys}
+
+
+def test_per_process_build_encodes_only_its_rows_and_equals_one_process(tmp_path: Path) -> None:
+    """With cache_sharding="sharded" each of 2 gloo ranks encodes only its 60 rows (before: every rank encoded all
+    120) and the two parts equal the one-process cache; with cache_build_dir a second launch resumes from the
+    chunks each rank wrote and encodes nothing."""
+    from tests.test_multiprocess import SCRIPT, _launch_two_processes, _run
+
+    multi, again, single = tmp_path / "multi", tmp_path / "again", tmp_path / "single"
+    for d in (multi, again, single):
+        d.mkdir()
+    build_dir = tmp_path / "build"
+    _launch_two_processes(tmp_path, multi, "4", "build", "sharded", str(build_dir))
+    _run([sys.executable, str(SCRIPT), str(single), "8", "build", "replicated"], tmp_path)
+    one = torch.load(single / "build_rank0.pt")
+    assert sorted(one["encoded"]) == list(range(120))
+    parts = sorted((torch.load(p) for p in multi.glob("build_rank*.pt")), key=lambda d: d["lo"])
+    assert [sorted(p["encoded"]) for p in parts] == [list(range(0, 60)), list(range(60, 120))]
+    assert [p["initial_cache_encodings"] for p in parts] == [120, 120]  # a corpus pass counts N on every process
+    assert torch.equal(torch.cat([p["cache"] for p in parts]), one["cache"])
+    assert parts[0]["doc_ids"] + parts[1]["doc_ids"] == one["doc_ids"]
+    assert parts[0]["provenance"] == one["provenance"]  # the whole corpus's fingerprints, as one process records
+    assert sorted(p.name for p in build_dir.glob("shard-*.npy")) == ["shard-00000-rows-0-60.npy",
+                                                                      "shard-00000-rows-60-120.npy"]
+    _launch_two_processes(tmp_path, again, "4", "build", "sharded", str(build_dir))
+    resumed = sorted((torch.load(p) for p in again.glob("build_rank*.pt")), key=lambda d: d["lo"])
+    assert [p["encoded"] for p in resumed] == [[], []]
+    assert torch.equal(torch.cat([p["cache"] for p in resumed]), one["cache"])
