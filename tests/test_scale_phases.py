@@ -101,9 +101,9 @@ def test_push_sharded_folder_in_datasets_layout(tmp_path: Path, fake_hub) -> Non
     assert got["sum"] == pytest.approx(float(whole.matrix().float().sum()), abs=1e-3)
 
 
-def test_two_process_sharded_recipe_saves_and_serves_the_whole_corpus(tmp_path: Path) -> None:
+def test_two_process_sharded_recipe_saves_serves_and_pushes_the_whole_corpus(tmp_path: Path, fake_hub) -> None:
     """A 2-process cache_sharding="sharded" recipe run (the README's command) leaves stale_cache/ and the served
-    index with all 60 rows (before the fix: rank 0's 30)."""
+    index with all 60 rows (before the fix: rank 0's 30), and its stale_cache/ pushed to the Hub reads back whole."""
     common = ("--max_steps", "2", "--skip_initial_eval", "true", "--serve_reencode_budget", "0.1",
               "--cache_write_back", "true")
     out = tmp_path / "out"
@@ -120,6 +120,14 @@ def test_two_process_sharded_recipe_saves_and_serves_the_whole_corpus(tmp_path: 
     metrics = json.loads((out / "results.json").read_text())["results"]["after training"]
     # rank 0's rows only (the bug) lose every query whose positive lies in rank 1's half
     assert metrics["eval_served_recall@100"] == metrics["eval_recall@100"] == 1.0
+    proc = run_with_hub(f"""
+        from hf_corrector import StaleCache
+        from hf_corrector.cache.sharded_store import push_to_hub
+        push_to_hub({str(out / "stale_cache")!r}, "me/recipe-cache")
+        back = StaleCache.from_hub("me/recipe-cache")
+        print(len(back), len(set(back.doc_ids)), int((back.steps >= 0).sum()))
+    """, fake_hub.url, tmp_path)
+    assert proc.stdout.split()[-3:] == ["60", "60", str(int((cache.steps >= 0).sum()))]
 
 
 def test_checkpoint_of_two_processes_resumes_in_one_and_one_in_two(tmp_path: Path) -> None:
