@@ -79,3 +79,21 @@ def test_quality_target_check_pairs_corrector_with_refresh_rows():
     assert abs(tenth["delta_points"] + 0.8) < 1e-9 and not tenth["met_total_cost"]  # 0.8 points below: missed
     text = "\n".join(quality.criterion_lines(summary))
     assert "Best full-refresh row: `refresh_tenth` (36.0)" in text
+
+
+def test_gpu_check_small_runs_on_cpu_and_fails_loudly(tmp_path):
+    """benchmarks/gpu_check.py --small: every part runs on the CPU, the on-device and streamed paths choose the same
+    negatives, the JSON holds each figure; a size that cannot run exits 1 and records the error."""
+    gpu_check = _load("gpu_check")
+    out = tmp_path / "gpu.json"
+    assert gpu_check.main(["--small", "--device", "cpu", "--sizes", "3000", "--repeats", "1", "--dim", "32",
+                           "--output", str(out)]) == 0
+    data = json.loads(out.read_text())
+    run = data["sizes"]["3000"]
+    assert data["ok"] and data["errors"] == [] and run["same_negatives_on_device_and_streamed"]
+    assert run["scan"]["fraction_of_copy_bandwidth"] > 0 and run["view"]["fraction_of_gemm_fp32"] > 0
+    assert 0 < run["step"]["on_device"]["selection_fraction"] < 1
+    assert set(data["targets"]) == {"scan_at_least_0.7_of_copy_bandwidth", "selection_at_most_5pct_of_step_on_device"}
+    assert gpu_check.main(["--small", "--device", "cpu", "--sizes", "3", "--repeats", "1", "--dim", "32",
+                           "--output", str(out)]) == 1  # 3 rows cannot give k = 7 negatives
+    assert json.loads(out.read_text())["errors"][0]["N"] == 3
