@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -97,3 +99,15 @@ def test_gpu_check_small_runs_on_cpu_and_fails_loudly(tmp_path):
     assert gpu_check.main(["--small", "--device", "cpu", "--sizes", "3", "--repeats", "1", "--dim", "32",
                            "--output", str(out)]) == 1  # 3 rows cannot give k = 7 negatives
     assert json.loads(out.read_text())["errors"][0]["N"] == 3
+
+
+@pytest.mark.slow
+def test_scale_phases_tiny(tmp_path):
+    """benchmarks/scale_phases.py end to end on 3,000 rows: 2 sharded processes, a 2 -> 1 resume, one process."""
+    phases = _load("scale_phases")
+    out = tmp_path / "phases.json"
+    result = phases.main(["--size", "3000", "--queries", "32", "--output", str(out), "--work-dir", str(tmp_path / "w")])
+    two = result["runs"]["two"]
+    assert [r["local_rows"] for r in two] == [[0, 1500], [1500, 3000]]
+    assert result["runs"]["resume1"][0]["local_rows"] == [0, 3000]
+    assert all(v is not None for r in two for v in r["peak_rss_mb"].values())
