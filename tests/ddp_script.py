@@ -11,6 +11,9 @@ resumed from its checkpoint-2, and a Gumbel run; each records the chosen negativ
 ``ddp_script.py OUT PER_DEVICE_BATCH resume CHECKPOINT sharded|replicated``: the scenario's top-k run resumed from
 CHECKPOINT (written by any number of processes, issue 21); records the cache rows as loaded and the run.
 
+``ddp_script.py OUT PER_DEVICE_BATCH build sharded|replicated [BUILD_DIR]``: only the trainer's initial cache
+build (``cache_build_dir=BUILD_DIR``); records each rank's rows, the rows it encoded and the texts it encoded.
+
 ``ddp_script.py OUT PER_DEVICE_BATCH evaluate sharded|replicated``: 2 training steps, then fresh / stale / corrected
 evaluation; records the metrics and the number of whole-cache gathers during evaluation.
 """
@@ -118,6 +121,23 @@ def evaluate(out: Path, per_device_batch: int, sharding: str) -> None:
         (out / "eval.json").write_text(json.dumps({"metrics": metrics, "gathered": calls}))
 
 
+def build(out: Path, per_device_batch: int, sharding: str, build_dir: str | None) -> None:
+    """Construct the trainer (the initial cache build) counting every text the target tower encodes."""
+    train, _ = tiny_data()
+    retriever, encoded = tiny_retriever(out / "tok", seed=0, dropout=0.0), []
+    encode = retriever.encode_targets
+    retriever.encode_targets = lambda texts, **kw: encoded.extend(texts) or encode(texts, **kw)
+    args = _args(out / "build_run", per_device_batch, "topk", sharding, cache_build_dir=build_dir,
+                 cache_encode_batch_size=1)  # one text a batch: no padding, so any row split encodes bit-equally
+    trainer = RecordingTrainer(model=retriever, args=args, train_dataset=train)
+    cache, rank = trainer.cache_manager.cache, trainer.accelerator.process_index
+    texts = list(trainer.corpus["text"])
+    torch.save({"lo": trainer.cache_manager.local_rows[0], "cache": cache.matrix().float().clone(),
+                "doc_ids": cache.doc_ids, "encoded": [texts.index(t) for t in encoded],
+                "initial_cache_encodings": trainer.cost["initial_cache_encodings"],
+                "provenance": cache.provenance}, out / f"build_rank{rank}.pt")
+
+
 def main(out_dir: str, per_device_batch: int, sampling: str) -> None:
     out = Path(out_dir)
     train, _ = tiny_data()
@@ -134,7 +154,9 @@ def main(out_dir: str, per_device_batch: int, sampling: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 3 and sys.argv[3] == "evaluate":
+    if len(sys.argv) > 3 and sys.argv[3] == "build":
+        build(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[4], sys.argv[5] if len(sys.argv) > 5 else None)
+    elif len(sys.argv) > 3 and sys.argv[3] == "evaluate":
         evaluate(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[4])
     elif len(sys.argv) > 3 and sys.argv[3] == "resume":
         resume(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[4], sys.argv[5])

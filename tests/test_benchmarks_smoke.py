@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -79,3 +81,33 @@ def test_quality_target_check_pairs_corrector_with_refresh_rows():
     assert abs(tenth["delta_points"] + 0.8) < 1e-9 and not tenth["met_total_cost"]  # 0.8 points below: missed
     text = "\n".join(quality.criterion_lines(summary))
     assert "Best full-refresh row: `refresh_tenth` (36.0)" in text
+
+
+def test_gpu_check_small_runs_on_cpu_and_fails_loudly(tmp_path):
+    """benchmarks/gpu_check.py --small: every part runs on the CPU, the on-device and streamed paths choose the same
+    negatives, the JSON holds each figure; a size that cannot run exits 1 and records the error."""
+    gpu_check = _load("gpu_check")
+    out = tmp_path / "gpu.json"
+    assert gpu_check.main(["--small", "--device", "cpu", "--sizes", "3000", "--repeats", "1", "--dim", "32",
+                           "--output", str(out)]) == 0
+    data = json.loads(out.read_text())
+    run = data["sizes"]["3000"]
+    assert data["ok"] and data["errors"] == [] and run["same_negatives_on_device_and_streamed"]
+    assert run["scan"]["fraction_of_copy_bandwidth"] > 0 and run["view"]["fraction_of_gemm_fp32"] > 0
+    assert 0 < run["step"]["on_device"]["selection_fraction"] < 1
+    assert set(data["targets"]) == {"scan_at_least_0.7_of_copy_bandwidth", "selection_at_most_5pct_of_step_on_device"}
+    assert gpu_check.main(["--small", "--device", "cpu", "--sizes", "3", "--repeats", "1", "--dim", "32",
+                           "--output", str(out)]) == 1  # 3 rows cannot give k = 7 negatives
+    assert json.loads(out.read_text())["errors"][0]["N"] == 3
+
+
+@pytest.mark.slow
+def test_scale_phases_tiny(tmp_path):
+    """benchmarks/scale_phases.py end to end on 3,000 rows: 2 sharded processes, a 2 -> 1 resume, one process."""
+    phases = _load("scale_phases")
+    out = tmp_path / "phases.json"
+    result = phases.main(["--size", "3000", "--queries", "32", "--output", str(out), "--work-dir", str(tmp_path / "w")])
+    two = result["runs"]["two"]
+    assert [r["local_rows"] for r in two] == [[0, 1500], [1500, 3000]]
+    assert result["runs"]["resume1"][0]["local_rows"] == [0, 3000]
+    assert all(v is not None for r in two for v in r["peak_rss_mb"].values())

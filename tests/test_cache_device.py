@@ -91,3 +91,20 @@ def test_placed_copy_follows_write_back_and_refresh(monkeypatch):
     assert torch.equal(manager.read_chunk(0, 40), manager.cache.matrix()) and float(manager.read_chunk(3, 4)[0, 0]) == 2.0
     manager.refresh(step=2)
     assert torch.equal(manager.read_chunk(0, 40), torch.ones(40, 8))
+
+
+def test_false_negative_ceiling_does_not_sync_per_chunk(monkeypatch):
+    """With a max_scores ceiling the dropped-row counts stay on the scan's device until the end: the number of
+    device-to-host copies does not grow with the number of chunks (before: one ``.cpu()`` per chunk)."""
+    cache, q, exclude = _data()
+    ceiling = torch.full((6,), 0.5)
+    calls = []
+    original_cpu = torch.Tensor.cpu
+    monkeypatch.setattr(torch.Tensor, "cpu", lambda self, *a, **kw: calls.append(1) or original_cpu(self, *a, **kw))
+    counts = {}
+    for chunk in (300, 10):
+        calls.clear()
+        sel = select_negatives(q, cache, 5, exclude=exclude, max_scores=ceiling, chunk_size=chunk)
+        counts[chunk] = len(calls)
+        assert int(sel.dropped.sum()) > 0
+    assert counts[10] == counts[300]

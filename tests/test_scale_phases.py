@@ -101,9 +101,9 @@ def test_push_sharded_folder_in_datasets_layout(tmp_path: Path, fake_hub) -> Non
     assert got["sum"] == pytest.approx(float(whole.matrix().float().sum()), abs=1e-3)
 
 
-def test_two_process_sharded_recipe_saves_and_serves_the_whole_corpus(tmp_path: Path) -> None:
+def test_two_process_sharded_recipe_saves_serves_and_pushes_the_whole_corpus(tmp_path: Path, fake_hub) -> None:
     """A 2-process cache_sharding="sharded" recipe run (the README's command) leaves stale_cache/ and the served
-    index with all 60 rows (before the fix: rank 0's 30)."""
+    index with all 60 rows (before the fix: rank 0's 30), and its stale_cache/ pushed to the Hub reads back whole."""
     common = ("--max_steps", "2", "--skip_initial_eval", "true", "--serve_reencode_budget", "0.1",
               "--cache_write_back", "true")
     out = tmp_path / "out"
@@ -120,6 +120,14 @@ def test_two_process_sharded_recipe_saves_and_serves_the_whole_corpus(tmp_path: 
     metrics = json.loads((out / "results.json").read_text())["results"]["after training"]
     # rank 0's rows only (the bug) lose every query whose positive lies in rank 1's half
     assert metrics["eval_served_recall@100"] == metrics["eval_recall@100"] == 1.0
+    proc = run_with_hub(f"""
+        from hf_corrector import StaleCache
+        from hf_corrector.cache.sharded_store import push_to_hub
+        push_to_hub({str(out / "stale_cache")!r}, "me/recipe-cache")
+        back = StaleCache.from_hub("me/recipe-cache")
+        print(len(back), len(set(back.doc_ids)), int((back.steps >= 0).sum()))
+    """, fake_hub.url, tmp_path)
+    assert proc.stdout.split()[-3:] == ["60", "60", str(int((cache.steps >= 0).sum()))]
 
 
 def test_checkpoint_of_two_processes_resumes_in_one_and_one_in_two(tmp_path: Path) -> None:
@@ -188,3 +196,31 @@ def test_sharded_evaluation_equals_one_process_without_gathering(tmp_path: Path)
     keys = [k for k in one["metrics"] if "recall" in k or "ndcg" in k or "mrr" in k]
     assert any("_corrected_" in k for k in keys) and any("_stale_" in k for k in keys)
     assert {k: two["metrics"][k] for k in keys} == {k: one["metrics"][k] for k in keys}
+
+
+def test_per_process_build_encodes_only_its_rows_and_equals_one_process(tmp_path: Path) -> None:
+    """With cache_sharding="sharded" each of 2 gloo ranks encodes only its 60 rows (before: every rank encoded all
+    120) and the two parts equal the one-process cache; with cache_build_dir a second launch resumes from the
+    chunks each rank wrote and encodes nothing."""
+    from tests.test_multiprocess import SCRIPT, _launch_two_processes, _run
+
+    multi, again, single = tmp_path / "multi", tmp_path / "again", tmp_path / "single"
+    for d in (multi, again, single):
+        d.mkdir()
+    build_dir = tmp_path / "build"
+    _launch_two_processes(tmp_path, multi, "4", "build", "sharded", str(build_dir))
+    _run([sys.executable, str(SCRIPT), str(single), "8", "build", "replicated"], tmp_path)
+    one = torch.load(single / "build_rank0.pt")
+    assert sorted(one["encoded"]) == list(range(120))
+    parts = sorted((torch.load(p) for p in multi.glob("build_rank*.pt")), key=lambda d: d["lo"])
+    assert [sorted(p["encoded"]) for p in parts] == [list(range(0, 60)), list(range(60, 120))]
+    assert [p["initial_cache_encodings"] for p in parts] == [120, 120]  # a corpus pass counts N on every process
+    assert torch.equal(torch.cat([p["cache"] for p in parts]), one["cache"])
+    assert parts[0]["doc_ids"] + parts[1]["doc_ids"] == one["doc_ids"]
+    assert parts[0]["provenance"] == one["provenance"]  # the whole corpus's fingerprints, as one process records
+    assert sorted(p.name for p in build_dir.glob("shard-*.npy")) == ["shard-00000-rows-0-60.npy",
+                                                                      "shard-00000-rows-60-120.npy"]
+    _launch_two_processes(tmp_path, again, "4", "build", "sharded", str(build_dir))
+    resumed = sorted((torch.load(p) for p in again.glob("build_rank*.pt")), key=lambda d: d["lo"])
+    assert [p["encoded"] for p in resumed] == [[], []]
+    assert torch.equal(torch.cat([p["cache"] for p in resumed]), one["cache"])

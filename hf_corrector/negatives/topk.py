@@ -230,7 +230,9 @@ def _scan(q, get, lo, hi, k, exclude, method, temperature, noise_keys, seed, ste
         keys = noise_keys if noise_keys is not None else [str(i) for i in range(b)]
     chosen = _RunningTop(b, k + skip_top, q.device)
     best = _RunningTop(b, skip_top, q.device) if skip_top and method == "gumbel" else None
-    dropped = torch.zeros(b, dtype=torch.long)
+    dropped = torch.zeros(b, dtype=torch.long, device=q.device)  # on the scan's device: no per-chunk sync
+    if max_scores is not None:
+        max_scores = max_scores.to(q.device)
     qs = q if score_dtype is None or score_dtype == torch.float32 else q.to(score_dtype)
     on_device = _device_path(q)  # an accelerator: keys and exclusions as device tensors, no per-pair loop
     streams = torch.tensor(_streams(seed, step, keys), dtype=torch.long, device=q.device) \
@@ -253,14 +255,14 @@ def _scan(q, get, lo, hi, k, exclude, method, temperature, noise_keys, seed, ste
             for qi, col in _exclusions(exclude, start, stop):
                 p[qi, col] = float("-inf")
         if max_scores is not None:
-            above = s > max_scores.to(s.device)[:, None]
+            above = s > max_scores[:, None]
             above &= torch.isfinite(p)
-            dropped += above.sum(1).cpu()
+            dropped += above.sum(1)
             p = p.masked_fill(above, float("-inf"))
         chosen.add(p, s, start)
         if best is not None:
             best.add(torch.where(torch.isfinite(p), s, p), s, start)
-    return chosen, best, dropped
+    return chosen, best, dropped.cpu()
 
 
 def _merge_tops(parts: list[_RunningTop], k: int) -> _RunningTop:

@@ -160,6 +160,12 @@ class CorrectorTrainingArguments(TrainingArguments):
     )
     cache_encode_batch_size: int = field(default=64, metadata={"help": "Batch size for corpus (re-)encoding."})
     cache_dtype: str = field(default="float32", metadata={"help": "Cache storage dtype: float32, float16 or bfloat16."})
+    cache_build_dir: str | None = field(
+        default=None,
+        metadata={"help": "A folder where the initial cache build writes each finished chunk (atomically; with "
+                          "cache_sharding='sharded' each process its own rows), so a killed build resumes from them, "
+                          "also with another number of processes. None: the build is kept in memory only."},
+    )
 
     # -- scale: sharded cache, amortised correction, reduced-precision scoring (issue 15) ----------------------------
     cache_sharding: str = field(
@@ -167,9 +173,9 @@ class CorrectorTrainingArguments(TrainingArguments):
         metadata={"help": "'replicated': every process holds the whole cache (small corpora). 'sharded': each of W "
                           "processes holds ~N/W contiguous rows (Atlas-style); each step the batch's query embeddings "
                           "are all-gathered, every process scores its own rows and the local top-k are merged (the "
-                          "same negatives as one process). Refreshes and write-backs touch only the owner's rows; "
-                          "checkpoints hold one whole cache. Works with the exhaustive sampler (not candidate_index "
-                          "or tele_negatives)."},
+                          "same negatives as one process). The initial build, refreshes and write-backs touch only the "
+                          "owner's rows; checkpoints and save_model write one shard per process and a manifest. Works "
+                          "with the exhaustive sampler (not candidate_index or tele_negatives)."},
     )
     corrected_view_steps: int = field(
         default=10,

@@ -43,6 +43,7 @@ from ..cache import StaleCache
 from ..card_text import public_model_id
 from ..cache.manager import CacheManager
 from ..cache.placement import resolve_cache_device
+from ..cache.rank_build import build_rows
 from ..cache.sharded_store import check_part_provenance
 from ..cache.sharding import row_range
 from ..data.format import RetrievalData
@@ -191,7 +192,8 @@ class CorrectorTrainer(CheckpointingMixin, CorrectorHubMixin, Trainer):
             cache = _checkpoint_cache(args.output_dir, args.resume_from_checkpoint)
         built = cache is None
         cache = _prepare_cache(cache, retriever, self.corpus, args, self.cache_class, from_checkpoint,
-                               rows=_local_rows(self.accelerator, len(self.corpus), strategy.cache_sharding))
+                               rows=_local_rows(self.accelerator, len(self.corpus), strategy.cache_sharding),
+                               accelerator=self.accelerator)
         self.cache_manager = self.cache_manager_class(cache, list(self.corpus["text"]), self._encode_targets,
                                                       self.accelerator, write_back=strategy.cache_write_back,
                                                       sharding=strategy.cache_sharding)
@@ -487,7 +489,7 @@ def _local_rows(accelerator, num_rows: int, sharding: str) -> tuple[int, int] | 
 
 
 def _prepare_cache(cache, retriever: RetrieverModel, corpus: datasets.Dataset, args, cache_class,
-                   from_checkpoint: bool = False, rows: tuple[int, int] | None = None) -> StaleCache:
+                   from_checkpoint: bool = False, rows: tuple[int, int] | None = None, accelerator=None) -> StaleCache:
     """The stale cache: loaded from a path, given, or built with the starting model (at ``target_max_length``).
 
     ``rows``: this process's rows of a sharded run; a sharded cache folder is then read for those rows only.
@@ -505,10 +507,15 @@ def _prepare_cache(cache, retriever: RetrieverModel, corpus: datasets.Dataset, a
                 part.check_model(retriever)
             return part
         cache = cache_class.load(cache)
+    if cache is None and rows is not None:  # this process encodes and holds only its rows (cache/rank_build.py)
+        logger.info("building this process's rows %d:%d of the stale cache with the starting model", *rows)
+        return build_rows(corpus, retriever, rows, batch_size=args.cache_encode_batch_size, dtype=args.cache_dtype,
+                          device=args.device, max_length=args.target_max_length, shard_dir=args.cache_build_dir,
+                          show_progress_bar=accelerator.is_main_process, accelerator=accelerator)
     if cache is None:
         logger.info("building the stale cache: encoding %d documents with the starting model", len(corpus))
         return cache_class.build(corpus, retriever, batch_size=args.cache_encode_batch_size, dtype=args.cache_dtype,
-                                 device=args.device, max_length=args.target_max_length)
+                                 device=args.device, max_length=args.target_max_length, shard_dir=args.cache_build_dir)
     cache.check_provenance(None if from_checkpoint else retriever, doc_ids=list(corpus["doc_id"]),
                            texts=list(corpus["text"]), allow_other_weights=args.cache_from_other_weights,
                            max_length=args.target_max_length)
