@@ -33,8 +33,10 @@ from tqdm.auto import tqdm
 
 from ..errors import CacheMismatchError, ConfigError
 from .provenance import WEIGHTS_KEY, fingerprint_corpus, fingerprint_retriever
-from .stale_cache import (FORMAT_VERSION, STORAGE_DTYPES, StaleCache, _claim_shard_dir, _load_shard,
-                          _remove_leftover_shards, _writer_tag)
+from ..atomic_io import writer_tag
+from .build import claim_shard_dir, load_shard, remove_leftover_shards
+from .schema import FORMAT_VERSION, STORAGE_DTYPES
+from .stale_cache import StaleCache
 
 logger = logging.getLogger(__name__)
 
@@ -90,15 +92,15 @@ def build_rows(corpus: Any, retriever: Any, rows: tuple[int, int] | None = None,
                       "provenance": {k: v for k, v in provenance.items() if k != "dtype"}}  # chunks are float32
         first = accelerator.main_process_first() if accelerator is not None else contextlib.nullcontext()
         with first:
-            _remove_leftover_shards(folder)
-            _claim_shard_dir(folder, json.loads(json.dumps(build_info)))
+            remove_leftover_shards(folder)
+            claim_shard_dir(folder, json.loads(json.dumps(build_info)))
     out = torch.empty(stop - start, retriever.embedding_dim, dtype=STORAGE_DTYPES[dtype][0])
     reused = 0
     pieces = chunks(start, stop, shard_size)
     for a, b in tqdm(pieces, desc=f"building the cache (rows {start}:{stop})", disable=not show_progress_bar):
         path = chunk_file(folder, a, b, shard_size, num_rows) if folder is not None else None
         if path is not None and path.exists():
-            part = torch.from_numpy(_load_shard(path, (b - a, retriever.embedding_dim)))
+            part = torch.from_numpy(load_shard(path, (b - a, retriever.embedding_dim)))
             reused += 1
         else:
             part = retriever.encode_targets(texts[a:b], batch_size=batch_size, show_progress_bar=False, device=device,
@@ -117,7 +119,7 @@ def build_rows(corpus: Any, retriever: Any, rows: tuple[int, int] | None = None,
 
 def _write_chunk(path: Path, part: torch.Tensor) -> None:
     """``np.save`` into a temporary named by this writer, fsync, rename: a chunk file is whole or absent."""
-    tmp = path.with_name(f".{path.name}.tmp-{_writer_tag()}.npy")
+    tmp = path.with_name(f".{path.name}.tmp-{writer_tag()}.npy")
     np.save(tmp, part.numpy())
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
