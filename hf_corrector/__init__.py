@@ -21,7 +21,7 @@ from .data.format import RetrievalData
 from .models import CorrectorConfig, CorrectorModel, RetrieverConfig, RetrieverModel, load_retriever
 from .training import CorrectorTrainer, CorrectorTrainingArguments
 from .serving import CorrectedIndex, build_corrected_index
-from . import hub as _hub  # noqa: F401,E402  registers the cache card renderer (cache/ imports nothing from hub/)
+from . import hub as _hub  # noqa: F401,E402  registers the cache card renderer until the cache split moves the push to hub/
 
 __all__ = [
     "__version__",

@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from ..cache.stale_cache import INITIAL_STEP, register_card_renderer
-from .cards import CACHE_TAGS, CACHE_TEMPLATE, CITATIONS, _fmt, _link, known_secrets, redact, template_path
+from .card_data import CACHE_TAGS, CITATIONS
+from .cards import CACHE_TEMPLATE, format_value, repo_link, template_path
+from .names import known_secrets, redact
 
 if TYPE_CHECKING:
     from ..cache import StaleCache
@@ -70,8 +72,8 @@ def render_cache_card(cache: StaleCache, repo_id: str | None = None, token: str 
     text = DatasetCard.from_template(
         data, template_path=str(template_path(CACHE_TEMPLATE)),
         repo_id=repo_id, load_id=repo_id or "path/to/cache", info=info, provenance=prov,
-        step_stats=step_stats, encoder_link=_link(encoder) if encoder else None,
-        fmt=_fmt, num_rows=len(cache), dim=cache.dim, dtype=cache.dtype,
+        step_stats=step_stats, encoder_link=repo_link(encoder) if encoder else None,
+        fmt=format_value, num_rows=len(cache), dim=cache.dim, dtype=cache.dtype,
         nbytes=cache.nbytes, corrector_citation=CITATIONS["corrector"],
     ).content
     return redact(text, known_secrets())

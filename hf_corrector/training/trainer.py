@@ -46,8 +46,7 @@ from ..data.open_qa import OpenQAData
 from ..errors import ConfigError
 from ..evaluation.evaluator import CorpusEmbeddings, RetrievalEvaluator, documents_outside
 from ..evaluation.metrics import exact_search
-from ..hub.callbacks import ModelCardCallback
-from ..hub.trainer_mixin import CorrectorHubMixin
+from ..hub.card_data import CardData, dataset_name
 from ..models.corrector import CorrectorModel
 from ..models.reader import Reader
 from ..models.retriever import RetrieverModel
@@ -58,8 +57,10 @@ from .checkpoints import finish_if_complete, last_complete_checkpoint, verify_ch
 from .collator import CorrectorDataCollator
 from .config import CorrectorTrainingArguments
 from .distributed import check_distributed_setup
+from .hub_push import CorrectorHubMixin
 from .inputs import index_inputs
 from .losses import step_losses
+from .model_card import ModelCardCallback, update_static
 from .model import CorrectorTrainingModel
 from .nonfinite import SkipStep, check_finite
 from .optim import build_lr_scheduler, build_optimizer
@@ -189,7 +190,8 @@ class CorrectorTrainer(CheckpointingMixin, CorrectorHubMixin, Trainer):
         for callback in (self.refresh_callback_class(self.cache_manager, strategy.cache_refresh_steps),
                          SamplerMaintenanceCallback(self.sampler), self.fallback_callback):
             self.add_callback(callback)
-        self.model_card_callback = ModelCardCallback(self, train_dataset, eval_dataset)
+        card = CardData(train_dataset_name=dataset_name(train_dataset), eval_dataset_name=dataset_name(eval_dataset))
+        self.model_card_callback = ModelCardCallback(card, lambda data: update_static(data, self))
         self.add_callback(self.model_card_callback)
 
     # ---------------------------------------------------------------------------------------------------------------
