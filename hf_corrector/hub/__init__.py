@@ -22,8 +22,8 @@ from .cache_card import push_cache_to_hub, render_cache_card
 from .card_data import CITATIONS, CardData, non_default_hyperparameters
 from .cards import render_corrector_card, render_retriever_card, template_path
 from .corrector_push import push_corrector
-from .names import public_model_id, public_name
-from .sentence_transformers_export import export_sentence_transformers, write_sentence_transformers_files
+from ..utils.hub_ids import public_model_id, public_name
+from ..models.sentence_transformers_export import export_sentence_transformers, write_sentence_transformers_files
 
 __all__ = [
     "CITATIONS",

@@ -19,7 +19,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 from ..cache.stale_cache import INITIAL_STEP, register_card_renderer
 from .card_data import CACHE_TAGS, CITATIONS
 from .cards import CACHE_TEMPLATE, format_value, repo_link, template_path
-from .names import known_secrets, redact
+from ..utils.hub_ids import known_secrets, redact
 
 if TYPE_CHECKING:
     from ..cache import StaleCache

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from huggingface_hub import EvalResult
 
 from .._version import __version__
-from .names import public_model_id, public_name
+from ..utils.hub_ids import public_model_id, public_name
 
 if TYPE_CHECKING:
     import datasets

@@ -8,7 +8,7 @@ retriever is a sentence-transformers model, so its card reads like one (``librar
 
 Cards never show a local path: a base model or dataset that is not a Hub id is named by its folder name only, a
 local copy of a Hub model in the Hugging Face cache (``models--org--name/snapshots/...``) by its Hub id (see
-:mod:`hf_corrector.hub.names`), and every snippet in a card runs as written (tested against a local Hub).
+:mod:`hf_corrector.utils.hub_ids`), and every snippet in a card runs as written (tested against a local Hub).
 
 Example:
     >>> data = CardData(model_name="my-retriever", base_model="org/base-encoder")  # doctest: +SKIP
@@ -26,7 +26,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .card_data import LIBRARY_NAME, ST_LIBRARY_NAME, ST_TAGS, TAGS, CardData, eval_columns, eval_results, metric_label
-from .names import is_hub_id, known_secrets, public_model_id, public_name, redact, scrub_local_paths
+from ..utils.hub_ids import is_hub_id, known_secrets, public_model_id, public_name, redact, scrub_local_paths
 
 TEMPLATES_PACKAGE = "hf_corrector.model_cards"
 RETRIEVER_TEMPLATE = "retriever.md.j2"

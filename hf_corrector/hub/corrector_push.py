@@ -14,7 +14,7 @@ from huggingface_hub import HfApi
 
 from .card_data import CardData, corrector_details, framework_versions
 from .cards import render_corrector_card
-from .names import is_hub_id, known_secrets
+from ..utils.hub_ids import is_hub_id, known_secrets
 
 if TYPE_CHECKING:
     from ..models.corrector import CorrectorModel

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..hub.card_data import CardData
-from ..hub.names import known_secrets, redact
+from ..utils.hub_ids import known_secrets, redact
 from .model_card import write_model_cards
 
 if TYPE_CHECKING:

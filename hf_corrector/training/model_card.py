@@ -24,7 +24,7 @@ from ..hub.card_data import (CITATIONS, CardData, corrector_details, distinct_qu
                              non_default_hyperparameters, pick_base_model, retriever_details, update_from_history,
                              widget_examples)
 from ..hub.cards import render_corrector_card, render_retriever_card
-from ..hub.names import is_hub_id, known_secrets
+from ..utils.hub_ids import is_hub_id, known_secrets
 
 if TYPE_CHECKING:
     from ..negatives.miner import NegativeMiner

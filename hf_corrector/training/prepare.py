@@ -21,7 +21,7 @@ from ..cache import StaleCache
 from ..cache.sharded_store import check_part_provenance
 from ..cache.sharding import row_range
 from ..errors import CacheMismatchError, ConfigError
-from ..hub.names import public_model_id
+from ..utils.hub_ids import public_model_id
 from ..models.corrector import CorrectorConfig, CorrectorModel
 from ..models.retriever import RetrieverModel, load_retriever
 from .checkpoints import last_complete_checkpoint

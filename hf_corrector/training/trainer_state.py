@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import CacheMismatchError
-from ..hub.names import public_model_id
+from ..utils.hub_ids import public_model_id
 from .checkpoints import publish_dir
 from .peft_utils import load_peft_retriever, save_peft_retriever
 
