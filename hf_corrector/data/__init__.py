@@ -28,7 +28,8 @@ from .beir import is_beir_folder, load_beir
 from .format import RetrievalData
 from .sentence_transformers_format import load_pairs
 from .stdlib_codesearch import build_stdlib_codesearch
-from .tevatron import iter_tevatron_rows, load_tevatron, open_rows
+from .rows import open_rows
+from .tevatron import iter_tevatron_rows, load_tevatron
 
 logger = logging.getLogger(__name__)
 

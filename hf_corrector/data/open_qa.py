@@ -32,7 +32,8 @@ import datasets
 
 from ..errors import DataFormatError
 from .format import CORPUS_FEATURES
-from .tevatron import _Corpus, _read_corpus_rows, open_rows
+from .rows import open_rows
+from .tevatron import CorpusStore, read_corpus_rows
 
 OPEN_QA_FEATURES = datasets.Features({"query_id": datasets.Value("string"), "query": datasets.Value("string"),
                                       "answers": datasets.List(datasets.Value("string"))})
@@ -103,9 +104,9 @@ def load_open_qa(questions: Any, corpus: Any = None, split: str = "train", name:
                  title_sep: str = " ") -> OpenQAData:
     """Read questions with answers and a corpus (see the module docstring); errors name the file and row."""
     rows = open_rows(questions, split=split, label=name)
-    store = _Corpus()
+    store = CorpusStore()
     if corpus is not None:
-        _read_corpus_rows(open_rows(corpus, split=split, label="corpus"), store, title_sep)
+        read_corpus_rows(open_rows(corpus, split=split, label="corpus"), store, title_sep)
     q: dict[str, list] = {"query_id": [], "query": [], "answers": []}
     for i, (where, row) in enumerate(rows):
         if not isinstance(row, Mapping):
