@@ -253,7 +253,8 @@ class CorrectorTrainer(CheckpointingMixin, CorrectorHubMixin, Trainer):
     def create_optimizer(self, model=None):
         """One optimizer with the encoders and the corrector in separate parameter groups (own learning rates)."""
         if self.optimizer is None:
-            self.optimizer = build_optimizer(self.model, self.args, self.optimizer_cls_and_kwargs)
+            self.optimizer = build_optimizer(self.model, self.args, self.get_decay_parameter_names(self.model),
+                                             self.optimizer_cls_and_kwargs)
         return self.optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
