@@ -1,6 +1,6 @@
 """Reader-supervised retriever training (issue 20) on the stdlib open-QA task, SmolLM2-135M-Instruct as the reader.
 
-Task (:func:`hf_corrector.data.open_qa.build_stdlib_open_qa`): the question is what a standard-library function
+Task (``recipes/stdlib_codesearch.py``: ``build_stdlib_open_qa``): the question is what a standard-library function
 does (its docstring's first sentence), the answer is its name, and the corpus is the functions' source code
 (docstrings removed); only names that occur in exactly one passage are kept, so the answer is found by reading
 the right function. No positive is given to the trainer: the retriever (all-MiniLM-L6-v2) learns from how much
@@ -78,7 +78,9 @@ def main(argv=None) -> dict:
     import torch
 
     from hf_corrector import CorrectorTrainer, CorrectorTrainingArguments
-    from hf_corrector.data.open_qa import OpenQAData, build_stdlib_open_qa
+    from hf_corrector.data.open_qa import OpenQAData
+    sys.path.insert(0, str(HERE.parent))  # the demo data builder lives in recipes/, outside the package
+    from recipes.stdlib_codesearch import build_stdlib_open_qa
     from hf_corrector.models.reader import Reader
     from hf_corrector.models.retriever import load_retriever
 

@@ -169,7 +169,8 @@ def train_stdlib(seed: int, args, path: Path) -> dict:
     from transformers import set_seed
 
     from hf_corrector import CorrectorTrainer, CorrectorTrainingArguments, load_retriever
-    from hf_corrector.data import build_stdlib_codesearch
+    sys.path.insert(0, str(HERE.parent))  # the demo data builder lives in recipes/, outside the package
+    from recipes.stdlib_codesearch import build_stdlib_codesearch
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -84,10 +84,14 @@ import torch  # noqa: E402
 from transformers import HfArgumentParser  # noqa: E402
 
 from hf_corrector import CorrectorTrainer, CorrectorTrainingArguments, load_retriever  # noqa: E402
-from hf_corrector.data import build_stdlib_codesearch, load_retrieval_data  # noqa: E402
+from hf_corrector.data import load_retrieval_data  # noqa: E402
 from hf_corrector.errors import ConfigError  # noqa: E402
 from hf_corrector.training.checkpoints import last_complete_checkpoint, verify_checkpoint  # noqa: E402
 from hf_corrector.training.distributed import check_distributed_setup  # noqa: E402
+
+if str(Path(__file__).resolve().parents[1]) not in sys.path:  # the demo data beside this recipe (not in the package)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from recipes.stdlib_codesearch import build_stdlib_codesearch  # noqa: E402
 
 logger = logging.getLogger("hf_corrector.recipes.train")
 

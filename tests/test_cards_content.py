@@ -12,8 +12,9 @@ from huggingface_hub import ModelCard
 from transformers import BertConfig, BertModel
 
 from hf_corrector import CorrectorTrainer, CorrectorTrainingArguments, RetrievalData, RetrieverModel
-from hf_corrector.hub import card_data_from_trainer, render_retriever_card
-from hf_corrector.hub.cards import CITATIONS, strategy_and_citations
+from hf_corrector.hub import render_retriever_card
+from hf_corrector.hub.card_data import CITATIONS
+from hf_corrector.training.model_card import card_data_from_trainer, strategy_and_citations
 from tests.tiny import WORDS, tiny_data, tiny_tokenizer
 
 ABSOLUTE = re.compile(r"(?<![\w.:/\-])/(?:tmp|home|root|work|Users|var|private)(?:/[\w.\-]+)*")
@@ -109,7 +110,7 @@ def test_strategy_and_citations_come_from_the_trainers_negatives(tmp_path, kwarg
 
     trainer = CorrectorTrainer(model=tiny_retriever(tmp_path), args=_args(tmp_path / "out", **kwargs),
                                train_dataset=tiny_data()[0])
-    strategy, got = strategy_and_citations(trainer)
+    strategy, got = strategy_and_citations(trainer.strategy, trainer.negatives)
     assert got == keys
     if kwargs.get("num_negatives") == 0:
         assert strategy.startswith("in-batch negatives only")
@@ -126,6 +127,6 @@ def test_ance_is_cited_once_a_refresh_ran(tmp_path):
 
     trainer = CorrectorTrainer(model=tiny_retriever(tmp_path), args=_args(tmp_path / "out"),
                                train_dataset=tiny_data()[0])
-    assert strategy_and_citations(trainer, num_refreshes=1)[1] == ["corrector", "ance"]
-    strategy, keys = strategy_and_citations(trainer)
+    assert strategy_and_citations(trainer.strategy, trainer.negatives, num_refreshes=1)[1] == ["corrector", "ance"]
+    strategy, keys = strategy_and_citations(trainer.strategy, trainer.negatives)
     assert strategy == trainer.strategy.description(trainer.negatives) and keys == ["corrector"]

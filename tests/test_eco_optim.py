@@ -142,3 +142,28 @@ def test_scheduler_state_round_trips_with_weights_only_load(trainer, tmp_path: P
     fresh = build_lr_scheduler(trainer.args, trainer.optimizer, 10)
     fresh.load_state_dict(loaded)
     assert fresh.last_epoch == 10 and fresh.get_last_lr() == trainer.lr_scheduler.get_last_lr()
+
+
+def test_weight_decay_groups_follow_get_decay_parameter_names(trainer) -> None:
+    """The decayed encoder parameters are exactly ``Trainer.get_decay_parameter_names`` (biases and LayerNorm
+    weights not decayed; the corrector never), and a subclass overriding it is honoured (a transformers habit)."""
+    trainer.args.weight_decay = 0.1
+    trainer.optimizer = trainer.lr_scheduler = None
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    decayed = {names[id(p)] for g in trainer.create_optimizer().param_groups if g["weight_decay"] > 0
+               for p in g["params"]}
+    trained = {n for n, p in trainer.model.named_parameters() if p.requires_grad}  # the unused pooler is frozen
+    expected = {n for n in trainer.get_decay_parameter_names(trainer.model) if not n.startswith("corrector.")} & trained
+    assert decayed == expected and any(n.endswith("LayerNorm.weight") for n in names.values())
+    assert not any(n.endswith(("bias", "LayerNorm.weight")) for n in decayed) and len(decayed) > 0
+
+    only_query_weights = [n for n in expected if "attention.self.query.weight" in n]
+    trainer.get_decay_parameter_names = lambda model: only_query_weights  # what a subclass override does
+    try:
+        trainer.optimizer = None
+        decayed = {names[id(p)] for g in trainer.create_optimizer().param_groups if g["weight_decay"] > 0
+                   for p in g["params"]}
+    finally:
+        del trainer.get_decay_parameter_names
+        trainer.args.weight_decay, trainer.optimizer = 0.0, None
+    assert decayed == set(only_query_weights) and len(only_query_weights) == 2

@@ -18,8 +18,8 @@ from hf_corrector.hub import (
     render_retriever_card,
     template_path,
 )
-from hf_corrector.card_text import CACHE_TEMPLATE, is_hub_id, redact
-from hf_corrector.hub.cards import CORRECTOR_TEMPLATE, RETRIEVER_TEMPLATE
+from hf_corrector.hub.cards import CACHE_TEMPLATE, CORRECTOR_TEMPLATE, RETRIEVER_TEMPLATE
+from hf_corrector.utils.hub_ids import is_hub_id, redact
 from tests.tiny import REPO_ROOT, tiny_data, tiny_retriever
 
 try:

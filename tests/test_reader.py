@@ -11,7 +11,8 @@ from transformers import (BertConfig, BertModel, LlamaConfig, LlamaForCausalLM, 
                           T5ForConditionalGeneration)
 
 from hf_corrector import CorrectorTrainer, CorrectorTrainingArguments, RetrieverConfig, RetrieverModel
-from hf_corrector.data.open_qa import OpenQAData, build_stdlib_open_qa, load_open_qa
+from hf_corrector.data.open_qa import OpenQAData, load_open_qa
+from recipes.stdlib_codesearch import build_stdlib_open_qa
 from hf_corrector.errors import ConfigError, DataFormatError
 from hf_corrector.models.reader import Reader, smollm2_gguf
 from hf_corrector.training.reader_losses import emdr2_loss, perplexity_distillation_loss, reader_losses, replug_loss

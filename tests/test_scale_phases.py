@@ -170,13 +170,13 @@ def test_checkpoint_of_two_processes_resumes_in_one_and_one_in_two(tmp_path: Pat
 def test_two_shard_checkpoint_with_a_torn_shard_is_refused_by_every_rank(tmp_path: Path) -> None:
     """Resuming from a 2-shard checkpoint one of whose shards is torn fails naming it, also for the rank whose own
     rows are intact (a checkpoint is complete only when every shard is)."""
-    from hf_corrector.training.trainer import _prepare_cache
+    from hf_corrector.training.prepare import prepare_cache
 
     final, whole = _sharded(tmp_path, n=50, world=2)
     torn = final / shard_name(1, 2) / "cache.arrow"
     torn.write_bytes(torn.read_bytes()[:-16])
     with pytest.raises(CacheCorruptError, match=r"shard-00001-of-00002 .*torn"):
-        _prepare_cache(str(final), None, None, None, StaleCache, True, rows=(0, 25))
+        prepare_cache(str(final), None, None, None, StaleCache, True, rows=(0, 25))
     shutil.rmtree(final / shard_name(1, 2))
     with pytest.raises(CacheCorruptError, match=r"shard-00001-of-00002 \(rows 25:50\) is missing"):
         StaleCache.load(final)

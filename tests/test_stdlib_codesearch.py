@@ -1,4 +1,4 @@
-"""Tests for the on-the-fly Python standard-library code-search data (``hf_corrector.data.stdlib_codesearch``)."""
+"""Tests for the on-the-fly Python standard-library code-search data (``recipes/stdlib_codesearch.py``, outside the package)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from hf_corrector.data import stdlib_codesearch as sc
-from hf_corrector.data.stdlib_codesearch import (
+from recipes import stdlib_codesearch as sc
+from recipes.stdlib_codesearch import (
     build_stdlib_codesearch,
     collect_stdlib_pairs,
     is_test_split_module,

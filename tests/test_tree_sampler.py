@@ -209,7 +209,7 @@ def test_cache_on_a_device_is_refused_with_the_reason():
 
 def test_registered_in_the_strategy_with_the_dynamic_index_citation():
     from hf_corrector import CorrectorTrainingArguments
-    from hf_corrector.hub.cards import CITATIONS
+    from hf_corrector.utils.card_text import CITATIONS
     from hf_corrector.training.strategy import NegativeStrategy, TreeOptions
 
     args = CorrectorTrainingArguments("out", tree_sampler=True, negative_sampling="gumbel", sampling_temperature=0.2,

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from ..card_text import CACHE_TAGS, CACHE_TEMPLATE, CITATIONS, fmt, known_secrets, link, redact, template_path
+from ..utils.card_text import CACHE_TAGS, CACHE_TEMPLATE, CITATIONS, format_value, repo_link, template_path
+from ..utils.hub_ids import known_secrets, redact
 from .schema import INITIAL_STEP
 
 if TYPE_CHECKING:
@@ -69,8 +70,8 @@ def render_cache_card(cache: StaleCache, repo_id: str | None = None, token: str 
     text = DatasetCard.from_template(
         data, template_path=str(template_path(CACHE_TEMPLATE)),
         repo_id=repo_id, load_id=repo_id or "path/to/cache", info=info, provenance=prov,
-        step_stats=step_stats, encoder_link=link(encoder) if encoder else None,
-        fmt=fmt, num_rows=len(cache), dim=cache.dim, dtype=cache.dtype,
+        step_stats=step_stats, encoder_link=repo_link(encoder) if encoder else None,
+        fmt=format_value, num_rows=len(cache), dim=cache.dim, dtype=cache.dtype,
         nbytes=cache.nbytes, corrector_citation=CITATIONS["corrector"],
     ).content
     return redact(text, known_secrets())

@@ -3,7 +3,6 @@
 * :func:`load_beir`: a BEIR folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``);
 * :func:`load_tevatron`: Tevatron rows (``positive_passages`` or ``positive_document_ids`` + ``corpus=``);
 * :func:`load_pairs`: sentence-transformers columns (anchor, positive, negatives...);
-* :func:`build_stdlib_codesearch`: a code-search set built from the Python standard library;
 * :func:`load_retrieval_data`: picks one of the first three from what ``source`` looks like.
 
 Example:
@@ -27,8 +26,8 @@ from ..errors import ConfigError, DataFormatError
 from .beir import is_beir_folder, load_beir
 from .format import RetrievalData
 from .sentence_transformers_format import load_pairs
-from .stdlib_codesearch import build_stdlib_codesearch
-from .tevatron import iter_tevatron_rows, load_tevatron, open_rows
+from .rows import open_rows
+from .tevatron import iter_tevatron_rows, load_tevatron
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +104,6 @@ def load_retrieval_data(
 
 __all__ = [
     "RetrievalData",
-    "build_stdlib_codesearch",
     "iter_tevatron_rows",
     "load_beir",
     "load_pairs",

@@ -10,8 +10,8 @@ An :class:`OpenQAData` holds ``queries`` (``query_id``, ``query``, ``answers``: 
 * Tevatron's NQ (``query_id``, ``query``, ``answers``, ``positive_passages``, ``negative_passages``): without
   ``corpus=``, the corpus is the passages of the rows; the passages' labels are not used.
 
-:func:`build_stdlib_open_qa` makes the offline task from the standard-library code-search set: the question is
-what a function does (its docstring's first sentence), the answer its name, found in the right function's source.
+The offline demo task built from the standard-library code-search set (``build_stdlib_open_qa``) lives with the
+demo data in ``recipes/stdlib_codesearch.py``.
 
 Example:
     >>> data = load_open_qa([{"question": "who wrote Hamlet", "answers": ["Shakespeare"]}],
@@ -22,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,8 +30,8 @@ from typing import Any
 import datasets
 
 from ..errors import DataFormatError
-from .format import CORPUS_FEATURES
-from .tevatron import _Corpus, _read_corpus_rows, open_rows
+from .rows import open_rows
+from .tevatron import CorpusStore, read_corpus_rows
 
 OPEN_QA_FEATURES = datasets.Features({"query_id": datasets.Value("string"), "query": datasets.Value("string"),
                                       "answers": datasets.List(datasets.Value("string"))})
@@ -103,9 +102,9 @@ def load_open_qa(questions: Any, corpus: Any = None, split: str = "train", name:
                  title_sep: str = " ") -> OpenQAData:
     """Read questions with answers and a corpus (see the module docstring); errors name the file and row."""
     rows = open_rows(questions, split=split, label=name)
-    store = _Corpus()
+    store = CorpusStore()
     if corpus is not None:
-        _read_corpus_rows(open_rows(corpus, split=split, label="corpus"), store, title_sep)
+        read_corpus_rows(open_rows(corpus, split=split, label="corpus"), store, title_sep)
     q: dict[str, list] = {"query_id": [], "query": [], "answers": []}
     for i, (where, row) in enumerate(rows):
         if not isinstance(row, Mapping):
@@ -139,33 +138,3 @@ def load_open_qa(questions: Any, corpus: Any = None, split: str = "train", name:
                       name or rows.label)
     data.validate()
     return data
-
-
-def build_stdlib_open_qa(max_pairs: int = 4000, min_name_length: int = 5, max_chars: int = 600, seed: int = 0,
-                         **kwargs: Any) -> tuple[OpenQAData, OpenQAData]:
-    """(train, test) open QA over the stdlib code-search corpus: question = a function's docstring sentence, answer
-    = its name. Kept only where the answer identifies the passage: the name has at least ``min_name_length``
-    characters, occurs (as a word) in exactly one corpus passage, its own, and not in the question; so answer
-    recall@k is the recall of the right function. Both splits share the whole corpus."""
-    from .stdlib_codesearch import build_stdlib_codesearch
-
-    train, test = build_stdlib_codesearch(max_pairs=max_pairs, max_code_chars=max_chars, seed=seed, **kwargs)
-    corpus = train.corpus.cast(CORPUS_FEATURES)
-    texts = list(corpus["text"])
-    words = Counter(w for t in texts for w in set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", t)))
-    doc_row = {d: i for i, d in enumerate(corpus["doc_id"])}
-
-    def convert(part) -> OpenQAData:
-        q: dict[str, list] = {"query_id": [], "query": [], "answers": []}
-        for qid, query, pos in zip(part.queries["query_id"], part.queries["query"], part.queries["positive_ids"]):
-            fn = pos[0].rsplit(".", 1)[-1]
-            own = texts[doc_row[pos[0]]]
-            if (len(fn) < min_name_length or words[fn] != 1 or re.search(rf"\b{re.escape(fn)}\b", own) is None
-                    or fn.lower() in query.lower()):
-                continue
-            q["query_id"].append(qid)
-            q["query"].append(query)
-            q["answers"].append([fn])
-        return OpenQAData(datasets.Dataset.from_dict(q, features=OPEN_QA_FEATURES), corpus, "stdlib-open-qa")
-
-    return convert(train), convert(test)

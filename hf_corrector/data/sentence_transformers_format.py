@@ -32,7 +32,7 @@ import datasets
 from ..errors import ConfigError, DataFormatError
 from .beir import _json_type, to_dataset
 from .format import CORPUS_FEATURES, QUERY_FEATURES, RetrievalData
-from .tevatron import open_rows, row_columns
+from .rows import open_rows, row_columns
 
 logger = logging.getLogger(__name__)
 

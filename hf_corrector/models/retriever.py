@@ -234,7 +234,7 @@ class RetrieverModel(PreTrainedModel):
 
         With a tokenizer and ``sentence_transformers=True`` (default) the folder is also a sentence-transformers
         model: ``SentenceTransformer(folder)`` encodes like :meth:`encode_queries` / :meth:`encode_targets`, without
-        hf-corrector (see :mod:`hf_corrector.hub.sentence_transformers_export`; it costs a second copy of the encoder
+        hf-corrector (see :mod:`hf_corrector.models.sentence_transformers_export`; it costs a second copy of the encoder
         weights, in ``0_Transformer/``). ``push_to_hub=True`` pushes the whole folder, extra files included.
 
         Example:
@@ -250,7 +250,7 @@ class RetrieverModel(PreTrainedModel):
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(save_directory)
             if sentence_transformers:
-                from ..hub.sentence_transformers_export import write_sentence_transformers_files
+                from .sentence_transformers_export import write_sentence_transformers_files
 
                 write_sentence_transformers_files(self, save_directory,
                                                   safe_serialization=kwargs.get("safe_serialization", True))

@@ -52,7 +52,7 @@ class ScoreLimits:
 class NegativeSampler:
     """Base class of the negative samplers (see the module docstring).
 
-    Class attributes ``name`` and ``citation`` (a BibTeX key of :data:`hf_corrector.hub.cards.CITATIONS`, or None)
+    Class attributes ``name`` and ``citation`` (a BibTeX key of :data:`hf_corrector.hub.card_data.CITATIONS`, or None)
     describe the strategy in model cards and logs.
     """
 

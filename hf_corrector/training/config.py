@@ -29,12 +29,14 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
 from ..errors import ConfigError
 from .reader_config import check_reader_arguments
+from .reader_losses import READER_LOSSES
 from .validation import validate_arguments
 
 NEGATIVE_SAMPLING = ("topk", "gumbel")
@@ -76,7 +78,8 @@ class CorrectorTrainingArguments(TrainingArguments):
     )
     negative_sampling: str = field(
         default="topk",
-        metadata={"help": "How to choose negatives from the scores: 'topk' (exact top-k) or 'gumbel' (Gumbel-top-k "
+        metadata={"choices": NEGATIVE_SAMPLING,
+                  "help": "How to choose negatives from the scores: 'topk' (exact top-k) or 'gumbel' (Gumbel-top-k "
                           "sampling without replacement from softmax(beta * score))."},
     )
     sampling_temperature: float = field(
@@ -84,7 +87,8 @@ class CorrectorTrainingArguments(TrainingArguments):
     )
     hard_negatives: str = field(
         default="auto",
-        metadata={"help": "Where hard negatives come from: 'cache' (chosen from the (corrected) cache each step), "
+        metadata={"choices": HARD_NEGATIVES,
+                  "help": "Where hard negatives come from: 'cache' (chosen from the (corrected) cache each step), "
                           "'dataset' (the training data's own negatives: sentence-transformers negative* columns, "
                           "Tevatron negative_passages), 'dataset+cache' (the data's first, topped up from the cache) "
                           "or 'auto' ('dataset+cache' when the training data has negatives, else 'cache')."},
@@ -116,13 +120,15 @@ class CorrectorTrainingArguments(TrainingArguments):
     # -- correction -------------------------------------------------------------------------------------------------------
     correction: str = field(
         default="mlp",
-        metadata={"help": "How stale cache embeddings are corrected before scoring: 'mlp' (residual MLP corrector), "
+        metadata={"choices": CORRECTIONS,
+                  "help": "How stale cache embeddings are corrected before scoring: 'mlp' (residual MLP corrector), "
                           "'linear' (linear corrector), 'nystrom' (non-parametric low-rank map, AISTATS 2023) or "
                           "'none' (plain stale cache)."},
     )
     corrector_loss: str = field(
         default="ce+mse",
-        metadata={"help": "Corrector objective: 'ce' (match the fresh truncated softmax), 'mse' (match fresh "
+        metadata={"choices": CORRECTOR_LOSSES,
+                  "help": "Corrector objective: 'ce' (match the fresh truncated softmax), 'mse' (match fresh "
                           "embeddings) or 'ce+mse'. Keep mse in if corrected embeddings are used for serving."},
     )
     corrector_mse_weight: float = field(default=1.0, metadata={"help": "Weight of the MSE term in 'ce+mse'."})
@@ -159,7 +165,8 @@ class CorrectorTrainingArguments(TrainingArguments):
                           "refusing it. A cache over other corpus texts is always refused."},
     )
     cache_encode_batch_size: int = field(default=64, metadata={"help": "Batch size for corpus (re-)encoding."})
-    cache_dtype: str = field(default="float32", metadata={"help": "Cache storage dtype: float32, float16 or bfloat16."})
+    cache_dtype: str = field(default="float32", metadata={"choices": CACHE_DTYPES,
+                                                          "help": "Cache storage dtype: float32, float16 or bfloat16."})
     cache_build_dir: str | None = field(
         default=None,
         metadata={"help": "A folder where the initial cache build writes each finished chunk (atomically; with "
@@ -170,7 +177,8 @@ class CorrectorTrainingArguments(TrainingArguments):
     # -- scale: sharded cache, amortised correction, reduced-precision scoring (issue 15) ----------------------------
     cache_sharding: str = field(
         default="replicated",
-        metadata={"help": "'replicated': every process holds the whole cache (small corpora). 'sharded': each of W "
+        metadata={"choices": CACHE_SHARDING,
+                  "help": "'replicated': every process holds the whole cache (small corpora). 'sharded': each of W "
                           "processes holds ~N/W contiguous rows (Atlas-style); each step the batch's query embeddings "
                           "are all-gathered, every process scores its own rows and the local top-k are merged (the "
                           "same negatives as one process). The initial build, refreshes and write-backs touch only the "
@@ -187,7 +195,8 @@ class CorrectorTrainingArguments(TrainingArguments):
     )
     scoring_dtype: str = field(
         default="float32",
-        metadata={"help": "dtype of the negative-selection scores q @ rows.T: 'float32', 'bfloat16' or 'float16' "
+        metadata={"choices": SCORING_DTYPES,
+                  "help": "dtype of the negative-selection scores q @ rows.T: 'float32', 'bfloat16' or 'float16' "
                           "(reduced precision: half the memory traffic, faster where the device has native support)."},
     )
     cache_device: str = field(
@@ -201,7 +210,8 @@ class CorrectorTrainingArguments(TrainingArguments):
     # -- Nyström correction -----------------------------------------------------------------------------------------------
     nystrom_landmarks: int = field(default=512, metadata={"help": "Landmark targets re-encoded at each Nyström refit."})
     nystrom_landmark_selection: str = field(
-        default="uniform", metadata={"help": "'uniform' over the corpus or 'recent' (recently selected targets)."}
+        default="uniform", metadata={"choices": NYSTROM_LANDMARKS,
+                                     "help": "'uniform' over the corpus or 'recent' (recently selected targets)."}
     )
     nystrom_ridge: float = field(default=1e-3, metadata={"help": "Ridge regularisation of the Nyström least squares."})
     nystrom_rank: int | None = field(default=None, metadata={"help": "Rank r of a low-rank Nyström map (None = full)."})
@@ -231,7 +241,8 @@ class CorrectorTrainingArguments(TrainingArguments):
     # -- two-stage candidate selection ------------------------------------------------------------------------------------
     candidate_index: str = field(
         default="none",
-        metadata={"help": "Two-stage selection: a faiss index over the stale cache ('flat', 'ivf', 'hnsw') returns "
+        metadata={"choices": CANDIDATE_INDEXES,
+                  "help": "Two-stage selection: a faiss index over the stale cache ('flat', 'ivf', 'hnsw') returns "
                           "candidate_pool_size candidates per query, which the corrector re-scores. 'none' = full pass. "
                           "For large caches prefer 'ivf': on a synthetic 1M x 384 cache it kept 0.997-1.0 of the "
                           "exact corrected top-10 in the pool, 'hnsw' (M=32, faiss' default construction beam) only "
@@ -251,7 +262,7 @@ class CorrectorTrainingArguments(TrainingArguments):
     )
     tree_mode: str = field(
         default="exact",
-        metadata={"help": "'exact' (rejection sampling of the rows outside the probed clusters) or 'truncated' "
+        metadata={"choices": TREE_MODES, "help": "'exact' (rejection sampling of the rows outside the probed clusters) or 'truncated' "
                           "(draw from the probed clusters only; the certified bound on the mass left out is logged)."},
     )
     tree_num_clusters: int | None = field(
@@ -272,7 +283,8 @@ class CorrectorTrainingArguments(TrainingArguments):
     # -- reader-supervised retriever training (issue 20; see hf_corrector.training.reader_step) --------------------------
     reader_loss: str = field(
         default="none",
-        metadata={"help": "Train the retriever from a reader instead of labelled positives: 'pdist' (Atlas perplexity "
+        metadata={"choices": READER_LOSSES,
+                  "help": "Train the retriever from a reader instead of labelled positives: 'pdist' (Atlas perplexity "
                           "distillation), 'emdr2' (marginal likelihood over the candidates) or 'replug' (REPLUG "
                           "LM-supervised retrieval); 'none' = supervised training. The data then has questions with "
                           "'answers' and no positives, and num_negatives is the number of candidates per question "
@@ -316,20 +328,19 @@ class CorrectorTrainingArguments(TrainingArguments):
     )
     eval_batch_size_encode: int = field(default=64, metadata={"help": "Batch size for encoding in evaluate()."})
     nonfinite_action: str = field(
-        default="raise", metadata={"help": "On NaN/inf in a loss, embedding or corrector output: 'raise' or 'skip' the step."}
+        default="raise", metadata={"choices": NONFINITE_ACTIONS,
+                                   "help": "On NaN/inf in a loss, embedding or corrector output: 'raise' or 'skip' the step."}
     )
 
     def __post_init__(self):
         validate_arguments(self)  # numbers first: transformers' __post_init__ raises TypeError on logging_steps="10"
         super().__post_init__()
-        for name, allowed in (("negative_sampling", NEGATIVE_SAMPLING), ("correction", CORRECTIONS),
-                              ("corrector_loss", CORRECTOR_LOSSES), ("candidate_index", CANDIDATE_INDEXES),
-                              ("nystrom_landmark_selection", NYSTROM_LANDMARKS), ("hard_negatives", HARD_NEGATIVES),
-                              ("cache_dtype", CACHE_DTYPES), ("nonfinite_action", NONFINITE_ACTIONS),
-                              ("cache_sharding", CACHE_SHARDING), ("scoring_dtype", SCORING_DTYPES),
-                              ("tree_mode", TREE_MODES)):
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        # metadata["choices"] is what HfArgumentParser hands argparse (as TRL declares its options), so the command
+        # line rejects a bad value; arguments built in Python or from a YAML / dict never pass argparse: checked here.
+        for f in dataclasses.fields(self):  # ours only: transformers checks its own (and some allow None)
+            allowed = None if f.name in TrainingArguments.__dataclass_fields__ else f.metadata.get("choices")
+            if allowed is not None and getattr(self, f.name) not in allowed:
+                raise ConfigError(f"{f.name} must be one of {tuple(allowed)}, got {getattr(self, f.name)!r}")
         from ..cache.placement import check_cache_device
 
         check_cache_device(self.cache_device)

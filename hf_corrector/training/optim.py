@@ -26,7 +26,7 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import torch
 from torch.optim import Optimizer
@@ -132,14 +132,13 @@ def build_lr_scheduler(args: TrainingArguments, optimizer: Optimizer, num_traini
 __all__ = ["NOT_COMPOSABLE", "build_lr_scheduler", "encoder_lr_lambda"]
 
 
-NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
-
-
-def build_optimizer(model: torch.nn.Module, args: TrainingArguments,
+def build_optimizer(model: torch.nn.Module, args: TrainingArguments, decay_names: Collection[str],
                     cls_and_kwargs: tuple[type, dict] | None = None) -> torch.optim.Optimizer:
     """Trainer's optimizer class over three groups: encoder weights (``weight_decay``), encoder biases and norms
     (no decay), both at ``learning_rate``; the corrector (``corrector.*``) at ``corrector_learning_rate``.
 
+    ``decay_names``: the parameters weight decay applies to, as ``Trainer.get_decay_parameter_names(model)`` gives
+    them (biases and LayerNorm / RMSNorm weights excluded), so a trainer subclass overriding it is honoured.
     ``cls_and_kwargs`` is Trainer's ``optimizer_cls_and_kwargs``: that class and its keyword arguments instead of
     the ones ``args.optim`` names; its ``lr`` / ``weight_decay``, when given, replace the encoders' rate / decay."""
     if cls_and_kwargs is not None:
@@ -148,14 +147,14 @@ def build_optimizer(model: torch.nn.Module, args: TrainingArguments,
         optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
     lr = optimizer_kwargs.pop("lr", args.learning_rate)
     decay = optimizer_kwargs.pop("weight_decay", args.weight_decay)
+    decay_names = set(decay_names)
     corrector = [p for n, p in model.named_parameters() if n.startswith("corrector.") and p.requires_grad]
     reader = [p for n, p in model.named_parameters() if n.startswith("reader.") and p.requires_grad]  # issue 20
     encoder = [(n, p) for n, p in model.named_parameters()
                if not n.startswith(("corrector.", "reader.")) and p.requires_grad]
     groups = [
-        {"params": [p for n, p in encoder if not n.endswith(NO_DECAY)], "weight_decay": decay, "lr": lr,
-         "group": "encoder"},
-        {"params": [p for n, p in encoder if n.endswith(NO_DECAY)], "weight_decay": 0.0, "lr": lr, "group": "encoder"},
+        {"params": [p for n, p in encoder if n in decay_names], "weight_decay": decay, "lr": lr, "group": "encoder"},
+        {"params": [p for n, p in encoder if n not in decay_names], "weight_decay": 0.0, "lr": lr, "group": "encoder"},
         {"params": corrector, "weight_decay": 0.0, "lr": args.corrector_learning_rate, "group": "corrector"},
         {"params": reader, "weight_decay": args.weight_decay, "lr": getattr(args, "reader_learning_rate", None),
          "group": "reader"},

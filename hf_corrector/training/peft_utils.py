@@ -51,7 +51,7 @@ def _adapters(retriever: Any) -> dict[str, Any]:
 
 def _public_base_name(retriever: Any) -> str | None:
     """The base model's Hub id for ``adapter_config.json`` (never a local path, which would be published)."""
-    from ..card_text import is_hub_id
+    from ..utils.hub_ids import is_hub_id
 
     name = getattr(retriever.config, "base_model_name_or_path", None)
     return name if is_hub_id(name) else None

@@ -352,7 +352,7 @@ class NegativeStrategy:
         return text + (f" ({', '.join(extras)})" if extras else "")
 
     def citations(self, miner: NegativeMiner | None = None, num_refreshes: int = 0) -> list[str]:
-        """Citation keys (of :data:`hf_corrector.hub.cards.CITATIONS`): the corrector paper, the sampler's and its
+        """Citation keys (of :data:`hf_corrector.hub.card_data.CITATIONS`): the corrector paper, the sampler's and its
         transform's, and ANCE when the cache was refreshed (``num_refreshes``: refreshes that ran)."""
         keys = ["corrector"]
         if self.mines_negatives:

@@ -35,27 +35,21 @@ from typing import Any
 
 import datasets
 import torch
-from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PredictionOutput
 
 from ..cache import StaleCache
-from ..card_text import public_model_id
 from ..cache.manager import CacheManager
 from ..cache.placement import resolve_cache_device
-from ..cache.rank_build import build_rows
-from ..cache.sharded_store import check_part_provenance
-from ..cache.sharding import row_range
 from ..data.format import RetrievalData
 from ..data.open_qa import OpenQAData
-from ..errors import CacheMismatchError, ConfigError
+from ..errors import ConfigError
 from ..evaluation.evaluator import CorpusEmbeddings, RetrievalEvaluator, documents_outside
 from ..evaluation.metrics import exact_search
-from ..hub.callbacks import ModelCardCallback
-from ..hub.trainer_mixin import CorrectorHubMixin
-from ..models.corrector import CorrectorConfig, CorrectorModel
+from ..hub.card_data import CardData, dataset_name
+from ..models.corrector import CorrectorModel
 from ..models.reader import Reader
-from ..models.retriever import RetrieverModel, load_retriever
+from ..models.retriever import RetrieverModel
 from ..negatives import NegativeSampler, SamplerContext, TrainingExamples
 from .callbacks import (CacheRefreshCallback, CorrectorFallbackCallback, CorrectorHealth, RetrieverCallbackHandler,
                         SamplerMaintenanceCallback)
@@ -63,48 +57,27 @@ from .checkpoints import finish_if_complete, last_complete_checkpoint, verify_ch
 from .collator import CorrectorDataCollator
 from .config import CorrectorTrainingArguments
 from .distributed import check_distributed_setup
+from .hub_push import CorrectorHubMixin
 from .inputs import index_inputs
 from .losses import step_losses
+from .model_card import ModelCardCallback, update_static
+from .model import CorrectorTrainingModel
 from .nonfinite import SkipStep, guard_step_tensor
 from .optim import build_lr_scheduler, build_optimizer
 from .peft_utils import apply_peft
-from .user_optim import check_peft_by_hand, check_user_optimizer
+from .persistence import CheckpointingMixin
+from .prepare import checkpoint_cache, local_rows, means_true, prepare_cache, prepare_corrector, prepare_retriever
 from .reader_step import ReaderStep, check_reader_data, load_reader
 from .staleness import staleness_metrics
 from .strategy import NegativeStrategy
 from .targets import build_target_batch
 from .semantics import seed_before_set_up, warn_accumulation_is_not_a_bigger_batch
+from .user_optim import check_peft_by_hand, check_user_optimizer
 from .validation import check_enough_negatives
-from .persistence import CACHE_DIR, CheckpointingMixin
+
+__all__ = ["CorrectorTrainer", "CorrectorTrainingModel"]
 
 logger = logging.getLogger(__name__)
-
-
-class CorrectorTrainingModel(nn.Module):
-    """What the Trainer wraps: the retriever and the corrector, so one ``forward`` carries every gradient."""
-
-    def __init__(self, retriever: RetrieverModel, corrector: CorrectorModel | None = None, reader: nn.Module | None = None):
-        super().__init__()
-        self.retriever = retriever
-        self.corrector = corrector
-        if reader is not None:  # a jointly trained reader's LM (issue 20): in the optimizer, group "reader"
-            self.reader = reader
-
-    def forward(self, query_input_ids: torch.Tensor, query_attention_mask: torch.Tensor, target_input_ids: torch.Tensor,
-                target_attention_mask: torch.Tensor, stale_target_embeddings: torch.Tensor | None = None
-                ) -> dict[str, torch.Tensor]:
-        out = self.retriever(query_input_ids, query_attention_mask, target_input_ids, target_attention_mask)
-        result = {"query_embeddings": out.query_embeddings, "target_embeddings": out.target_embeddings}
-        if self.corrector is not None and stale_target_embeddings is not None:
-            result["corrected_embeddings"] = self.corrector(stale_target_embeddings)
-        return result
-
-    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None,
-                                        every_n_layers: int = 1, offload: bool = False) -> None:
-        """What ``TrainingArguments(gradient_checkpointing=True)`` calls: checkpoint the encoder tower(s)."""
-        for tower in (self.retriever.encoder, self.retriever.query_encoder):
-            if tower is not None:
-                tower.activation_checkpointing_enable(activation_checkpointing_kwargs, every_n_layers, offload)
 
 
 class CorrectorTrainer(CheckpointingMixin, CorrectorHubMixin, Trainer):
@@ -151,7 +124,7 @@ class CorrectorTrainer(CheckpointingMixin, CorrectorHubMixin, Trainer):
         self.strategy = strategy = NegativeStrategy.from_args(args)  # the only reader of the strategy arguments
         seed_before_set_up(args)
         warn_accumulation_is_not_a_bigger_batch(args)
-        retriever = _prepare_retriever(model, processing_class, None)
+        retriever = prepare_retriever(model, processing_class, None)
         self.uses_peft = check_peft_by_hand(retriever, peft_config) or peft_config is not None
         retriever = apply_peft(retriever, peft_config) if peft_config is not None else retriever
 
@@ -166,7 +139,7 @@ class CorrectorTrainer(CheckpointingMixin, CorrectorHubMixin, Trainer):
             check_enough_negatives(self.train_examples, len(self.doc_ids), k, pool_size=strategy.candidate_pool,
                                    skip_top=strategy.false_negatives.skip_top)
 
-        corrector = _prepare_corrector(corrector, retriever, args, strategy, self.corrector_class)
+        corrector = prepare_corrector(corrector, retriever, args, strategy, self.corrector_class)
         if data_collator is None:
             data_collator = self.collator_class(
                 tokenizer=retriever.tokenizer, query_max_length=args.query_max_length or retriever.config.query_max_length,
@@ -189,11 +162,11 @@ class CorrectorTrainer(CheckpointingMixin, CorrectorHubMixin, Trainer):
 
         from_checkpoint = cache is None and bool(args.resume_from_checkpoint)
         if from_checkpoint:  # the checkpoint holds the cache: do not encode the corpus only to throw it away
-            cache = _checkpoint_cache(args.output_dir, args.resume_from_checkpoint)
+            cache = checkpoint_cache(args.output_dir, args.resume_from_checkpoint)
         built = cache is None
-        cache = _prepare_cache(cache, retriever, self.corpus, args, self.cache_class, from_checkpoint,
-                               rows=_local_rows(self.accelerator, len(self.corpus), strategy.cache_sharding),
-                               accelerator=self.accelerator)
+        cache = prepare_cache(cache, retriever, self.corpus, args, self.cache_class, from_checkpoint,
+                              rows=local_rows(self.accelerator, len(self.corpus), strategy.cache_sharding),
+                              accelerator=self.accelerator)
         self.cache_manager = self.cache_manager_class(cache, list(self.corpus["text"]), self._encode_targets,
                                                       self.accelerator, write_back=strategy.cache_write_back,
                                                       sharding=strategy.cache_sharding)
@@ -221,7 +194,8 @@ class CorrectorTrainer(CheckpointingMixin, CorrectorHubMixin, Trainer):
         for callback in (self.refresh_callback_class(self.cache_manager, strategy.cache_refresh_steps),
                          SamplerMaintenanceCallback(self.sampler), self.fallback_callback):
             self.add_callback(callback)
-        self.model_card_callback = ModelCardCallback(self, train_dataset, eval_dataset)
+        card = CardData(train_dataset_name=dataset_name(train_dataset), eval_dataset_name=dataset_name(eval_dataset))
+        self.model_card_callback = ModelCardCallback(card, lambda data: update_static(data, self))
         self.add_callback(self.model_card_callback)
 
     # ---------------------------------------------------------------------------------------------------------------
@@ -283,7 +257,8 @@ class CorrectorTrainer(CheckpointingMixin, CorrectorHubMixin, Trainer):
     def create_optimizer(self, model=None):
         """One optimizer with the encoders and the corrector in separate parameter groups (own learning rates)."""
         if self.optimizer is None:
-            self.optimizer = build_optimizer(self.model, self.args, self.optimizer_cls_and_kwargs)
+            self.optimizer = build_optimizer(self.model, self.args, self.get_decay_parameter_names(self.model),
+                                             self.optimizer_cls_and_kwargs)
         return self.optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
@@ -443,7 +418,7 @@ class CorrectorTrainer(CheckpointingMixin, CorrectorHubMixin, Trainer):
 
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """Trainer's ``train`` that also restores the cache and the trainer's extra state on resume."""
-        if _means_true(resume_from_checkpoint):  # the newest complete checkpoint (incomplete ones are skipped)
+        if means_true(resume_from_checkpoint):  # the newest complete checkpoint (incomplete ones are skipped)
             resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
                 raise ConfigError(f"no complete checkpoint found in {self.args.output_dir} to resume from")
@@ -461,105 +436,3 @@ class CorrectorTrainer(CheckpointingMixin, CorrectorHubMixin, Trainer):
         self.state.log_history.append({**{f"reembedding_{k}": v for k, v in self.cost.items()},
                                        "reembedding_total": total, "step": self.state.global_step})
         return result
-
-
-def _prepare_corrector(corrector, retriever: RetrieverModel, args, strategy: NegativeStrategy, corrector_class
-                       ) -> CorrectorModel | None:
-    """The corrector to train: loaded, given, or built from the arguments (None when no corrector trains)."""
-    if isinstance(corrector, (str, os.PathLike)):
-        corrector = corrector_class.from_pretrained(corrector)
-    trains_corrector = strategy.trains_corrector
-    if strategy.uses_corrector and not trains_corrector:
-        logger.info("num_negatives=0 (in-batch negatives only): no corrector is trained")
-    if corrector is None and trains_corrector:
-        corrector = corrector_class(CorrectorConfig(
-            embedding_dim=retriever.embedding_dim, architecture=strategy.correction, hidden_dim=args.corrector_hidden_dim,
-            num_layers=args.corrector_num_layers,
-            retriever_name_or_path=public_model_id(retriever.config.base_model_name_or_path)))
-    if corrector is not None and corrector.config.embedding_dim != retriever.embedding_dim:
-        raise CacheMismatchError(f"corrector dimension {corrector.config.embedding_dim} != retriever dimension "
-                                 f"{retriever.embedding_dim}")
-    return corrector if trains_corrector else None
-
-
-def _local_rows(accelerator, num_rows: int, sharding: str) -> tuple[int, int] | None:
-    """This process's rows of a cache sharded across processes (None: it holds every row)."""
-    world = int(accelerator.num_processes)
-    return row_range(num_rows, world, int(accelerator.process_index)) if sharding == "sharded" and world > 1 else None
-
-
-def _prepare_cache(cache, retriever: RetrieverModel, corpus: datasets.Dataset, args, cache_class,
-                   from_checkpoint: bool = False, rows: tuple[int, int] | None = None, accelerator=None) -> StaleCache:
-    """The stale cache: loaded from a path, given, or built with the starting model (at ``target_max_length``).
-
-    ``rows``: this process's rows of a sharded run; a sharded cache folder is then read for those rows only.
-    A cache must belong to this corpus (ids and texts) and, unless ``cache_from_other_weights`` says on purpose that
-    it is an older encoder's cache to correct, to this target encoder. A checkpoint's cache was written by earlier
-    weights of this run by design: only its corpus is checked.
-    """
-    if isinstance(cache, (str, os.PathLike)):
-        if rows is not None:  # this process's rows only, of a sharded or a single-file folder (sharded_store.py)
-            part = cache_class.load(cache, rows=rows)
-            check_part_provenance(part, cache, list(corpus["doc_id"]), list(corpus["text"]),
-                                  None if from_checkpoint else retriever,
-                                  allow_other_weights=args.cache_from_other_weights, max_length=args.target_max_length)
-            if from_checkpoint:
-                part.check_model(retriever)
-            return part
-        cache = cache_class.load(cache)
-    if cache is None and rows is not None:  # this process encodes and holds only its rows (cache/rank_build.py)
-        logger.info("building this process's rows %d:%d of the stale cache with the starting model", *rows)
-        return build_rows(corpus, retriever, rows, batch_size=args.cache_encode_batch_size, dtype=args.cache_dtype,
-                          device=args.device, max_length=args.target_max_length, shard_dir=args.cache_build_dir,
-                          show_progress_bar=accelerator.is_main_process, accelerator=accelerator)
-    if cache is None:
-        logger.info("building the stale cache: encoding %d documents with the starting model", len(corpus))
-        return cache_class.build(corpus, retriever, batch_size=args.cache_encode_batch_size, dtype=args.cache_dtype,
-                                 device=args.device, max_length=args.target_max_length, shard_dir=args.cache_build_dir)
-    cache.check_provenance(None if from_checkpoint else retriever, doc_ids=list(corpus["doc_id"]),
-                           texts=list(corpus["text"]), allow_other_weights=args.cache_from_other_weights,
-                           max_length=args.target_max_length)
-    if from_checkpoint:
-        cache.check_model(retriever)  # dimension, pooling, normalisation
-    return cache
-
-
-def _means_true(value) -> bool:
-    """``True`` or the string ``"true"`` (as ``--resume_from_checkpoint true`` arrives from the command line)."""
-    return value is True or (isinstance(value, str) and value.strip().lower() == "true")
-
-
-def _checkpoint_cache(output_dir: str, resume_from_checkpoint: str | bool) -> str | None:
-    """The ``stale_cache`` folder of the checkpoint a run will resume from (None when there is none yet)."""
-    folder = last_complete_checkpoint(output_dir) if _means_true(resume_from_checkpoint) else resume_from_checkpoint
-    path = Path(folder) / CACHE_DIR if folder else None
-    return str(path) if path is not None and path.is_dir() else None
-
-
-def _prepare_retriever(model, processing_class, peft_config) -> RetrieverModel:
-    """The retriever from a model or path, with ``processing_class`` as its tokenizer and PEFT applied."""
-    if model is None:
-        raise ConfigError("CorrectorTrainer needs a model (a RetrieverModel or a path / Hub id)")
-    retriever = load_retriever(model) if isinstance(model, (str, os.PathLike)) else model
-    if not isinstance(retriever, RetrieverModel):
-        raise ConfigError(f"model must be a RetrieverModel or a path, got {type(retriever).__name__}")
-    if processing_class is not None:
-        retriever.tokenizer = processing_class
-    if retriever.tokenizer is None:
-        raise ConfigError("the retriever has no tokenizer; pass processing_class=AutoTokenizer.from_pretrained(...)")
-    _check_tokenizer_fits(retriever)
-    return apply_peft(retriever, peft_config) if peft_config is not None else retriever
-
-
-def _check_tokenizer_fits(retriever: RetrieverModel) -> None:
-    """A tokenizer with more tokens than the encoder's embedding matrix would fail deep in torch: fail early."""
-    size = len(retriever.tokenizer)
-    for name in ("encoder", "query_encoder"):
-        tower = getattr(retriever, name, None)
-        try:
-            rows = getattr(tower.get_input_embeddings(), "num_embeddings", None) if tower is not None else None
-        except (AttributeError, NotImplementedError):
-            rows = None
-        if rows is not None and size > rows:
-            raise ConfigError(f"the tokenizer has {size} tokens but the retriever's {name} embeds only {rows} token ids "
-                              f"(a tokenizer of another model?); use the encoder's own tokenizer or resize its embeddings")

@@ -25,8 +25,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..atomic_io import write_text_atomic
-from ..card_text import public_model_id
 from ..errors import CacheMismatchError
+from ..utils.hub_ids import public_model_id
 from .checkpoints import publish_dir
 from .peft_utils import load_peft_retriever, save_peft_retriever
 

@@ -22,9 +22,13 @@ What is left out:
 The train/test split is by module (``sha1(module name)``), so a module's functions are all in one split. Both
 splits share one corpus holding every target of both splits: test queries are answered against the whole
 corpus. ``max_pairs`` caps the total number of pairs with a stable, seeded hash ordering.
+:func:`build_stdlib_open_qa` turns it into an offline open-QA task for reader-supervised training.
+
+Demo data for the recipe, the benchmarks and the tests, kept outside the library package (issue 22): import it as
+``recipes.stdlib_codesearch`` from the repository root (``recipes/train.py`` puts the root on ``sys.path``).
 
 Example:
-    >>> from hf_corrector.data.stdlib_codesearch import build_stdlib_codesearch, stdlib_codesearch_info
+    >>> from recipes.stdlib_codesearch import build_stdlib_codesearch, stdlib_codesearch_info
     >>> train, test = build_stdlib_codesearch(max_pairs=4000)  # doctest: +SKIP
     >>> train.corpus is test.corpus, train.num_queries, test.num_queries, train.num_docs  # doctest: +SKIP
     (True, 3079, 657, 3736)
@@ -60,11 +64,12 @@ import tokenize
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import datasets
 
-from .format import QUERY_FEATURES, RetrievalData
+from hf_corrector.data.format import CORPUS_FEATURES, QUERY_FEATURES, RetrievalData
+from hf_corrector.data.open_qa import OPEN_QA_FEATURES, OpenQAData
 
 logger = logging.getLogger(__name__)
 
@@ -504,3 +509,31 @@ def _truncate(code: str, max_chars: int) -> str:
         out.append(line)
         size += len(line) + 1
     return "\n".join(out) if out else code[:max_chars]
+
+
+def build_stdlib_open_qa(max_pairs: int = 4000, min_name_length: int = 5, max_chars: int = 600, seed: int = 0,
+                         **kwargs: Any) -> tuple[OpenQAData, OpenQAData]:
+    """(train, test) open QA over the stdlib code-search corpus: question = a function's docstring sentence, answer
+    = its name. Kept only where the answer identifies the passage: the name has at least ``min_name_length``
+    characters, occurs (as a word) in exactly one corpus passage, its own, and not in the question; so answer
+    recall@k is the recall of the right function. Both splits share the whole corpus."""
+    train, test = build_stdlib_codesearch(max_pairs=max_pairs, max_code_chars=max_chars, seed=seed, **kwargs)
+    corpus = train.corpus.cast(CORPUS_FEATURES)
+    texts = list(corpus["text"])
+    words = Counter(w for t in texts for w in set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", t)))
+    doc_row = {d: i for i, d in enumerate(corpus["doc_id"])}
+
+    def convert(part) -> OpenQAData:
+        q: dict[str, list] = {"query_id": [], "query": [], "answers": []}
+        for qid, query, pos in zip(part.queries["query_id"], part.queries["query"], part.queries["positive_ids"]):
+            fn = pos[0].rsplit(".", 1)[-1]
+            own = texts[doc_row[pos[0]]]
+            if (len(fn) < min_name_length or words[fn] != 1 or re.search(rf"\b{re.escape(fn)}\b", own) is None
+                    or fn.lower() in query.lower()):
+                continue
+            q["query_id"].append(qid)
+            q["query"].append(query)
+            q["answers"].append([fn])
+        return OpenQAData(datasets.Dataset.from_dict(q, features=OPEN_QA_FEATURES), corpus, "stdlib-open-qa")
+
+    return convert(train), convert(test)
