@@ -48,10 +48,10 @@ from ..cache.provenance import fingerprint_module, fingerprint_retriever, short
 from ..cache.stale_cache import StaleCache
 from ..errors import CacheCorruptError, CacheMismatchError, ConfigError
 from ..negatives.candidates import INDEX_KINDS, CandidateIndex
-from . import storage
+from . import hub_io, storage
 from .inputs import (check_bool, check_budget, check_choice, check_positive_int, check_query_embeddings,
                      check_query_texts)
-from .maps import MAP_METHODS, fit_map
+from .maps import MAP_METHODS, fit_map, serve_matrix
 from .selection import SELECTIONS, select_rows
 
 logger = logging.getLogger(__name__)
@@ -63,32 +63,6 @@ RETRIEVER_KEY = "retriever_weights_fingerprint"  # all of the retriever's weight
 DEFAULT_METHOD = "corrector_ridge"
 DEFAULT_BUDGET = 0.05
 DEFAULT_SELECTION = "random"
-
-
-def serve_matrix(stale: torch.Tensor | StaleCache, fn: Callable[[torch.Tensor], torch.Tensor],
-                 rows: torch.Tensor | None = None, fresh: torch.Tensor | None = None, normalize: bool = True,
-                 chunk_size: int = 65536, progress: tqdm | None = None) -> torch.Tensor:
-    """The served (N, d) float32 matrix: ``fn`` over stale rows in chunks, then ``fresh`` written into ``rows``.
-
-    Example:
-        >>> m = serve_matrix(torch.eye(3), lambda x: 2 * x, torch.tensor([1]), torch.ones(1, 3), normalize=False)
-        >>> m.tolist()
-        [[2.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.0, 0.0, 2.0]]
-    """
-    chunks = stale.iter_chunks(chunk_size) if isinstance(stale, StaleCache) else (
-        (i, stale[i : i + chunk_size]) for i in range(0, stale.shape[0], chunk_size))
-    parts = []
-    with torch.no_grad():
-        for _, chunk in chunks:
-            parts.append(fn(chunk.float()).float().cpu())
-            if progress is not None:
-                progress.update(chunk.shape[0])
-    out = torch.cat(parts) if parts else torch.zeros(0, 0)
-    if rows is not None and fresh is not None and rows.numel():
-        out[rows] = fresh.float().cpu()
-    if normalize:
-        out = torch.nn.functional.normalize(out, dim=-1)
-    return out
 
 
 class CorrectedIndex:
@@ -295,47 +269,18 @@ class CorrectedIndex:
         Example:
             >>> index.push_to_hub("me/my-served-corpus")  # doctest: +SKIP
         """
-        import io
-
-        from huggingface_hub import CommitOperationAdd, HfApi
-
         blob = self.faiss_index.serialize().numpy().tobytes()
-        manifest = storage.make_manifest(self.vectors, blob, self.index_kind)
-        parquet = io.BytesIO()
-        self.vectors.dataset.to_parquet(parquet)
-        card = render_cache_card(self.vectors, keep_existing_metadata=False)
-        files = {"data/train-00000-of-00001.parquet": parquet.getvalue(),
-                 "cache_info.json": json.dumps(self.vectors.info(), indent=2).encode(),
-                 "README.md": card.encode(), INDEX_FILE: blob,
-                 storage.MANIFEST_FILE: json.dumps(manifest, indent=2).encode()}
-        api = HfApi(token=token)
-        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-        api.create_commit(repo_id, repo_type="dataset", commit_message=commit_message,
-                          operations=[CommitOperationAdd(path_in_repo=k, path_or_fileobj=v) for k, v in files.items()])
-        return repo_id
+        return hub_io.push_served(self.vectors, blob, storage.make_manifest(self.vectors, blob, self.index_kind),
+                                  repo_id, private=private, token=token, commit_message=commit_message)
 
     @classmethod
     def from_hub(cls, repo_id: str, retriever: Any = None, revision: str | None = None, token: str | None = None,
                  verify: str = "checksum", allow_other_retriever: bool = False) -> CorrectedIndex:
         """Load an index published with :meth:`push_to_hub`, verified as :meth:`load` verifies a folder (every file
         is read from the same commit)."""
-        from huggingface_hub import HfApi, hf_hub_download
-        from huggingface_hub.utils import EntryNotFoundError
-
         check_choice(verify, ("checksum", "rows", "none"), "verify")
         check_bool(allow_other_retriever, "allow_other_retriever")
-        sha = HfApi(token=token).dataset_info(repo_id, revision=revision).sha or revision
-
-        def download(name: str) -> Path | None:
-            try:
-                return Path(hf_hub_download(repo_id, name, repo_type="dataset", revision=sha, token=token))
-            except EntryNotFoundError:
-                return None
-
-        manifest_file = download(storage.MANIFEST_FILE)
-        manifest = storage.read_manifest(manifest_file) if manifest_file is not None else None
-        vectors = StaleCache.from_hub(repo_id, revision=sha, token=token, verify=verify)
-        index_file = download(INDEX_FILE)
+        manifest, vectors, index_file = hub_io.download_served(repo_id, revision=revision, token=token, verify=verify)
         return cls._with_index(vectors, retriever, index_file if index_file is not None else Path(repo_id) / INDEX_FILE,
                                manifest, f"{repo_id}/{storage.MANIFEST_FILE}", f"{repo_id} (vectors)", verify,
                                allow_other_retriever)

@@ -27,7 +27,9 @@ from typing import Callable
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
+from ..cache.stale_cache import StaleCache
 from ..errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -200,3 +202,29 @@ def apply_map(fn: Callable[[torch.Tensor], torch.Tensor], matrix: torch.Tensor, 
         out = fn(matrix[i : i + chunk_size].float()).float().cpu()
         parts.append(torch.nn.functional.normalize(out, dim=-1) if normalize else out)
     return torch.cat(parts) if parts else matrix.float()
+
+
+def serve_matrix(stale: torch.Tensor | StaleCache, fn: Callable[[torch.Tensor], torch.Tensor],
+                 rows: torch.Tensor | None = None, fresh: torch.Tensor | None = None, normalize: bool = True,
+                 chunk_size: int = 65536, progress: tqdm | None = None) -> torch.Tensor:
+    """The served (N, d) float32 matrix: ``fn`` over stale rows in chunks, then ``fresh`` written into ``rows``.
+
+    Example:
+        >>> m = serve_matrix(torch.eye(3), lambda x: 2 * x, torch.tensor([1]), torch.ones(1, 3), normalize=False)
+        >>> m.tolist()
+        [[2.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.0, 0.0, 2.0]]
+    """
+    chunks = stale.iter_chunks(chunk_size) if isinstance(stale, StaleCache) else (
+        (i, stale[i : i + chunk_size]) for i in range(0, stale.shape[0], chunk_size))
+    parts = []
+    with torch.no_grad():
+        for _, chunk in chunks:
+            parts.append(fn(chunk.float()).float().cpu())
+            if progress is not None:
+                progress.update(chunk.shape[0])
+    out = torch.cat(parts) if parts else torch.zeros(0, 0)
+    if rows is not None and fresh is not None and rows.numel():
+        out[rows] = fresh.float().cpu()
+    if normalize:
+        out = torch.nn.functional.normalize(out, dim=-1)
+    return out
