@@ -82,7 +82,7 @@ def main(argv=None) -> dict:
     sys.path.insert(0, str(HERE.parent))  # the demo data builder lives in recipes/, outside the package
     from recipes.stdlib_codesearch import build_stdlib_open_qa
     from hf_corrector.models.reader import Reader
-    from hf_corrector.models.retriever import load_retriever
+    from hf_corrector.models.loading import load_retriever
 
     logging.basicConfig(level=logging.WARNING)
     a = parse_args(argv)

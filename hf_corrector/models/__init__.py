@@ -3,7 +3,8 @@
 from transformers import AutoConfig, AutoModel
 
 from .corrector import CorrectorConfig, CorrectorModel
-from .retriever import RetrieverConfig, RetrieverModel, RetrieverOutput, load_retriever
+from .loading import load_retriever
+from .retriever import RetrieverConfig, RetrieverModel, RetrieverOutput
 
 AutoConfig.register(CorrectorConfig.model_type, CorrectorConfig, exist_ok=True)
 AutoModel.register(CorrectorConfig, CorrectorModel, exist_ok=True)

@@ -24,7 +24,8 @@ from ..cache.sharding import row_range
 from ..errors import CacheMismatchError, ConfigError
 from ..utils.hub_ids import public_model_id
 from ..models.corrector import CorrectorConfig, CorrectorModel
-from ..models.retriever import RetrieverModel, load_retriever
+from ..models.loading import load_retriever
+from ..models.retriever import RetrieverModel
 from .checkpoints import last_complete_checkpoint
 from .peft_utils import apply_peft
 from .persistence import CACHE_DIR
