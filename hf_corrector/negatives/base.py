@@ -118,6 +118,10 @@ class NegativeSampler:
     def on_targets(self, rows: torch.Tensor) -> None:
         self.transform.on_targets(rows)
 
+    def log_metrics(self) -> dict[str, float]:
+        """The sampler's own statistics for the training logs (none by default; the tree sampler's acceptance)."""
+        return {}
+
     # -- checkpoints ----------------------------------------------------------------------------------------------------
     def state_dict(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         """JSON-serialisable state and named tensors (the transform's under ``transform``)."""

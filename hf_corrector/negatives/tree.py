@@ -318,11 +318,18 @@ class TreeSampler(NegativeSampler):
         return self.stats["accepted"] / max(self.stats["proposals"], 1)
 
     def log_metrics(self) -> dict[str, float]:
-        """Acceptance rate, exactly scored rows per draw and rebuild counts (for the training logs)."""
+        """Since the start of training: rejection proposals and their acceptance rate (absent while no proposal was
+        made: every draw came from probed clusters), exactly scored rows per draw, local rebuilds, radius refreshes;
+        and the largest certified unexamined-mass bound of the last batch (the trainer's logs)."""
         draws = max(self.stats["draws"], 1)
-        return {"tree_acceptance_rate": self.acceptance_rate, "tree_exact_rows_per_draw": self.stats["exact_rows"] / draws,
-                "tree_local_rebuilds": float(self.stats["local_rebuilds"]),
-                "tree_unexamined_bound_max": max(self.last_stats.get("unexamined_bound", [0.0]))}
+        out = {"tree_proposals": float(self.stats["proposals"]),
+               "tree_exact_rows_per_draw": self.stats["exact_rows"] / draws,
+               "tree_local_rebuilds": float(self.stats["local_rebuilds"]),
+               "tree_radius_refreshes": float(self.stats["radius_refreshes"]),
+               "tree_unexamined_bound_max": float(max(self.last_stats.get("unexamined_bound", [0.0])))}
+        if self.stats["proposals"]:
+            out["tree_acceptance_rate"] = self.acceptance_rate
+        return out
 
     # -- checkpoints ------------------------------------------------------------------------------------------------
     def state_dict(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
