@@ -9,3 +9,10 @@ $PY benchmarks/quality.py --setting S2r --num-layers 2 --lr 1e-4 --lr-schedule c
     --rows tree tree_nystrom stale \
     --output benchmarks/results/quality_S2r_tree.json --work-dir benchmarks/results/quality_S2r_tree_work \
     --markdown benchmarks/results/quality_S2r_tree.md
+# The tree row in setting S2L (the S2L arguments of run_quality_S2L.sh; compare with its stored stale / corrector
+# rows, deterministic per seed). Seeds as time allows: TREE_S2L_SEEDS="0 1 2" for all three.
+$PY benchmarks/quality.py --setting S2L --num-layers 2 --lr 1e-4 --lr-schedule constant --steps 60 --batch-size 16 \
+    --num-negatives 5 --query-max-length 32 --doc-max-length 48 --seeds ${TREE_S2L_SEEDS:-0 1 2} \
+    --rows tree \
+    --output benchmarks/results/quality_S2L_tree.json --work-dir benchmarks/results/quality_S2L_tree_work \
+    --markdown benchmarks/results/quality_S2L_tree.md

@@ -226,7 +226,7 @@ def part_memory(res, n=21_000_000, d=768, b=16):
     cache in host memory (device: centroids and radii for the bounds, plus the rows one query batch scores
     exactly, at the fraction of N measured in ``scale``). Arithmetic, not measured on a GPU."""
     c = int(round(4 * math.sqrt(n)))
-    fractions = {key: r[when]["exact_rows_fraction_of_N_per_query"] for key, r in res["scale"].items()
+    fractions = {f"{key}_{when}": r[when]["exact_rows_fraction_of_N_per_query"] for key, r in res["scale"].items()
                  for when in ("before_drift", "after_drift")}
     out = {"N": n, "dim": d, "clusters": c, "query_batch": b, "measured_fractions": fractions}
     for dtype, nbytes in (("float32", 4), ("float16", 2)):

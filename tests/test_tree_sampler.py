@@ -244,6 +244,26 @@ def test_trains_inside_corrector_trainer(tmp_path, correction):
     assert bool((dist <= tree.radius[tree.assign]).all())
 
 
+def test_acceptance_and_local_rebuilds_reach_the_training_logs(tmp_path):
+    """A short tiny run: every logging step carries the tree's acceptance rate, proposals, rows scored per draw and
+    local-rebuild count, equal to the sampler's own counters at that step (shallow probing forces rejection
+    proposals; a radius factor just above 1 makes write-backs trigger local re-clustering)."""
+    trainer = tiny_trainer(tmp_path, tree_sampler=True, negative_sampling="gumbel", sampling_temperature=1.0,
+                           num_negatives=3, correction="none", cache_write_back=True, max_steps=4, logging_steps=2,
+                           tree_num_clusters=8, tree_probe_mass=1e6, tree_rebuild_radius_factor=1.0001)
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "tree_proposals" in h]
+    assert [h["step"] for h in logged] == [2, 4]
+    first, last = logged
+    s = trainer.sampler.stats
+    assert last["tree_proposals"] == s["proposals"] > first["tree_proposals"] > 0
+    assert last["tree_acceptance_rate"] == pytest.approx(s["accepted"] / s["proposals"])
+    assert 0.0 < first["tree_acceptance_rate"] < 1.0 and 0.0 < last["tree_acceptance_rate"] < 1.0
+    assert last["tree_local_rebuilds"] == s["local_rebuilds"] >= first["tree_local_rebuilds"] > 0
+    assert last["tree_exact_rows_per_draw"] == pytest.approx(s["exact_rows"] / s["draws"])
+    assert 0.0 < last["tree_unexamined_bound_max"] < 1.0
+
+
 @pytest.mark.parametrize("name", ["tree-nystrom", "tree-corrector-linear"])
 def test_testbed_tree_scores_are_the_corrected_scores(name):
     """On the synthetic testbed (issue 18), the tree with a map folded into the query reports, for the rows it

@@ -27,7 +27,7 @@ Write your own::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,6 +117,10 @@ class NegativeSampler:
 
     def on_targets(self, rows: torch.Tensor) -> None:
         self.transform.on_targets(rows)
+
+    def log_metrics(self) -> dict[str, float]:
+        """The sampler's own statistics for the training logs (none by default; the tree sampler's acceptance)."""
+        return {}
 
     # -- checkpoints ----------------------------------------------------------------------------------------------------
     def state_dict(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

@@ -38,6 +38,9 @@ MLP corrector is indexed through its materialised corrected view (``corrected_vi
 The tree and the rows stay in host memory; the tree holds no copy of the rows (it reads the cache, or the view,
 in place): centroids (C x d), one row-to-cluster map and member lists (N integers).
 
+Modules: the cluster structure and its maintenance in :mod:`~hf_corrector.negatives.tree_clusters`, one query's
+probing, envelope and draws in :mod:`~hf_corrector.negatives.tree_draw`, the ``NegativeSampler`` adapter here.
+
 Example:
     >>> sampler = TreeSampler(method="gumbel", temperature=0.05)  # doctest: +SKIP
     >>> trainer = CorrectorTrainer(..., sampler=sampler)  # or CorrectorTrainingArguments(..., tree_sampler=True)  # doctest: +SKIP
@@ -46,395 +49,25 @@ Example:
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..errors import ConfigError
 from .base import NegativeSampler, SamplerContext, ScoreLimits
-from .candidates import require_faiss
 from .topk import Selection, query_generator
 from .transforms import ScoreTransform
+from .tree_clusters import ClusterTree, covering_radii, default_num_clusters, nearest_centroid
+from .tree_draw import _QueryDraw
+
+__all__ = ["METHODS", "MODES", "ClusterTree", "TreeSampler", "covering_radii", "default_num_clusters",
+           "nearest_centroid"]
 
 logger = logging.getLogger(__name__)
 
 METHODS = ("topk", "gumbel")
 MODES = ("exact", "truncated")
-
-
-def default_num_clusters(n: int) -> int:
-    """About ``4 sqrt(N)`` clusters (at least 1, at most N)."""
-    return max(1, min(n, int(round(4 * math.sqrt(n)))))
-
-
-class ClusterTree:
-    """Clusters of row vectors with centroids, members, counts and covering radii (host memory).
-
-    The vectors are not stored: every method takes the current (N, d) matrix (the cache or its corrected view).
-
-    Example:
-        >>> import torch
-        >>> v = torch.randn(1000, 8)
-        >>> tree = ClusterTree.build(v, num_clusters=16, seed=0)
-        >>> bool(((v - tree.centroids[tree.assign]).norm(dim=1) <= tree.radius[tree.assign] + 1e-5).all())
-        True
-    """
-
-    def __init__(self, centroids: torch.Tensor, assign: torch.Tensor, radius: torch.Tensor,
-                 base_radius: torch.Tensor | None = None):
-        self.centroids = centroids.float().contiguous()
-        self.assign = assign.long()
-        self.radius = radius.float()
-        self.base_radius = (base_radius if base_radius is not None else radius).float().clone()
-        self.members = self._members_from_assign()
-        self._counts: torch.Tensor | None = None
-
-    @property
-    def num_clusters(self) -> int:
-        return self.centroids.shape[0]
-
-    @property
-    def counts(self) -> torch.Tensor:
-        """(C,) members per cluster."""
-        if self._counts is None:
-            self._counts = torch.tensor([m.numel() for m in self.members], dtype=torch.long)
-        return self._counts
-
-    def _members_from_assign(self) -> list[torch.Tensor]:
-        order = torch.argsort(self.assign, stable=True)
-        sizes = torch.bincount(self.assign, minlength=self.centroids.shape[0]).tolist()
-        return list(torch.split(order, sizes))
-
-    # -- building ---------------------------------------------------------------------------------------------------
-    @classmethod
-    def build(cls, vectors: torch.Tensor, num_clusters: int, seed: int = 0, niter: int = 20,
-              two_level_rows: int = 200_000) -> ClusterTree:
-        """faiss k-means over ``vectors`` (two-level above ``two_level_rows`` rows), then exact assignment and radii."""
-        faiss = require_faiss()
-        x = np.ascontiguousarray(vectors.float().cpu().numpy())
-        n, d = x.shape
-        c = max(1, min(int(num_clusters), n))
-        if n > two_level_rows and c >= 16:
-            from faiss.contrib.clustering import two_level_clustering
-
-            centroids, _ = two_level_clustering(x, int(round(math.sqrt(c))), c, clustering_niter=niter, seed=seed)
-        else:
-            km = faiss.Kmeans(d, c, niter=niter, seed=seed, max_points_per_centroid=256, min_points_per_centroid=1)
-            km.train(x)
-            centroids = km.centroids
-        centroids_t = torch.from_numpy(np.ascontiguousarray(centroids, dtype=np.float32))
-        assign = nearest_centroid(vectors, centroids_t)
-        radius = covering_radii(vectors, centroids_t, assign)
-        return cls(centroids_t, assign, radius)
-
-    # -- maintenance ------------------------------------------------------------------------------------------------
-    def refresh_radii(self, vectors: torch.Tensor) -> None:
-        """Every vector may have changed: recompute every radius (assignments kept; O(N d))."""
-        self.radius = covering_radii(vectors, self.centroids, self.assign)
-
-    def update_rows(self, vectors: torch.Tensor, rows: torch.Tensor) -> int:
-        """Rows ``rows`` changed in place: move each to its nearest centroid, recompute the touched radii.
-
-        Returns the number of rows that changed cluster."""
-        rows = torch.unique(rows.long().cpu())
-        if not rows.numel():
-            return 0
-        old = self.assign[rows]
-        new = nearest_centroid(vectors[rows], self.centroids)
-        moved = rows[old != new]
-        self.assign[rows] = new
-        touched = torch.unique(torch.cat([old, new]))
-        self._counts = None
-        for c in torch.unique(torch.cat([old[old != new], new[old != new]])).tolist():
-            self.members[c] = torch.nonzero(self.assign == c).flatten() if moved.numel() > 64 else \
-                self._moved_members(c, moved)
-        self._recompute_radii(vectors, touched)
-        return int(moved.numel())
-
-    def _moved_members(self, c: int, moved: torch.Tensor) -> torch.Tensor:
-        keep = self.members[c][~torch.isin(self.members[c], moved)]
-        joined = moved[self.assign[moved] == c]
-        return torch.sort(torch.cat([keep, joined])).values
-
-    def _recompute_radii(self, vectors: torch.Tensor, clusters: torch.Tensor) -> None:
-        for c in clusters.tolist():
-            m = self.members[c]
-            self.radius[c] = (vectors[m].float() - self.centroids[c]).norm(dim=1).max() if m.numel() else 0.0
-
-    def rebuild_local(self, vectors: torch.Tensor, c: int, neighbours: int = 4, seed: int = 0, niter: int = 10
-                      ) -> list[int]:
-        """Re-cluster cluster ``c`` with its ``neighbours - 1`` nearest clusters (same number of clusters, new
-        centroids and assignments, radii reset as the new base). Returns the clusters rebuilt."""
-        faiss = require_faiss()
-        dist = (self.centroids - self.centroids[c]).norm(dim=1)
-        group = torch.argsort(dist)[: max(1, min(neighbours, self.num_clusters))]
-        rows = torch.cat([self.members[g] for g in group.tolist()])
-        if rows.numel() < group.numel():  # too few rows to split: just reset the base radius
-            self.base_radius[group] = self.radius[group]
-            return group.tolist()
-        x = np.ascontiguousarray(vectors[rows].float().cpu().numpy())
-        km = faiss.Kmeans(x.shape[1], int(group.numel()), niter=niter, seed=seed, max_points_per_centroid=1 << 20,
-                          min_points_per_centroid=1)
-        km.train(x)
-        self.centroids[group] = torch.from_numpy(np.ascontiguousarray(km.centroids, dtype=np.float32))
-        local = nearest_centroid(vectors[rows], self.centroids[group])
-        self.assign[rows] = group[local]
-        for g in group.tolist():
-            self.members[g] = torch.sort(rows[self.assign[rows] == g]).values
-        self._counts = None
-        self._recompute_radii(vectors, group)
-        self.base_radius[group] = self.radius[group]
-        return group.tolist()
-
-    # -- bounds -----------------------------------------------------------------------------------------------------
-    def bounds(self, q: torch.Tensor) -> torch.Tensor:
-        """(B, C) upper bounds ``<q, mu_c> + ||q|| R_c`` of every member's score (-inf for empty clusters)."""
-        ub = q.float() @ self.centroids.T + q.float().norm(dim=1, keepdim=True) * self.radius[None, :]
-        return ub.masked_fill((self.counts == 0)[None, :], float("-inf"))
-
-    # -- checkpoints ------------------------------------------------------------------------------------------------
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {"centroids": self.centroids.clone(), "assign": self.assign.clone(), "radius": self.radius.clone(),
-                "base_radius": self.base_radius.clone()}
-
-    @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> ClusterTree:
-        return cls(tensors["centroids"], tensors["assign"], tensors["radius"], tensors["base_radius"])
-
-
-def nearest_centroid(vectors: torch.Tensor, centroids: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
-    """(N,) index of the nearest centroid (Euclidean) of every row, in chunks."""
-    out = torch.empty(vectors.shape[0], dtype=torch.long)
-    half_sq = 0.5 * (centroids * centroids).sum(1)
-    for s in range(0, vectors.shape[0], chunk):
-        v = vectors[s : s + chunk].float()
-        out[s : s + chunk] = (v @ centroids.T - half_sq).argmax(1)  # argmin ||v - c||^2 = argmax <v,c> - |c|^2/2
-    return out
-
-
-def covering_radii(vectors: torch.Tensor, centroids: torch.Tensor, assign: torch.Tensor, chunk: int = 65536
-                   ) -> torch.Tensor:
-    """(C,) ``max ||v - mu_c||`` over each cluster's rows (0 for empty clusters), in chunks."""
-    radius = torch.zeros(centroids.shape[0])
-    for s in range(0, vectors.shape[0], chunk):
-        a = assign[s : s + chunk]
-        d = (vectors[s : s + chunk].float() - centroids[a]).norm(dim=1)
-        radius.scatter_reduce_(0, a, d, reduce="amax")
-    # float rounding: a member's recomputed distance may exceed the stored max by an ulp; pad relatively
-    return radius * (1 + 1e-6) + 1e-7
-
-
-class _QueryDraw:
-    """One query's probed set, envelope and draws (see the module docstring)."""
-
-    def __init__(self, tree: ClusterTree, vectors: torch.Tensor, q: torch.Tensor, ub: torch.Tensor, beta: float,
-                 blocked: set[int], max_score: float | None, gen: torch.Generator):
-        self.tree, self.vectors, self.q, self.beta, self.gen = tree, vectors, q, beta, gen
-        self.blocked = blocked
-        self.max_score = max_score
-        self.ub = ub.double()
-        self.order = torch.argsort(ub, descending=True).tolist()
-        self.counts = tree.counts.double()
-        self.shift = float(ub.max())  # every score <= shift: weights exp(beta (s - shift)) <= 1
-        self.probed: list[int] = []
-        self.unprobed = torch.ones(tree.num_clusters, dtype=torch.bool)
-        self.unprobed[self.counts == 0] = False
-        # envelope mass of each cluster, zeroed once probed (U = its sum, recomputed exactly, never updated by
-        # subtraction: the envelope must stay an upper bound)
-        self.env = torch.where(self.unprobed, self.counts * torch.exp(self.beta * (self.ub - self.shift)),
-                               torch.zeros_like(self.ub))
-        self.rows = torch.zeros(0, dtype=torch.long)
-        self.scores = torch.zeros(0, dtype=torch.float64)
-        self.weights = torch.zeros(0, dtype=torch.float64)
-        self.next = 0
-        self.proposals = 0
-        self.accepted = 0
-        self.cluster_proposals = torch.zeros(tree.num_clusters, dtype=torch.long)
-        self.cluster_accepts = torch.zeros(tree.num_clusters, dtype=torch.long)
-
-    def allowed(self, rows: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        """Rows that may be drawn: not blocked (positives, rows drawn before, skipped best rows), under the ceiling."""
-        ok = ~torch.isin(rows, torch.tensor(sorted(self.blocked), dtype=torch.long)) if self.blocked else \
-            torch.ones(rows.shape[0], dtype=torch.bool)
-        if self.max_score is not None:
-            ok &= scores <= self.max_score
-        return ok
-
-    # -- probing ----------------------------------------------------------------------------------------------------
-    def probe(self, clusters: list[int]) -> None:
-        """Score the members of ``clusters`` exactly (they leave the envelope)."""
-        members = [self.tree.members[c] for c in clusters]
-        rows = members[0] if len(members) == 1 else torch.cat(members)
-        s = (self.vectors[rows].float() @ self.q).double()
-        w = torch.exp(self.beta * (s - self.shift))
-        ok = self.allowed(rows, s)
-        self.rows = torch.cat([self.rows, rows])
-        self.scores = torch.cat([self.scores, s])
-        self.weights = torch.cat([self.weights, torch.where(ok, w, torch.zeros_like(w))])
-        self.probed.extend(clusters)
-        index = torch.as_tensor(clusters, dtype=torch.long)
-        self.unprobed[index] = False
-        self.env[index] = 0.0
-
-    def _skip_probed(self) -> None:
-        while self.next < len(self.order) and not self.unprobed[self.order[self.next]]:
-            self.next += 1
-
-    def probe_next(self, count: int = 1) -> bool:
-        """Probe the ``count`` unprobed clusters of best bound; False when none is left."""
-        chosen: list[int] = []
-        while len(chosen) < count:
-            self._skip_probed()
-            if self.next >= len(self.order):
-                break
-            chosen.append(self.order[self.next])
-            self.next += 1
-        if chosen:
-            self.probe(chosen)
-        return bool(chosen)
-
-    def best_unprobed_bound(self) -> float:
-        self._skip_probed()
-        return float(self.ub[self.order[self.next]]) if self.next < len(self.order) else float("-inf")
-
-    @property
-    def bound_mass(self) -> float:
-        """``U``: the envelope mass of the unprobed clusters (shifted)."""
-        return float(self.env.sum())
-
-    @property
-    def unexamined_bound(self) -> float:
-        """Certified upper bound on the softmax mass (over allowed rows) outside the probed clusters."""
-        u, z = self.bound_mass, float(self.weights.sum())
-        return 1.0 if z + u == 0 else u / (z + u)
-
-    def probe_until(self, min_probe: int, probe_mass: float, max_probe: int | None, top: int, skip_top: int) -> None:
-        """Probe best-bound-first until the bound mass is small, and the ``top`` best probed scores (of allowed rows)
-        and the ``skip_top`` best (of all rows) are certified to be the best of all N."""
-        while True:
-            n = len(self.probed)
-            if max_probe is not None and n >= max_probe:
-                return
-            done = n >= min_probe and self.bound_mass <= probe_mass * float(self.weights.sum())
-            if done and (top or skip_top):  # the best top + skip_top allowed rows are certified the best of all
-                need = top + skip_top
-                allowed = self.scores[self.weights > 0]
-                done = allowed.numel() >= need and float(allowed.topk(need).values[-1]) >= self.best_unprobed_bound()
-            if done and self.max_score is not None:
-                done = self.best_unprobed_bound() <= self.max_score  # rows above the ceiling all seen (exact count)
-            # probe in groups growing with the probed set (a quarter of it): overshoot at most 25%, few Python rounds
-            step = max(1, n // 4) if max_probe is None else max(1, min(n // 4, max_probe - n))
-            if done or not self.probe_next(step):
-                return
-
-    def drop_best(self, skip_top: int) -> torch.Tensor:
-        """Block the ``skip_top`` best allowed rows (certified the best of all by :meth:`probe_until`), as the
-        exhaustive scan does (positives and rows above the ceiling are not counted among them)."""
-        if not skip_top:
-            return self.rows[:0]
-        allowed = torch.nonzero(self.weights > 0).flatten()
-        best = allowed[self.scores[allowed].topk(min(skip_top, allowed.numel())).indices]
-        self.weights[best] = 0.0
-        rows = self.rows[best]
-        self.blocked.update(rows.tolist())
-        return rows
-
-    # -- drawing ----------------------------------------------------------------------------------------------------
-    def _propose_unprobed(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``n`` envelope proposals from the unprobed clusters: (cluster, row, score, accepted)."""
-        unprobed = torch.nonzero(self.unprobed).flatten()
-        env = self.env[unprobed]
-        cl = unprobed[torch.multinomial(env.float(), n, replacement=True, generator=self.gen)]
-        sizes = self.counts[cl]
-        pos = torch.minimum((torch.rand(n, generator=self.gen, dtype=torch.float64) * sizes).long(),
-                            (sizes - 1).long())
-        rows = torch.stack([self.tree.members[c][p] for c, p in zip(cl.tolist(), pos.tolist())])
-        s = (self.vectors[rows].float() @ self.q).double()
-        accept_p = torch.exp(self.beta * (s - self.ub[cl])).clamp(max=1.0)
-        acc = self.allowed(rows, s) & (torch.rand(n, generator=self.gen, dtype=torch.float64) < accept_p)
-        return cl, rows, s, acc
-
-    def draw_many(self, num: int, exact: bool, batch: int = 4096) -> torch.Tensor:
-        """``num`` i.i.d. rows ∝ exp(beta s) over the allowed rows (vectorised rejection; the envelope tightens
-        by probing the next cluster when a round accepts less than a tenth of its proposals)."""
-        out, got = [], 0
-        while got < num:
-            z = float(self.weights.sum())
-            u = self.bound_mass if exact else 0.0
-            if z + u <= 0:
-                if exact and self.probe_next():
-                    continue
-                raise ValueError("no allowed row left to draw")
-            from_probed = torch.rand(batch, generator=self.gen, dtype=torch.float64) * (z + u) < z
-            n_p = int(from_probed.sum())
-            row = torch.empty(batch, dtype=torch.long)
-            ok = from_probed.clone()
-            if n_p:
-                row[from_probed] = self.rows[torch.multinomial(self.weights.float(), n_p, replacement=True,
-                                                               generator=self.gen)]
-            if batch - n_p:
-                cl, rows, _, acc = self._propose_unprobed(batch - n_p)
-                row[~from_probed], ok[~from_probed] = rows, acc
-                self.proposals += batch - n_p
-                self.accepted += int(acc.sum())
-                self.cluster_proposals.index_add_(0, cl, torch.ones_like(cl))
-                self.cluster_accepts.index_add_(0, cl[acc], torch.ones_like(cl[acc]))
-            out.append(row[ok])
-            got += int(ok.sum())
-            if int(ok.sum()) < batch // 10:  # tighten the envelope (groups growing with the probed set)
-                self.probe_next(max(1, len(self.probed) // 4))
-        return torch.cat(out)[:num]
-
-    def draw(self, exact: bool, replace: bool, batch: int = 64, max_attempts: int = 256) -> tuple[int, float]:
-        """One row ∝ exp(beta s) over the allowed rows (not yet drawn unless ``replace``); returns (row, score)."""
-        attempts = 0
-        while True:
-            z = float(self.weights.sum())
-            u = self.bound_mass if exact else 0.0
-            if z + u <= 0:
-                if exact and self.probe_next():
-                    continue
-                raise ValueError("no allowed row left to draw")
-            if attempts >= max_attempts and self.probe_next(max(1, len(self.probed) // 4)):  # tighten (still exact)
-                attempts = 0
-                continue
-            coin = torch.rand(batch, generator=self.gen, dtype=torch.float64) * (z + u)
-            from_probed = coin < z
-            n_probed = int(from_probed.sum())
-            picks_p = torch.multinomial(self.weights.float(), n_probed, replacement=True,
-                                        generator=self.gen) if n_probed else None
-            n_rest = batch - n_probed
-            result = None
-            if n_rest:
-                cl, rows, s, acc = self._propose_unprobed(n_rest)
-            # attempts in order: the probed ones are always accepted; take the first accepted attempt
-            ip, ir = 0, 0
-            for is_probed in from_probed.tolist():
-                if is_probed:
-                    j = int(picks_p[ip]); ip += 1
-                    result = (int(self.rows[j]), float(self.scores[j]), j, None)
-                    break
-                c = int(cl[ir])
-                self.proposals += 1
-                attempts += 1
-                self.cluster_proposals[c] += 1
-                if bool(acc[ir]):
-                    self.accepted += 1
-                    self.cluster_accepts[c] += 1
-                    result = (int(rows[ir]), float(s[ir]), None, c)
-                    break
-                ir += 1
-            if result is None:
-                continue
-            row, score, j, _ = result
-            if not replace:
-                if j is not None:
-                    self.weights[j] = 0.0
-                self.blocked.add(row)
-            return row, score
 
 
 class TreeSampler(NegativeSampler):
@@ -685,11 +318,18 @@ class TreeSampler(NegativeSampler):
         return self.stats["accepted"] / max(self.stats["proposals"], 1)
 
     def log_metrics(self) -> dict[str, float]:
-        """Acceptance rate, exactly scored rows per draw and rebuild counts (for the training logs)."""
+        """Since the start of training: rejection proposals and their acceptance rate (absent while no proposal was
+        made: every draw came from probed clusters), exactly scored rows per draw, local rebuilds, radius refreshes;
+        and the largest certified unexamined-mass bound of the last batch (the trainer's logs)."""
         draws = max(self.stats["draws"], 1)
-        return {"tree_acceptance_rate": self.acceptance_rate, "tree_exact_rows_per_draw": self.stats["exact_rows"] / draws,
-                "tree_local_rebuilds": float(self.stats["local_rebuilds"]),
-                "tree_unexamined_bound_max": max(self.last_stats.get("unexamined_bound", [0.0]))}
+        out = {"tree_proposals": float(self.stats["proposals"]),
+               "tree_exact_rows_per_draw": self.stats["exact_rows"] / draws,
+               "tree_local_rebuilds": float(self.stats["local_rebuilds"]),
+               "tree_radius_refreshes": float(self.stats["radius_refreshes"]),
+               "tree_unexamined_bound_max": float(max(self.last_stats.get("unexamined_bound", [0.0])))}
+        if self.stats["proposals"]:
+            out["tree_acceptance_rate"] = self.acceptance_rate
+        return out
 
     # -- checkpoints ------------------------------------------------------------------------------------------------
     def state_dict(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

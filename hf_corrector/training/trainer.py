@@ -355,6 +355,7 @@ class CorrectorTrainer(CheckpointingMixin, CorrectorHubMixin, Trainer):
             if self.corrector is not None:
                 logs["corrector_fallback"] = float(self.fallback_callback.falling_back)
             logs["reembedding_cost"] = self.total_reembedding_cost()
+            logs.update(self.sampler.log_metrics())  # e.g. the tree sampler's acceptance rate and local rebuilds
             if self.reader_step is not None:
                 logs["reader_forward_passes"] = self.reader_step.forward_passes
         super().log(logs, start_time)
