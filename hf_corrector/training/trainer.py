@@ -36,16 +36,12 @@ from typing import Any
 import datasets
 import torch
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import PredictionOutput
 
 from ..cache import StaleCache
 from ..cache.manager import CacheManager
 from ..cache.placement import resolve_cache_device
 from ..data.format import RetrievalData
-from ..data.open_qa import OpenQAData
 from ..errors import ConfigError
-from ..evaluation.evaluator import CorpusEmbeddings, RetrievalEvaluator, documents_outside
-from ..evaluation.metrics import exact_search
 from ..hub.card_data import CardData, dataset_name
 from ..models.corrector import CorrectorModel
 from ..models.reader import Reader
@@ -54,7 +50,7 @@ from ..negatives import NegativeSampler, SamplerContext, TrainingExamples
 from .callbacks import (CacheRefreshCallback, CorrectorFallbackCallback, CorrectorHealth, RetrieverCallbackHandler,
                         SamplerMaintenanceCallback)
 from .checkpoints import finish_if_complete, last_complete_checkpoint, verify_checkpoint
-from .collator import CorrectorDataCollator
+from .collator import CorrectorDataCollator, check_collator
 from .config import CorrectorTrainingArguments
 from .distributed import check_distributed_setup
 from .hub_push import CorrectorHubMixin
@@ -71,6 +67,7 @@ from .reader_step import ReaderStep, check_reader_data, load_reader
 from .staleness import staleness_metrics
 from .strategy import NegativeStrategy
 from .targets import build_target_batch
+from .trainer_eval import EvaluationMixin
 from .semantics import seed_before_set_up, warn_accumulation_is_not_a_bigger_batch
 from .user_optim import check_peft_by_hand, check_user_optimizer
 from .validation import check_enough_negatives
@@ -80,7 +77,7 @@ __all__ = ["CorrectorTrainer", "CorrectorTrainingModel"]
 logger = logging.getLogger(__name__)
 
 
-class CorrectorTrainer(CheckpointingMixin, CorrectorHubMixin, Trainer):
+class CorrectorTrainer(EvaluationMixin, CheckpointingMixin, CorrectorHubMixin, Trainer):
     """A :class:`~transformers.Trainer` for dual encoders with a stale cache and a corrector network.
 
     Args (beyond ``Trainer``'s):
@@ -140,6 +137,7 @@ class CorrectorTrainer(CheckpointingMixin, CorrectorHubMixin, Trainer):
                                    skip_top=strategy.false_negatives.skip_top)
 
         corrector = prepare_corrector(corrector, retriever, args, strategy, self.corrector_class)
+        check_collator(data_collator, self.train_examples)  # a standard collator: refused naming ours
         if data_collator is None:
             data_collator = self.collator_class(
                 tokenizer=retriever.tokenizer, query_max_length=args.query_max_length or retriever.config.query_max_length,
@@ -207,9 +205,7 @@ class CorrectorTrainer(CheckpointingMixin, CorrectorHubMixin, Trainer):
                                              desc=desc)
 
     def _encode_queries_for_sampler(self, texts: list[str]) -> torch.Tensor:
-        return self.retriever.encode_queries(texts, batch_size=self.args.eval_batch_size_encode,
-                                             max_length=self.args.query_max_length, device=self.args.device,
-                                             show_progress_bar=False)
+        return self.encode_queries(texts, show_progress_bar=False)
 
     @property
     def retriever(self) -> RetrieverModel:
@@ -359,63 +355,6 @@ class CorrectorTrainer(CheckpointingMixin, CorrectorHubMixin, Trainer):
             if self.reader_step is not None:
                 logs["reader_forward_passes"] = self.reader_step.forward_passes
         super().log(logs, start_time)
-
-    # ---------------------------------------------------------------------------------------------------------------
-    # evaluation
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        """nDCG@10, Recall@10/100 and MRR@10 of held-out queries over the whole corpus (a dict of datasets: each,
-        prefixed ``{prefix}_{name}``). ``eval_corpus_embeddings`` picks the corpus representation(s): ``fresh``
-        (re-encoded now; no infix), ``stale`` (the cache) and ``corrected`` (the transformed cache), side by side.
-        Held-out positives outside the training corpus are searched too (``fresh``; taken from the evaluation
-        data's corpus)."""
-        data = eval_dataset if eval_dataset is not None else self._eval_data
-        if isinstance(data, str) and isinstance(self._eval_data, dict):  # Trainer's "name of one of the datasets"
-            data, metric_key_prefix = self._eval_data[data], f"{metric_key_prefix}_{data}"
-        if isinstance(data, dict):
-            return {k: v for name, part in data.items() for k, v in
-                    self.evaluate(part, ignore_keys, f"{metric_key_prefix}_{name}").items()}
-        queries = data.queries if isinstance(data, (RetrievalData, OpenQAData)) else data
-        if queries is None:
-            raise ConfigError("evaluate() needs an eval_dataset (RetrievalData or a queries Dataset)")
-        if self.reader_step is not None:  # answer recall@k and exact match (issue 20)
-            encode = lambda texts: self.retriever.encode_queries(  # noqa: E731
-                texts, batch_size=self.args.eval_batch_size_encode, max_length=self.args.query_max_length,
-                device=self.args.device)
-            metrics = self.reader_step.evaluate(queries, encode, self.corpus_embeddings, self.args.eval_corpus_list,
-                                                metric_key_prefix)
-            metrics[f"{metric_key_prefix}_reembedding_cost"] = self.total_reembedding_cost()
-            self.log(metrics)
-            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics=metrics)
-            return metrics
-        extra = documents_outside(queries, self.doc_index, data.corpus if isinstance(data, RetrievalData) else None)
-        metrics = self.retrieval_metrics(queries, self.args.eval_corpus_list, prefix=metric_key_prefix, extra=extra)
-        metrics[f"{metric_key_prefix}_reembedding_cost"] = self.total_reembedding_cost()
-        self.log(metrics)
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics=metrics)
-        return metrics
-
-    def predict(self, test_dataset, ignore_keys=None, metric_key_prefix: str = "test") -> PredictionOutput:
-        """Retrieval as ``Trainer.predict`` returns it: ``predictions`` (Q, 100) corpus rows ranked for each query
-        (fresh embeddings) and ``metrics`` as :meth:`evaluate` computes them (``test_`` prefix)."""
-        queries = test_dataset.queries if isinstance(test_dataset, RetrievalData) else test_dataset
-        q = self.retriever.encode_queries(list(queries["query"]), batch_size=self.args.eval_batch_size_encode,
-                                          max_length=self.args.query_max_length, device=self.args.device)
-        _, rows = exact_search(q, self.corpus_embeddings("fresh"), 100)
-        return PredictionOutput(rows.numpy(), None, self.evaluate(test_dataset, ignore_keys, metric_key_prefix))
-
-    def corpus_embeddings(self, kind: str, extra: tuple[list[str], list[str]] = ([], []), local: bool = False
-                          ) -> torch.Tensor:
-        """The corpus as ``fresh``, ``stale`` or ``corrected`` rows (see :class:`CorpusEmbeddings`; ``local``: a
-        sharded cache's rows of this process only)."""
-        return CorpusEmbeddings(self.cache_manager, self.sampler.transform.function,
-                                self.args.corrector_chunk_size, local=local)(kind, self.state.global_step, extra)
-
-    def retrieval_metrics(self, queries: datasets.Dataset, kinds: list[str], prefix: str = "eval",
-                          extra: tuple[list[str], list[str]] = ([], [])) -> dict[str, float]:
-        q = self.retriever.encode_queries(list(queries["query"]), batch_size=self.args.eval_batch_size_encode,
-                                          max_length=self.args.query_max_length, device=self.args.device)
-        evaluator = RetrievalEvaluator(queries, self.doc_ids + extra[0])
-        return evaluator(q, lambda kind: self.corpus_embeddings(kind, extra, local=True), kinds, prefix=prefix)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """Trainer's ``train`` that also restores the cache and the trainer's extra state on resume."""

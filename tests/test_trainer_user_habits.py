@@ -1,0 +1,110 @@
+"""Habits of Trainer users (issue 23, second round): standard collators, ``predict()``'s callbacks, evaluation's
+query preprocessing and batch size, ``trainer.model``'s ``save_pretrained`` / ``config``, ``compute_loss``
+overrides as the Trainer docs write them, and a PEFT-wrapped retriever."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import DataCollatorWithPadding, TrainerCallback, default_data_collator
+
+from hf_corrector import CorrectorTrainer, CorrectorTrainingArguments, RetrieverModel
+from hf_corrector.errors import ConfigError
+from hf_corrector.training.collator import CorrectorDataCollator
+from tests.tiny import TINY_TRAINING_DEFAULTS, tiny_data, tiny_retriever
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread(one_thread):
+    """Single-threaded (see conftest.one_thread)."""
+
+
+def _args(tmp_path, **kw):
+    return CorrectorTrainingArguments(str(tmp_path / "out"), **{**TINY_TRAINING_DEFAULTS, "num_negatives": 3,
+                                                               "max_steps": 2, **kw})
+
+
+def _trainer(tmp_path, cls=CorrectorTrainer, model=None, **kw):
+    train, test = tiny_data()
+    collator = kw.pop("data_collator", None)
+    return cls(model=model if model is not None else tiny_retriever(tmp_path), args=_args(tmp_path, **kw),
+               train_dataset=train, eval_dataset=test, data_collator=collator)
+
+
+@pytest.mark.parametrize("which", ["DataCollatorWithPadding", "default_data_collator"])
+def test_a_standard_collator_is_refused_naming_the_one_to_use(tmp_path, which):
+    tokenizer = tiny_retriever(tmp_path).tokenizer
+    collator = DataCollatorWithPadding(tokenizer) if which == "DataCollatorWithPadding" else default_data_collator
+    with pytest.raises(ConfigError, match=f"data_collator={which}.*CorrectorDataCollator") as err:
+        _trainer(tmp_path, data_collator=collator)
+    assert "query_input_ids" in str(err.value) and "positive_rows" in str(err.value)
+
+
+def test_a_collator_of_our_kind_still_trains(tmp_path):
+    retriever = tiny_retriever(tmp_path)
+    trainer = _trainer(tmp_path, model=retriever, data_collator=CorrectorDataCollator(retriever.tokenizer, 16))
+    trainer.train()
+    assert trainer.state.global_step == 2
+
+
+def test_predict_fires_on_predict_not_on_evaluate(tmp_path):
+    seen = []
+
+    class Spy(TrainerCallback):
+        def on_predict(self, args, state, control, metrics=None, **kwargs):
+            seen.append(("predict", metrics))
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            seen.append(("evaluate", metrics))
+
+    trainer = _trainer(tmp_path)
+    trainer.add_callback(Spy())
+    _, test = tiny_data()
+    logged = len(trainer.state.log_history)
+    out = trainer.predict(test)
+    assert [name for name, _ in seen] == ["predict"] and seen[0][1] == out.metrics
+    assert out.metrics["test_ndcg@10"] > 0 and len(trainer.state.log_history) == logged  # Trainer.predict logs nothing
+    trainer.evaluate()
+    assert [name for name, _ in seen] == ["predict", "evaluate"]
+
+
+def _query_encodings(monkeypatch):
+    calls = []
+    original = RetrieverModel.encode
+
+    def spy(self, texts, side="target", batch_size=64, **kw):
+        if side == "query":
+            calls.append((batch_size, kw.get("max_length"), kw.get("prefix")))
+        return original(self, texts, side, batch_size, **kw)
+
+    monkeypatch.setattr(RetrieverModel, "encode", spy)
+    return calls
+
+
+def test_evaluation_uses_per_device_eval_batch_size(tmp_path, monkeypatch):
+    trainer = _trainer(tmp_path, per_device_eval_batch_size=3)
+    calls = _query_encodings(monkeypatch)
+    trainer.evaluate()
+    assert calls and {c[0] for c in calls} == {3}
+    assert _args(tmp_path).eval_batch_size_encode == 64  # left unset: as before
+    assert _args(tmp_path, per_device_eval_batch_size=3, eval_batch_size_encode=5).eval_batch_size_encode == 5
+
+
+def test_evaluation_uses_the_collators_query_preprocessing(tmp_path, monkeypatch):
+    retriever = tiny_retriever(tmp_path)
+    collator = CorrectorDataCollator(retriever.tokenizer, query_max_length=5, query_prefix="gene gene ")
+    trainer = _trainer(tmp_path, model=retriever, data_collator=collator)
+    _, test = tiny_data()
+    texts = list(test.queries["query"])
+    # what training sees of these queries: the collator's tokens
+    batch = collator([{"query": t, "positive_rows": [0], "positive_row": 0, "example_id": 0} for t in texts])
+    retriever.eval()
+    with torch.no_grad():
+        expected = retriever.embed(batch["query_input_ids"], batch["query_attention_mask"], "query")
+    got = trainer.encode_queries(texts)
+    torch.testing.assert_close(got, expected.float(), rtol=1e-5, atol=1e-6)
+    plain = retriever.encode_queries(texts)
+    assert (got - plain).abs().max() > 1e-3  # the prefix and the length do change the encodings
+    calls = _query_encodings(monkeypatch)
+    trainer.evaluate()
+    assert calls and all(c[1:] == (5, "gene gene ") for c in calls)
