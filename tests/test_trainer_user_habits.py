@@ -4,6 +4,8 @@ overrides as the Trainer docs write them, and a PEFT-wrapped retriever."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from transformers import DataCollatorWithPadding, TrainerCallback, default_data_collator
@@ -108,3 +110,38 @@ def test_evaluation_uses_the_collators_query_preprocessing(tmp_path, monkeypatch
     calls = _query_encodings(monkeypatch)
     trainer.evaluate()
     assert calls and all(c[1:] == (5, "gene gene ") for c in calls)
+
+
+def test_trainer_model_save_pretrained_and_config_mean_the_trained_retriever(tmp_path):
+    from hf_corrector import CorrectorModel
+
+    trainer = _trainer(tmp_path)
+    trainer.train()
+    assert trainer.model.config is trainer.retriever.config and trainer.model.config.pooling == "mean"
+    folder = tmp_path / "saved"
+    trainer.model.save_pretrained(str(folder))
+    _, test = tiny_data()
+    texts = list(test.queries["query"])[:6]
+    reloaded = RetrieverModel.from_pretrained(str(folder))
+    torch.testing.assert_close(reloaded.encode_queries(texts), trainer.retriever.encode_queries(texts), rtol=0, atol=1e-6)
+    corrector = CorrectorModel.from_pretrained(str(folder / "corrector"))
+    assert all(torch.equal(a, b.cpu()) for a, b in zip(corrector.state_dict().values(),
+                                                       trainer.corrector.state_dict().values()))
+    assert "use_cache" not in json.loads((folder / "config.json").read_text())  # Trainer's model.config.use_cache
+    with pytest.raises(ConfigError, match="push_to_hub"):
+        trainer.model.save_pretrained(str(tmp_path / "other"), push_to_hub=True)
+
+
+def test_trainer_model_save_pretrained_merges_a_peft_encoder(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    retriever = tiny_retriever(tmp_path)
+    retriever.encoder = get_peft_model(retriever.encoder, LoraConfig(r=4, target_modules=["query", "value"],
+                                                                    init_lora_weights=False))
+    trainer = _trainer(tmp_path, model=retriever)
+    trainer.train()
+    trainer.model.save_pretrained(str(tmp_path / "saved"))
+    texts = ["cell protein gene", "virus drug trial w3"]
+    reloaded = RetrieverModel.from_pretrained(str(tmp_path / "saved"))
+    torch.testing.assert_close(reloaded.encode_queries(texts), trainer.retriever.encode_queries(texts),
+                               rtol=1e-4, atol=1e-5)

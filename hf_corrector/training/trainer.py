@@ -143,6 +143,7 @@ class CorrectorTrainer(EvaluationMixin, CheckpointingMixin, CorrectorHubMixin, T
                 tokenizer=retriever.tokenizer, query_max_length=args.query_max_length or retriever.config.query_max_length,
                 query_prefix=retriever.config.query_prefix)
         reader = load_reader(args, reader, args.device) if args.reader_loss != "none" else None
+        had_use_cache = "use_cache" in vars(retriever.config)  # Trainer sets model.config.use_cache (= ours)
         super().__init__(model=CorrectorTrainingModel(retriever, corrector,
                                                       reader.model if reader is not None and reader.trainable else None),
                          args=args, data_collator=data_collator,
@@ -150,6 +151,8 @@ class CorrectorTrainer(EvaluationMixin, CheckpointingMixin, CorrectorHubMixin, T
                          model_init=model_init, compute_metrics=compute_metrics, callbacks=callbacks,
                          optimizers=optimizers, optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
                          preprocess_logits_for_metrics=preprocess_logits_for_metrics)
+        if not had_use_cache:  # a retriever has no KV cache: do not save the setting into its config.json
+            vars(retriever.config).pop("use_cache", None)
         check_distributed_setup(self.accelerator)  # N processes that do not form one run would train N models
         if self.optimizer is not None:  # optimizers=(opt, sched): the corrector must be in it
             check_user_optimizer(self.model, self.optimizer, strategy.corrector_warmup_steps, self.lr_scheduler is None)
