@@ -145,3 +145,11 @@ def test_trainer_model_save_pretrained_merges_a_peft_encoder(tmp_path):
     reloaded = RetrieverModel.from_pretrained(str(tmp_path / "saved"))
     torch.testing.assert_close(reloaded.encode_queries(texts), trainer.retriever.encode_queries(texts),
                                rtol=1e-4, atol=1e-5)
+
+
+def test_a_peft_model_around_the_whole_retriever_is_refused_with_what_to_do(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    wrapped = get_peft_model(tiny_retriever(tmp_path), LoraConfig(r=4, target_modules=["query", "value"]))
+    with pytest.raises(ConfigError, match=r"get_peft_model\(retriever.encoder.*peft_config="):
+        _trainer(tmp_path, model=wrapped)
