@@ -153,3 +153,36 @@ def test_a_peft_model_around_the_whole_retriever_is_refused_with_what_to_do(tmp_
     wrapped = get_peft_model(tiny_retriever(tmp_path), LoraConfig(r=4, target_modules=["query", "value"]))
     with pytest.raises(ConfigError, match=r"get_peft_model\(retriever.encoder.*peft_config="):
         _trainer(tmp_path, model=wrapped)
+
+
+def _losses(trainer):
+    trainer.train()
+    return [row["loss"] for row in trainer.state.log_history if "loss" in row]
+
+
+def test_a_compute_loss_override_as_in_the_trainer_docs_runs_the_same_step(tmp_path):
+    seen = []
+
+    class DocsTrainer(CorrectorTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            outputs = model(**inputs)
+            loss = outputs["loss"]
+            ce = torch.nn.functional.cross_entropy(outputs.logits, outputs.labels)
+            seen.append((ce.item(), self._metrics["task_loss"][-1]))
+            return (loss, outputs) if return_outputs else loss
+
+    kw = {"max_steps": 3, "logging_steps": 1}
+    expected = _losses(_trainer(tmp_path / "plain", **kw))
+    assert _losses(_trainer(tmp_path / "docs", cls=DocsTrainer, **kw)) == expected
+    assert len(seen) == 3 and all(abs(ce - task) < 1e-5 for ce, task in seen)  # logits / labels are the task loss's
+
+
+def test_popping_labels_as_the_trainer_docs_do_names_what_to_call(tmp_path):
+    class LabelsTrainer(CorrectorTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs.pop("labels")
+            return model(**inputs).loss + 0 * labels
+
+    trainer = _trainer(tmp_path, cls=LabelsTrainer)
+    with pytest.raises(KeyError, match=r"no 'labels'.*model\(\*\*inputs\).*super\(\)\.compute_loss"):
+        trainer.train()

@@ -113,3 +113,20 @@ def check_collator(collator: Any, examples: datasets.Dataset | None) -> None:
     missing = [k for k in BATCH_KEYS if not isinstance(batch, Mapping) or k not in batch]
     if missing:
         raise ConfigError(f"data_collator={name} returns a batch without {', '.join(missing)}. {what}")
+
+
+class CorrectorBatch(dict):
+    """A training batch: a dict whose missing keys (``inputs.pop("labels")``, as the Trainer docs' ``compute_loss``
+    override writes it) raise a ``KeyError`` saying what the batch holds and what to call instead."""
+
+    def __missing__(self, key):
+        raise KeyError(f"{key!r}: a CorrectorTrainer batch holds {sorted(self)} and no {key!r}; the trainer chooses "
+                       "each query's targets (its positive and negatives) itself. In a compute_loss override, "
+                       "outputs = model(**inputs) runs the step (outputs.loss; outputs.logits and outputs.labels: "
+                       "the task loss is cross_entropy(logits, labels); outputs.query_embeddings / target_embeddings), "
+                       "or call super().compute_loss(model, inputs, return_outputs=True)")
+
+    def pop(self, key, *default):
+        if key not in self and not default:
+            self.__missing__(key)
+        return super().pop(key, *default)

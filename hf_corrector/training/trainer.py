@@ -50,14 +50,14 @@ from ..negatives import NegativeSampler, SamplerContext, TrainingExamples
 from .callbacks import (CacheRefreshCallback, CorrectorFallbackCallback, CorrectorHealth, RetrieverCallbackHandler,
                         SamplerMaintenanceCallback)
 from .checkpoints import finish_if_complete, last_complete_checkpoint, verify_checkpoint
-from .collator import CorrectorDataCollator, check_collator
+from .collator import CorrectorBatch, CorrectorDataCollator, check_collator
 from .config import CorrectorTrainingArguments
 from .distributed import check_distributed_setup
 from .hub_push import CorrectorHubMixin
 from .inputs import index_inputs
 from .losses import step_losses
 from .model_card import ModelCardCallback, update_static
-from .model import CorrectorTrainingModel
+from .model import CorrectorStepOutput, CorrectorTrainingModel, step_output
 from .nonfinite import SkipStep, guard_step_tensor
 from .optim import build_lr_scheduler, build_optimizer
 from .peft_utils import apply_peft
@@ -153,6 +153,7 @@ class CorrectorTrainer(EvaluationMixin, CheckpointingMixin, CorrectorHubMixin, T
                          preprocess_logits_for_metrics=preprocess_logits_for_metrics)
         if not had_use_cache:  # a retriever has no KV cache: do not save the setting into its config.json
             vars(retriever.config).pop("use_cache", None)
+        self.model.set_step(self._batch_step)  # model(**inputs) in a compute_loss override runs this step
         check_distributed_setup(self.accelerator)  # N processes that do not form one run would train N models
         if self.optimizer is not None:  # optimizers=(opt, sched): the corrector must be in it
             check_user_optimizer(self.model, self.optimizer, strategy.corrector_warmup_steps, self.lr_scheduler is None)
@@ -313,7 +314,8 @@ class CorrectorTrainer(EvaluationMixin, CheckpointingMixin, CorrectorHubMixin, T
                     target_input_ids=tok["input_ids"].to(device), target_attention_mask=tok["attention_mask"].to(device),
                     stale_target_embeddings=stale_rows.to(device) if self.corrector is not None else None)
         q, t, corrected = out["query_embeddings"], out["target_embeddings"], out.get("corrected_embeddings")
-        losses = step_losses(q, t, corrected, batch.to(device), args)
+        on_device = batch.to(device)
+        losses = step_losses(q, t, corrected, on_device, args)
         warm = self.state.global_step < self.strategy.corrector_warmup_steps
         loss = losses["task_loss"] * (0.0 if warm else 1.0) + losses.get("corrector_loss", 0.0)
         # the tensors first, so that the error names the source of a NaN rather than the loss it spreads to
@@ -324,7 +326,12 @@ class CorrectorTrainer(EvaluationMixin, CheckpointingMixin, CorrectorHubMixin, T
                              args.should_save)
         self._record_step_metrics(losses, q, t, stale_rows, corrected, batch.inverse)
         self.cache_manager.record_step(batch.targets, t.detach(), self.state.global_step)
-        return (loss, out) if return_outputs else loss
+        return (loss, {**out, "target_batch": on_device}) if return_outputs else loss
+
+    def _batch_step(self, inputs: dict) -> CorrectorStepOutput:
+        """``model(**inputs)`` inside a ``compute_loss`` override: this trainer's own step."""
+        loss, out = CorrectorTrainer.compute_loss(self, self.accelerator.unwrap_model(self.model), inputs, True)
+        return step_output(loss, out, self.args.temperature)
 
     def _record_step_metrics(self, losses, q, t, stale_rows, corrected, inverse) -> None:
         for name, value in losses.items():  # after the finiteness checks: a skipped step logs no NaN
@@ -337,7 +344,7 @@ class CorrectorTrainer(EvaluationMixin, CheckpointingMixin, CorrectorHubMixin, T
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         try:
-            return super().training_step(model, inputs, num_items_in_batch)
+            return super().training_step(model, CorrectorBatch(inputs), num_items_in_batch)
         except SkipStep:  # raised before backward: earlier micro-batches of the accumulation window keep theirs
             self._metrics["skipped_steps"].append(1.0)
             return torch.zeros((), device=self.args.device)
