@@ -186,3 +186,27 @@ def test_popping_labels_as_the_trainer_docs_do_names_what_to_call(tmp_path):
     trainer = _trainer(tmp_path, cls=LabelsTrainer)
     with pytest.raises(KeyError, match=r"no 'labels'.*model\(\*\*inputs\).*super\(\)\.compute_loss"):
         trainer.train()
+
+
+def test_resume_through_train_encodes_nothing_it_throws_away_and_counts_every_encoding(tmp_path, monkeypatch):
+    kw = {"max_steps": 4, "save_strategy": "steps", "save_steps": 2, "cache_refresh_steps": 3, "correction": "none"}
+    _trainer(tmp_path, **kw).train()
+    checkpoint = tmp_path / "out" / "checkpoint-4"
+    at_checkpoint = json.loads((checkpoint / "corrector_trainer_state.json").read_text())["cost"]
+    encoded = []
+    original = RetrieverModel.embed
+
+    def counting(self, input_ids, attention_mask, side):
+        if side == "target":
+            encoded.append(input_ids.shape[0])
+        return original(self, input_ids, attention_mask, side)
+
+    monkeypatch.setattr(RetrieverModel, "embed", counting)
+    again = _trainer(tmp_path, **{**kw, "max_steps": 7})  # resume_from_checkpoint is not in the arguments
+    again.train(resume_from_checkpoint=str(checkpoint))
+    assert again.state.global_step == 7 and again.cost["num_refreshes"] == 2  # steps 3 (restored) and 6
+    assert again.cost["initial_cache_encodings"] == at_checkpoint["initial_cache_encodings"] == 120
+    # every target encoding of this process is in the counters, and the corpus was encoded once (the refresh)
+    assert sum(encoded) == again.total_reembedding_cost() - sum(at_checkpoint[k] for k in (
+        "initial_cache_encodings", "step_target_encodings", "refresh_encodings", "landmark_encodings"))
+    assert sum(encoded) < 2 * 120

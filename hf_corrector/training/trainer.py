@@ -162,19 +162,16 @@ class CorrectorTrainer(EvaluationMixin, CheckpointingMixin, CorrectorHubMixin, T
                                                          self.optimizer, self.lr_scheduler)  # callbacks see the retriever
         self._metrics: dict[str, list[float]] = defaultdict(list)
 
-        from_checkpoint = cache is None and bool(args.resume_from_checkpoint)
-        if from_checkpoint:  # the checkpoint holds the cache: do not encode the corpus only to throw it away
-            cache = checkpoint_cache(args.output_dir, args.resume_from_checkpoint)
-        built = cache is None
-        cache = prepare_cache(cache, retriever, self.corpus, args, self.cache_class, from_checkpoint,
-                              rows=local_rows(self.accelerator, len(self.corpus), strategy.cache_sharding),
-                              accelerator=self.accelerator)
-        self.cache_manager = self.cache_manager_class(cache, list(self.corpus["text"]), self._encode_targets,
+        if cache is not None:  # given: checked now; otherwise loaded or built at its first use (_first_cache)
+            cache = prepare_cache(cache, retriever, self.corpus, args, self.cache_class,
+                                  rows=local_rows(self.accelerator, len(self.corpus), strategy.cache_sharding),
+                                  accelerator=self.accelerator)
+        self.cache_manager = self.cache_manager_class(self._first_cache if cache is None else cache,
+                                                      list(self.corpus["text"]), self._encode_targets,
                                                       self.accelerator, write_back=strategy.cache_write_back,
                                                       sharding=strategy.cache_sharding)
-        self._place_cache(strategy)
-        if built and strategy.mines_negatives:  # with in-batch negatives only the cache serves diagnostics
-            self.cache_manager.cost.initial_cache_encodings = len(self.doc_ids)
+        if cache is not None:
+            self._place_cache(cache)
         self.sampler = sampler if sampler is not None else strategy.build_sampler(lambda: self.corrector)
         self.reader_step = None if reader is None else ReaderStep(reader, args, self.cache_manager, retriever,
                                                                   self.train_examples)
@@ -219,10 +216,23 @@ class CorrectorTrainer(EvaluationMixin, CheckpointingMixin, CorrectorHubMixin, T
     def corrector(self) -> CorrectorModel | None:
         return self.accelerator.unwrap_model(self.model).corrector
 
-    def _place_cache(self, strategy) -> None:
+    def _first_cache(self) -> StaleCache:
+        """The cache at its first use (train, evaluate, ``trainer.cache``), not in ``__init__``, so that
+        ``train(resume_from_checkpoint=...)`` (which loads the checkpoint's first) encodes nothing it throws away:
+        the checkpoint's of ``args.resume_from_checkpoint``, else built with the starting model and counted."""
+        resume = self.args.resume_from_checkpoint
+        folder = checkpoint_cache(self.args.output_dir, resume) if resume else None
+        cache = prepare_cache(folder, self.retriever, self.corpus, self.args, self.cache_class, folder is not None,
+                              rows=local_rows(self.accelerator, len(self.corpus), self.strategy.cache_sharding),
+                              accelerator=self.accelerator)
+        if folder is None and self.strategy.mines_negatives:  # with in-batch negatives it serves diagnostics only
+            self.cache_manager.cost.initial_cache_encodings = len(self.doc_ids)
+        self._place_cache(cache)
+        return cache
+
+    def _place_cache(self, local: StaleCache) -> None:
         """``cache_device``: keep this process's rows (and the corrected view) where negative selection reads them."""
-        local = self.cache_manager.cache
-        view = 2 if strategy.corrected_view_steps else 1
+        view = 2 if self.strategy.corrected_view_steps else 1
         device = resolve_cache_device(self.args.cache_device, self.args.device, view * local.nbytes)
         self.cache_manager.place(device, pin=device.type == "cpu" and torch.device(self.args.device).type != "cpu")
 
@@ -374,8 +384,9 @@ class CorrectorTrainer(EvaluationMixin, CheckpointingMixin, CorrectorHubMixin, T
                 raise ConfigError(f"no complete checkpoint found in {self.args.output_dir} to resume from")
         elif resume_from_checkpoint:
             verify_checkpoint(resume_from_checkpoint)  # CacheCorruptError naming the folder if its save did not finish
-        if resume_from_checkpoint:
+        if resume_from_checkpoint:  # the checkpoint's cache first: the run's own is then never built
             self._load_extra_state(Path(resume_from_checkpoint))
+        self.cache_manager.cache  # noqa: B018 - loaded or built now, on every process, with the starting weights
         result = finish_if_complete(self, resume_from_checkpoint)  # at max_steps already: Trainer would step
         if result is None:
             result = super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
