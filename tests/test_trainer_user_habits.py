@@ -210,3 +210,13 @@ def test_resume_through_train_encodes_nothing_it_throws_away_and_counts_every_en
     assert sum(encoded) == again.total_reembedding_cost() - sum(at_checkpoint[k] for k in (
         "initial_cache_encodings", "step_target_encodings", "refresh_encodings", "landmark_encodings"))
     assert sum(encoded) < 2 * 120
+
+
+def test_compute_loss_func_and_model_push_to_hub_are_refused_naming_what_to_use(tmp_path):
+    train, _ = tiny_data()
+    with pytest.raises(ConfigError, match=r"compute_loss_func.*override compute_loss.*model\(\*\*inputs\)"):
+        CorrectorTrainer(model=tiny_retriever(tmp_path), args=_args(tmp_path), train_dataset=train,
+                         compute_loss_func=lambda outputs, labels, num_items_in_batch=None: outputs.loss)
+    trainer = _trainer(tmp_path)
+    with pytest.raises(ConfigError, match=r"trainer.push_to_hub\(\)"):
+        trainer.model.push_to_hub("me/model")

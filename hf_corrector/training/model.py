@@ -112,3 +112,8 @@ class CorrectorTrainingModel(nn.Module):
         if is_main_process:
             towers = [t for t in (self.retriever.encoder, self.retriever.query_encoder) if t is not None]
             save_models(save_directory, self.retriever, self.corrector, any(is_peft(t) for t in towers))
+
+    def push_to_hub(self, *args, **kwargs) -> None:
+        """Refused: the trainer pushes the retriever, ``corrector/`` and their cards together."""
+        raise ConfigError("trainer.model.push_to_hub: use trainer.push_to_hub() (the retriever, corrector/ and the "
+                          "model cards in one repo), or trainer.retriever.push_to_hub(repo_id) for the retriever alone")

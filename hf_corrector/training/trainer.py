@@ -110,7 +110,7 @@ class CorrectorTrainer(EvaluationMixin, CheckpointingMixin, CorrectorHubMixin, T
                  optimizer_cls_and_kwargs=None, preprocess_logits_for_metrics=None, *,
                  corpus: datasets.Dataset | None = None, cache: StaleCache | str | os.PathLike | None = None,
                  corrector: CorrectorModel | str | None = None, peft_config: Any | None = None,
-                 sampler: NegativeSampler | None = None, reader: Reader | None = None):
+                 sampler: NegativeSampler | None = None, reader: Reader | None = None, compute_loss_func=None):
         args = args if args is not None else CorrectorTrainingArguments("corrector-trainer-output")
         if not isinstance(args, CorrectorTrainingArguments):
             raise ConfigError("args must be CorrectorTrainingArguments")
@@ -118,6 +118,10 @@ class CorrectorTrainer(EvaluationMixin, CheckpointingMixin, CorrectorHubMixin, T
             raise ConfigError("CorrectorTrainer computes retrieval metrics itself (nDCG@10, Recall@10/100, MRR@10 over "
                               "the whole corpus) in evaluate(); compute_metrics / preprocess_logits_for_metrics would "
                               "never be called: drop them, or subclass and override retrieval_metrics()")
+        if compute_loss_func is not None:  # Trainer's (outputs, labels, num_items_in_batch): the batches have no labels
+            raise ConfigError("compute_loss_func: CorrectorTrainer's loss is the task loss plus the corrector's, over "
+                              "targets it chooses itself; subclass and override compute_loss, where outputs = "
+                              "model(**inputs) gives outputs.loss, outputs.logits and outputs.labels")
         self.strategy = strategy = NegativeStrategy.from_args(args)  # the only reader of the strategy arguments
         seed_before_set_up(args)
         warn_accumulation_is_not_a_bigger_batch(args)
