@@ -159,8 +159,9 @@ def test_corrector_generalises_to_targets_never_selected(tmp_path):
 def test_cache_refresh_count_and_cost(tmp_path, data, steps, every):
     trainer = make_trainer(tmp_path, data, cls=RecordingTrainer, max_steps=steps, cache_refresh_steps=every,
                            correction="none")
-    assert trainer.cost["initial_cache_encodings"] == NUM_DOCS
+    assert trainer.cost["initial_cache_encodings"] == 0  # built at its first use (nothing yet to throw away)
     trainer.train()
+    assert trainer.cost["initial_cache_encodings"] == NUM_DOCS
     n_refresh = steps // every
     assert trainer.corpus_encodings == n_refresh
     assert trainer.cost["num_refreshes"] == n_refresh

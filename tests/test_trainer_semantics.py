@@ -50,17 +50,25 @@ def test_no_warning_when_accumulation_changes_nothing(tmp_path, caplog, kw):
     assert not _warnings(caplog)
 
 
-def _losses(trainer):
+def _run(trainer):
+    """The run's logged losses and the negatives it chose at each step."""
+    chosen, choose = [], trainer.choose_negatives
+    trainer.choose_negatives = lambda inputs: (lambda rows: chosen.append(rows.tolist()) or rows)(choose(inputs))
     trainer.train()
-    return [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    return [row["loss"] for row in trainer.state.log_history if "loss" in row], chosen
 
 
-def test_the_same_seed_twice_in_one_process_gives_the_same_run(tmp_path):
-    kw = {"max_steps": 4, "logging_steps": 1, "seed": 7}
+@pytest.mark.parametrize("sampling", ["topk", "gumbel"])
+def test_the_same_seed_twice_in_one_process_gives_the_same_run(tmp_path, sampling):
+    kw = {"max_steps": 4, "logging_steps": 1, "seed": 7, "negative_sampling": sampling, "cache_write_back": True}
     runs = []
     for name, noise in (("a", 1), ("b", 12345)):
         retriever = tiny_retriever(tmp_path / name)
         torch.manual_seed(noise)  # whatever ran before the trainer (another run, user code) must not matter
         random.seed(noise)
-        runs.append(_losses(_trainer(tmp_path / name, model=retriever, **kw)))
-    assert len(runs[0]) == 4 and runs[0] == runs[1]
+        runs.append(_run(_trainer(tmp_path / name, model=retriever, **kw)))
+    (losses_a, chosen_a), (losses_b, chosen_b) = runs
+    assert len(losses_a) == 4 and losses_a == losses_b
+    assert len(chosen_a) == 4 and chosen_a == chosen_b  # the same negatives, step by step
+    other = _run(_trainer(tmp_path / "c", model=tiny_retriever(tmp_path / "c"), **{**kw, "seed": 8}))
+    assert other[1] != chosen_a or sampling == "topk"  # Gumbel draws follow the seed (top-k needs none)

@@ -99,3 +99,20 @@ def test_peft_by_hand_and_peft_config_together_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="peft_config"):
         CorrectorTrainer(model=retriever, args=_args(tmp_path), train_dataset=train,
                          peft_config=LoraConfig(r=4, target_modules=["query", "value"]))
+
+
+def test_the_optimizer_class_and_scheduler_a_user_passes_are_the_ones_that_train(tmp_path):
+    train, _ = tiny_data()
+    trainer = CorrectorTrainer(model=tiny_retriever(tmp_path), args=_args(tmp_path), train_dataset=train,
+                               optimizer_cls_and_kwargs=(torch.optim.SGD, {"momentum": 0.9}))
+    trainer.train()  # no create_optimizer() call of ours: the class Trainer builds in train() is checked
+    assert type(getattr(trainer.optimizer, "optimizer", trainer.optimizer)) is torch.optim.SGD
+
+    retriever = tiny_retriever(tmp_path)
+    corrector = CorrectorModel(trainer.corrector.config)
+    optimizer = torch.optim.AdamW(list(retriever.parameters()) + list(corrector.parameters()), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 ** step)
+    user = CorrectorTrainer(model=retriever, args=_args(tmp_path), train_dataset=train, corrector=corrector,
+                            optimizers=(optimizer, scheduler))
+    user.train()
+    assert user.lr_scheduler is scheduler and optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.25)

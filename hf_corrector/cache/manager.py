@@ -73,7 +73,9 @@ class CacheManager:
     """Owns a :class:`StaleCache` during training (see the module docstring).
 
     Args:
-        cache: the stale cache (rows in corpus order).
+        cache: the stale cache (rows in corpus order), or a function returning it, called at the cache's first use
+            (so that a trainer resuming from a checkpoint never encodes a cache it would throw away; setting
+            :attr:`cache` before that replaces the function).
         texts: the corpus texts, row by row.
         encode_targets: ``encode_targets(texts, show_progress_bar=..., desc=...) -> (n, d)`` with the *current*
             target encoder (a closure over the trainer's model, so it follows PEFT wrapping and checkpoint loads).
@@ -82,8 +84,8 @@ class CacheManager:
         sharding: ``"replicated"`` (every process holds the whole cache) or ``"sharded"`` (each holds ~N/W rows).
     """
 
-    def __init__(self, cache: StaleCache, texts: Sequence[str], encode_targets: EncodeFn, accelerator: Any = None,
-                 write_back: bool = False, sharding: str = "replicated"):
+    def __init__(self, cache: StaleCache | Callable[[], StaleCache], texts: Sequence[str], encode_targets: EncodeFn,
+                 accelerator: Any = None, write_back: bool = False, sharding: str = "replicated"):
         if sharding not in SHARDING_MODES:
             raise ConfigError(f"cache_sharding must be one of {SHARDING_MODES}, got {sharding!r}")
         self.texts = list(texts)
@@ -98,14 +100,25 @@ class CacheManager:
         self.local_rows = (row_range(self.num_rows, self.collectives.world, self.collectives.rank) if self.sharded
                            else (0, self.num_rows))
         self._placement: tuple[torch.device, bool] | None = None  # cache_device (:meth:`place`)
-        self.cache = cache
+        self._cache: StaleCache | None = None
+        self._first_cache = cache if callable(cache) and not hasattr(cache, "matrix") else None
+        if self._first_cache is None:
+            self.cache = cache
         self.cost = ReembeddingCost()
         self._listeners: list[Any] = []
 
     @property
     def cache(self) -> StaleCache:
         """The cache this process holds: all rows, or (sharded) rows :attr:`local_rows` only."""
+        if self._cache is None and self._first_cache is not None:
+            first, self._first_cache = self._first_cache, None
+            self.cache = first()
         return self._cache
+
+    @property
+    def ready(self) -> bool:
+        """Whether the cache exists yet (False until the first use of a cache given as a function)."""
+        return self._cache is not None
 
     @cache.setter
     def cache(self, cache: StaleCache) -> None:
@@ -117,7 +130,7 @@ class CacheManager:
         elif not (offset == lo and len(cache) == hi - lo):
             raise ConfigError(f"a cache of {len(cache)} rows (from row {offset}) is neither the whole cache of "
                               f"{self.num_rows} rows nor this process's rows {lo}:{hi}")
-        self._cache = cache
+        self._cache, self._first_cache = cache, None
         self._mirror = None  # the device copy (placement.py) is rebuilt from the new rows when next read
 
     # -- placement (cache_device) ---------------------------------------------------------------------------------------

@@ -309,9 +309,11 @@ class RetrieverModel(PreTrainedModel):
         show_progress_bar: bool | None = None,
         device: str | torch.device | None = None,
         desc: str | None = None,
+        prefix: str | None = None,
     ) -> torch.Tensor:
         """Encode texts in batches without gradients; returns a float32 CPU tensor of shape (len(texts), d).
-        ``desc`` names the phase on the progress bar (e.g. "building the cache").
+        ``desc`` names the phase on the progress bar (e.g. "building the cache"); ``prefix`` replaces the config's
+        ``query_prefix`` / ``target_prefix`` (as a training collator of your own set it).
 
         All texts are tokenised once up front and batched by token length (longest first), so a batch pads to
         almost nothing; the output is in input order. Runs under ``torch.inference_mode`` (no autograd
@@ -327,7 +329,8 @@ class RetrieverModel(PreTrainedModel):
             desc = desc or ("encoding queries" if side == "query" else "encoding targets")
             if self.tokenizer is None:
                 raise ConfigError("this retriever has no tokenizer; set `retriever.tokenizer = AutoTokenizer...`")
-            prefix = self.config.query_prefix if side == "query" else self.config.target_prefix
+            if prefix is None:
+                prefix = self.config.query_prefix if side == "query" else self.config.target_prefix
             length = max_length or (self.config.query_max_length if side == "query" else self.config.target_max_length)
             ids = self.tokenizer([prefix + t for t in texts], truncation=True, max_length=length)["input_ids"] if texts else []
             order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))

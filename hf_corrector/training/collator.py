@@ -20,7 +20,7 @@ from typing import Any
 import datasets
 import torch
 
-from ..errors import DataFormatError
+from ..errors import ConfigError, DataFormatError
 
 logger = logging.getLogger(__name__)
 
@@ -87,3 +87,46 @@ class CorrectorDataCollator:
             "exclude_rows": exclude,
             "example_ids": torch.as_tensor([f["example_id"] for f in features], dtype=torch.long),
         }
+
+
+#: what the training step reads from a batch (``given_negative_rows`` is optional)
+BATCH_KEYS = ("query_input_ids", "query_attention_mask", "positive_rows", "exclude_rows", "example_ids")
+
+
+def check_collator(collator: Any, examples: datasets.Dataset | None) -> None:
+    """A ``data_collator`` of the user's must turn the training examples into the batch the step reads: tried on
+    two examples at once, so a standard collator (``DataCollatorWithPadding``, ``default_data_collator``) is
+    refused before training, naming :class:`CorrectorDataCollator`."""
+    if collator is None or isinstance(collator, CorrectorDataCollator) or examples is None or not len(examples):
+        return
+    name = getattr(collator, "__name__", type(collator).__name__)
+    what = (f"CorrectorTrainer's examples are rows of {examples.column_names} (query texts and cache rows; the "
+            "targets are tokenised by the trainer once the negatives are chosen), and a batch needs "
+            f"{', '.join(BATCH_KEYS)}. Pass data_collator=CorrectorDataCollator(tokenizer, query_max_length=..., "
+            "query_prefix=...) (hf_corrector.training.collator; subclass it to change the query tokenisation), or "
+            "leave data_collator out")
+    try:
+        batch = collator([examples[i] for i in range(min(2, len(examples)))])
+    except Exception as err:  # any failure of a foreign collator: say what the trainer needs instead
+        raise ConfigError(f"data_collator={name} cannot collate the training examples "
+                          f"({type(err).__name__}: {str(err)[:200]}). {what}") from err
+    missing = [k for k in BATCH_KEYS if not isinstance(batch, Mapping) or k not in batch]
+    if missing:
+        raise ConfigError(f"data_collator={name} returns a batch without {', '.join(missing)}. {what}")
+
+
+class CorrectorBatch(dict):
+    """A training batch: a dict whose missing keys (``inputs.pop("labels")``, as the Trainer docs' ``compute_loss``
+    override writes it) raise a ``KeyError`` saying what the batch holds and what to call instead."""
+
+    def __missing__(self, key):
+        raise KeyError(f"{key!r}: a CorrectorTrainer batch holds {sorted(self)} and no {key!r}; the trainer chooses "
+                       "each query's targets (its positive and negatives) itself. In a compute_loss override, "
+                       "outputs = model(**inputs) runs the step (outputs.loss; outputs.logits and outputs.labels: "
+                       "the task loss is cross_entropy(logits, labels); outputs.query_embeddings / target_embeddings), "
+                       "or call super().compute_loss(model, inputs, return_outputs=True)")
+
+    def pop(self, key, *default):
+        if key not in self and not default:
+            self.__missing__(key)
+        return super().pop(key, *default)

@@ -326,7 +326,9 @@ class CorrectorTrainingArguments(TrainingArguments):
         metadata={"help": "Comma-separated corpus representations for evaluate(): 'fresh' (re-encode the corpus), "
                           "'stale' (the cache) and/or 'corrected' (h applied to the cache)."},
     )
-    eval_batch_size_encode: int = field(default=64, metadata={"help": "Batch size for encoding in evaluate()."})
+    eval_batch_size_encode: int | None = field(
+        default=None, metadata={"help": "Batch size for encoding queries in evaluate() / predict(); default: "
+                                        "per_device_eval_batch_size when you set it (else 64)."})
     nonfinite_action: str = field(
         default="raise", metadata={"choices": NONFINITE_ACTIONS,
                                    "help": "On NaN/inf in a loss, embedding or corrector output: 'raise' or 'skip' the step."}
@@ -335,6 +337,9 @@ class CorrectorTrainingArguments(TrainingArguments):
     def __post_init__(self):
         validate_arguments(self)  # numbers first: transformers' __post_init__ raises TypeError on logging_steps="10"
         super().__post_init__()
+        if self.eval_batch_size_encode is None:  # Trainer's eval batch size when set; 64 (as before) otherwise
+            default = TrainingArguments.__dataclass_fields__["per_device_eval_batch_size"].default
+            self.eval_batch_size_encode = 64 if self.per_device_eval_batch_size == default else self.per_device_eval_batch_size
         # metadata["choices"] is what HfArgumentParser hands argparse (as TRL declares its options), so the command
         # line rejects a bad value; arguments built in Python or from a YAML / dict never pass argparse: checked here.
         for f in dataclasses.fields(self):  # ours only: transformers checks its own (and some allow None)

@@ -22,7 +22,7 @@ CACHE_DIR = "stale_cache"
 class CheckpointingMixin:
     """Save / resume hooks of the trainer. Uses ``args``, ``state``, ``accelerator``, ``cache_manager``,
     ``cache_class``, ``sampler``, ``reader_step``, ``fallback_callback``, ``retriever``, ``corrector``, ``uses_peft``,
-    ``doc_ids``, ``cost`` and ``total_reembedding_cost()`` of :class:`~hf_corrector.CorrectorTrainer`.
+    ``doc_ids``, ``cost``, ``_place_cache()`` and ``total_reembedding_cost()`` of :class:`~hf_corrector.CorrectorTrainer`.
 
     Example:
         >>> trainer.save_model("out")                    # doctest: +SKIP
@@ -108,6 +108,9 @@ class CheckpointingMixin:
             else:
                 cache = self.cache_class.load(folder / CACHE_DIR)
                 cache.check_provenance(doc_ids=self.doc_ids, texts=self.cache_manager.texts)
+            cache.check_model(self.retriever)  # dimension, pooling, normalisation
+            if not manager.ready:  # the run's first cache (none was built): placed as a built one would be
+                self._place_cache(cache)
             self.cache_manager.cache = cache
         loaded = load_extra_state(folder)
         if loaded is not None:

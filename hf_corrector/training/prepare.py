@@ -30,6 +30,7 @@ from .checkpoints import last_complete_checkpoint
 from .peft_utils import apply_peft
 from .persistence import CACHE_DIR
 from .strategy import NegativeStrategy
+from .user_optim import is_peft
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +113,11 @@ def prepare_retriever(model, processing_class, peft_config) -> RetrieverModel:
     if model is None:
         raise ConfigError("CorrectorTrainer needs a model (a RetrieverModel or a path / Hub id)")
     retriever = load_retriever(model) if isinstance(model, (str, os.PathLike)) else model
+    if is_peft(retriever):  # get_peft_model(retriever, ...): its save / reload would not be a retriever's
+        raise ConfigError("model is a PeftModel around the retriever (get_peft_model(retriever, ...)); wrap its "
+                          "encoder instead (retriever.encoder = get_peft_model(retriever.encoder, config), and "
+                          "retriever.query_encoder too with two towers) or pass the plain retriever with "
+                          "peft_config=config to CorrectorTrainer")
     if not isinstance(retriever, RetrieverModel):
         raise ConfigError(f"model must be a RetrieverModel or a path, got {type(retriever).__name__}")
     if processing_class is not None:

@@ -36,16 +36,12 @@ from typing import Any
 import datasets
 import torch
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import PredictionOutput
 
 from ..cache import StaleCache
 from ..cache.manager import CacheManager
 from ..cache.placement import resolve_cache_device
 from ..data.format import RetrievalData
-from ..data.open_qa import OpenQAData
 from ..errors import ConfigError
-from ..evaluation.evaluator import CorpusEmbeddings, RetrievalEvaluator, documents_outside
-from ..evaluation.metrics import exact_search
 from ..hub.card_data import CardData, dataset_name
 from ..models.corrector import CorrectorModel
 from ..models.reader import Reader
@@ -54,14 +50,14 @@ from ..negatives import NegativeSampler, SamplerContext, TrainingExamples
 from .callbacks import (CacheRefreshCallback, CorrectorFallbackCallback, CorrectorHealth, RetrieverCallbackHandler,
                         SamplerMaintenanceCallback)
 from .checkpoints import finish_if_complete, last_complete_checkpoint, verify_checkpoint
-from .collator import CorrectorDataCollator
+from .collator import CorrectorBatch, CorrectorDataCollator, check_collator
 from .config import CorrectorTrainingArguments
 from .distributed import check_distributed_setup
 from .hub_push import CorrectorHubMixin
 from .inputs import index_inputs
 from .losses import step_losses
 from .model_card import ModelCardCallback, update_static
-from .model import CorrectorTrainingModel
+from .model import CorrectorStepOutput, CorrectorTrainingModel, step_output
 from .nonfinite import SkipStep, guard_step_tensor
 from .optim import build_lr_scheduler, build_optimizer
 from .peft_utils import apply_peft
@@ -71,6 +67,7 @@ from .reader_step import ReaderStep, check_reader_data, load_reader
 from .staleness import staleness_metrics
 from .strategy import NegativeStrategy
 from .targets import build_target_batch
+from .trainer_eval import EvaluationMixin
 from .semantics import seed_before_set_up, warn_accumulation_is_not_a_bigger_batch
 from .user_optim import check_peft_by_hand, check_user_optimizer
 from .validation import check_enough_negatives
@@ -80,7 +77,7 @@ __all__ = ["CorrectorTrainer", "CorrectorTrainingModel"]
 logger = logging.getLogger(__name__)
 
 
-class CorrectorTrainer(CheckpointingMixin, CorrectorHubMixin, Trainer):
+class CorrectorTrainer(EvaluationMixin, CheckpointingMixin, CorrectorHubMixin, Trainer):
     """A :class:`~transformers.Trainer` for dual encoders with a stale cache and a corrector network.
 
     Args (beyond ``Trainer``'s):
@@ -113,7 +110,7 @@ class CorrectorTrainer(CheckpointingMixin, CorrectorHubMixin, Trainer):
                  optimizer_cls_and_kwargs=None, preprocess_logits_for_metrics=None, *,
                  corpus: datasets.Dataset | None = None, cache: StaleCache | str | os.PathLike | None = None,
                  corrector: CorrectorModel | str | None = None, peft_config: Any | None = None,
-                 sampler: NegativeSampler | None = None, reader: Reader | None = None):
+                 sampler: NegativeSampler | None = None, reader: Reader | None = None, compute_loss_func=None):
         args = args if args is not None else CorrectorTrainingArguments("corrector-trainer-output")
         if not isinstance(args, CorrectorTrainingArguments):
             raise ConfigError("args must be CorrectorTrainingArguments")
@@ -121,6 +118,10 @@ class CorrectorTrainer(CheckpointingMixin, CorrectorHubMixin, Trainer):
             raise ConfigError("CorrectorTrainer computes retrieval metrics itself (nDCG@10, Recall@10/100, MRR@10 over "
                               "the whole corpus) in evaluate(); compute_metrics / preprocess_logits_for_metrics would "
                               "never be called: drop them, or subclass and override retrieval_metrics()")
+        if compute_loss_func is not None:  # Trainer's (outputs, labels, num_items_in_batch): the batches have no labels
+            raise ConfigError("compute_loss_func: CorrectorTrainer's loss is the task loss plus the corrector's, over "
+                              "targets it chooses itself; subclass and override compute_loss, where outputs = "
+                              "model(**inputs) gives outputs.loss, outputs.logits and outputs.labels")
         self.strategy = strategy = NegativeStrategy.from_args(args)  # the only reader of the strategy arguments
         seed_before_set_up(args)
         warn_accumulation_is_not_a_bigger_batch(args)
@@ -140,11 +141,13 @@ class CorrectorTrainer(CheckpointingMixin, CorrectorHubMixin, Trainer):
                                    skip_top=strategy.false_negatives.skip_top)
 
         corrector = prepare_corrector(corrector, retriever, args, strategy, self.corrector_class)
+        check_collator(data_collator, self.train_examples)  # a standard collator: refused naming ours
         if data_collator is None:
             data_collator = self.collator_class(
                 tokenizer=retriever.tokenizer, query_max_length=args.query_max_length or retriever.config.query_max_length,
                 query_prefix=retriever.config.query_prefix)
         reader = load_reader(args, reader, args.device) if args.reader_loss != "none" else None
+        had_use_cache = "use_cache" in vars(retriever.config)  # Trainer sets model.config.use_cache (= ours)
         super().__init__(model=CorrectorTrainingModel(retriever, corrector,
                                                       reader.model if reader is not None and reader.trainable else None),
                          args=args, data_collator=data_collator,
@@ -152,6 +155,9 @@ class CorrectorTrainer(CheckpointingMixin, CorrectorHubMixin, Trainer):
                          model_init=model_init, compute_metrics=compute_metrics, callbacks=callbacks,
                          optimizers=optimizers, optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
                          preprocess_logits_for_metrics=preprocess_logits_for_metrics)
+        if not had_use_cache:  # a retriever has no KV cache: do not save the setting into its config.json
+            vars(retriever.config).pop("use_cache", None)
+        self.model.set_step(self._batch_step)  # model(**inputs) in a compute_loss override runs this step
         check_distributed_setup(self.accelerator)  # N processes that do not form one run would train N models
         if self.optimizer is not None:  # optimizers=(opt, sched): the corrector must be in it
             check_user_optimizer(self.model, self.optimizer, strategy.corrector_warmup_steps, self.lr_scheduler is None)
@@ -160,19 +166,16 @@ class CorrectorTrainer(CheckpointingMixin, CorrectorHubMixin, Trainer):
                                                          self.optimizer, self.lr_scheduler)  # callbacks see the retriever
         self._metrics: dict[str, list[float]] = defaultdict(list)
 
-        from_checkpoint = cache is None and bool(args.resume_from_checkpoint)
-        if from_checkpoint:  # the checkpoint holds the cache: do not encode the corpus only to throw it away
-            cache = checkpoint_cache(args.output_dir, args.resume_from_checkpoint)
-        built = cache is None
-        cache = prepare_cache(cache, retriever, self.corpus, args, self.cache_class, from_checkpoint,
-                              rows=local_rows(self.accelerator, len(self.corpus), strategy.cache_sharding),
-                              accelerator=self.accelerator)
-        self.cache_manager = self.cache_manager_class(cache, list(self.corpus["text"]), self._encode_targets,
+        if cache is not None:  # given: checked now; otherwise loaded or built at its first use (_first_cache)
+            cache = prepare_cache(cache, retriever, self.corpus, args, self.cache_class,
+                                  rows=local_rows(self.accelerator, len(self.corpus), strategy.cache_sharding),
+                                  accelerator=self.accelerator)
+        self.cache_manager = self.cache_manager_class(self._first_cache if cache is None else cache,
+                                                      list(self.corpus["text"]), self._encode_targets,
                                                       self.accelerator, write_back=strategy.cache_write_back,
                                                       sharding=strategy.cache_sharding)
-        self._place_cache(strategy)
-        if built and strategy.mines_negatives:  # with in-batch negatives only the cache serves diagnostics
-            self.cache_manager.cost.initial_cache_encodings = len(self.doc_ids)
+        if cache is not None:
+            self._place_cache(cache)
         self.sampler = sampler if sampler is not None else strategy.build_sampler(lambda: self.corrector)
         self.reader_step = None if reader is None else ReaderStep(reader, args, self.cache_manager, retriever,
                                                                   self.train_examples)
@@ -207,9 +210,7 @@ class CorrectorTrainer(CheckpointingMixin, CorrectorHubMixin, Trainer):
                                              desc=desc)
 
     def _encode_queries_for_sampler(self, texts: list[str]) -> torch.Tensor:
-        return self.retriever.encode_queries(texts, batch_size=self.args.eval_batch_size_encode,
-                                             max_length=self.args.query_max_length, device=self.args.device,
-                                             show_progress_bar=False)
+        return self.encode_queries(texts, show_progress_bar=False)
 
     @property
     def retriever(self) -> RetrieverModel:
@@ -219,10 +220,23 @@ class CorrectorTrainer(CheckpointingMixin, CorrectorHubMixin, Trainer):
     def corrector(self) -> CorrectorModel | None:
         return self.accelerator.unwrap_model(self.model).corrector
 
-    def _place_cache(self, strategy) -> None:
+    def _first_cache(self) -> StaleCache:
+        """The cache at its first use (train, evaluate, ``trainer.cache``), not in ``__init__``, so that
+        ``train(resume_from_checkpoint=...)`` (which loads the checkpoint's first) encodes nothing it throws away:
+        the checkpoint's of ``args.resume_from_checkpoint``, else built with the starting model and counted."""
+        resume = self.args.resume_from_checkpoint
+        folder = checkpoint_cache(self.args.output_dir, resume) if resume else None
+        cache = prepare_cache(folder, self.retriever, self.corpus, self.args, self.cache_class, folder is not None,
+                              rows=local_rows(self.accelerator, len(self.corpus), self.strategy.cache_sharding),
+                              accelerator=self.accelerator)
+        if folder is None and self.strategy.mines_negatives:  # with in-batch negatives it serves diagnostics only
+            self.cache_manager.cost.initial_cache_encodings = len(self.doc_ids)
+        self._place_cache(cache)
+        return cache
+
+    def _place_cache(self, local: StaleCache) -> None:
         """``cache_device``: keep this process's rows (and the corrected view) where negative selection reads them."""
-        local = self.cache_manager.cache
-        view = 2 if strategy.corrected_view_steps else 1
+        view = 2 if self.strategy.corrected_view_steps else 1
         device = resolve_cache_device(self.args.cache_device, self.args.device, view * local.nbytes)
         self.cache_manager.place(device, pin=device.type == "cpu" and torch.device(self.args.device).type != "cpu")
 
@@ -314,7 +328,8 @@ class CorrectorTrainer(CheckpointingMixin, CorrectorHubMixin, Trainer):
                     target_input_ids=tok["input_ids"].to(device), target_attention_mask=tok["attention_mask"].to(device),
                     stale_target_embeddings=stale_rows.to(device) if self.corrector is not None else None)
         q, t, corrected = out["query_embeddings"], out["target_embeddings"], out.get("corrected_embeddings")
-        losses = step_losses(q, t, corrected, batch.to(device), args)
+        on_device = batch.to(device)
+        losses = step_losses(q, t, corrected, on_device, args)
         warm = self.state.global_step < self.strategy.corrector_warmup_steps
         loss = losses["task_loss"] * (0.0 if warm else 1.0) + losses.get("corrector_loss", 0.0)
         # the tensors first, so that the error names the source of a NaN rather than the loss it spreads to
@@ -325,7 +340,12 @@ class CorrectorTrainer(CheckpointingMixin, CorrectorHubMixin, Trainer):
                              args.should_save)
         self._record_step_metrics(losses, q, t, stale_rows, corrected, batch.inverse)
         self.cache_manager.record_step(batch.targets, t.detach(), self.state.global_step)
-        return (loss, out) if return_outputs else loss
+        return (loss, {**out, "target_batch": on_device}) if return_outputs else loss
+
+    def _batch_step(self, inputs: dict) -> CorrectorStepOutput:
+        """``model(**inputs)`` inside a ``compute_loss`` override: this trainer's own step."""
+        loss, out = CorrectorTrainer.compute_loss(self, self.accelerator.unwrap_model(self.model), inputs, True)
+        return step_output(loss, out, self.args.temperature)
 
     def _record_step_metrics(self, losses, q, t, stale_rows, corrected, inverse) -> None:
         for name, value in losses.items():  # after the finiteness checks: a skipped step logs no NaN
@@ -338,7 +358,7 @@ class CorrectorTrainer(CheckpointingMixin, CorrectorHubMixin, Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         try:
-            return super().training_step(model, inputs, num_items_in_batch)
+            return super().training_step(model, CorrectorBatch(inputs), num_items_in_batch)
         except SkipStep:  # raised before backward: earlier micro-batches of the accumulation window keep theirs
             self._metrics["skipped_steps"].append(1.0)
             return torch.zeros((), device=self.args.device)
@@ -360,63 +380,6 @@ class CorrectorTrainer(CheckpointingMixin, CorrectorHubMixin, Trainer):
                 logs["reader_forward_passes"] = self.reader_step.forward_passes
         super().log(logs, start_time)
 
-    # ---------------------------------------------------------------------------------------------------------------
-    # evaluation
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        """nDCG@10, Recall@10/100 and MRR@10 of held-out queries over the whole corpus (a dict of datasets: each,
-        prefixed ``{prefix}_{name}``). ``eval_corpus_embeddings`` picks the corpus representation(s): ``fresh``
-        (re-encoded now; no infix), ``stale`` (the cache) and ``corrected`` (the transformed cache), side by side.
-        Held-out positives outside the training corpus are searched too (``fresh``; taken from the evaluation
-        data's corpus)."""
-        data = eval_dataset if eval_dataset is not None else self._eval_data
-        if isinstance(data, str) and isinstance(self._eval_data, dict):  # Trainer's "name of one of the datasets"
-            data, metric_key_prefix = self._eval_data[data], f"{metric_key_prefix}_{data}"
-        if isinstance(data, dict):
-            return {k: v for name, part in data.items() for k, v in
-                    self.evaluate(part, ignore_keys, f"{metric_key_prefix}_{name}").items()}
-        queries = data.queries if isinstance(data, (RetrievalData, OpenQAData)) else data
-        if queries is None:
-            raise ConfigError("evaluate() needs an eval_dataset (RetrievalData or a queries Dataset)")
-        if self.reader_step is not None:  # answer recall@k and exact match (issue 20)
-            encode = lambda texts: self.retriever.encode_queries(  # noqa: E731
-                texts, batch_size=self.args.eval_batch_size_encode, max_length=self.args.query_max_length,
-                device=self.args.device)
-            metrics = self.reader_step.evaluate(queries, encode, self.corpus_embeddings, self.args.eval_corpus_list,
-                                                metric_key_prefix)
-            metrics[f"{metric_key_prefix}_reembedding_cost"] = self.total_reembedding_cost()
-            self.log(metrics)
-            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics=metrics)
-            return metrics
-        extra = documents_outside(queries, self.doc_index, data.corpus if isinstance(data, RetrievalData) else None)
-        metrics = self.retrieval_metrics(queries, self.args.eval_corpus_list, prefix=metric_key_prefix, extra=extra)
-        metrics[f"{metric_key_prefix}_reembedding_cost"] = self.total_reembedding_cost()
-        self.log(metrics)
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics=metrics)
-        return metrics
-
-    def predict(self, test_dataset, ignore_keys=None, metric_key_prefix: str = "test") -> PredictionOutput:
-        """Retrieval as ``Trainer.predict`` returns it: ``predictions`` (Q, 100) corpus rows ranked for each query
-        (fresh embeddings) and ``metrics`` as :meth:`evaluate` computes them (``test_`` prefix)."""
-        queries = test_dataset.queries if isinstance(test_dataset, RetrievalData) else test_dataset
-        q = self.retriever.encode_queries(list(queries["query"]), batch_size=self.args.eval_batch_size_encode,
-                                          max_length=self.args.query_max_length, device=self.args.device)
-        _, rows = exact_search(q, self.corpus_embeddings("fresh"), 100)
-        return PredictionOutput(rows.numpy(), None, self.evaluate(test_dataset, ignore_keys, metric_key_prefix))
-
-    def corpus_embeddings(self, kind: str, extra: tuple[list[str], list[str]] = ([], []), local: bool = False
-                          ) -> torch.Tensor:
-        """The corpus as ``fresh``, ``stale`` or ``corrected`` rows (see :class:`CorpusEmbeddings`; ``local``: a
-        sharded cache's rows of this process only)."""
-        return CorpusEmbeddings(self.cache_manager, self.sampler.transform.function,
-                                self.args.corrector_chunk_size, local=local)(kind, self.state.global_step, extra)
-
-    def retrieval_metrics(self, queries: datasets.Dataset, kinds: list[str], prefix: str = "eval",
-                          extra: tuple[list[str], list[str]] = ([], [])) -> dict[str, float]:
-        q = self.retriever.encode_queries(list(queries["query"]), batch_size=self.args.eval_batch_size_encode,
-                                          max_length=self.args.query_max_length, device=self.args.device)
-        evaluator = RetrievalEvaluator(queries, self.doc_ids + extra[0])
-        return evaluator(q, lambda kind: self.corpus_embeddings(kind, extra, local=True), kinds, prefix=prefix)
-
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """Trainer's ``train`` that also restores the cache and the trainer's extra state on resume."""
         if means_true(resume_from_checkpoint):  # the newest complete checkpoint (incomplete ones are skipped)
@@ -425,8 +388,9 @@ class CorrectorTrainer(CheckpointingMixin, CorrectorHubMixin, Trainer):
                 raise ConfigError(f"no complete checkpoint found in {self.args.output_dir} to resume from")
         elif resume_from_checkpoint:
             verify_checkpoint(resume_from_checkpoint)  # CacheCorruptError naming the folder if its save did not finish
-        if resume_from_checkpoint:
+        if resume_from_checkpoint:  # the checkpoint's cache first: the run's own is then never built
             self._load_extra_state(Path(resume_from_checkpoint))
+        self.cache_manager.cache  # noqa: B018 - loaded or built now, on every process, with the starting weights
         result = finish_if_complete(self, resume_from_checkpoint)  # at max_steps already: Trainer would step
         if result is None:
             result = super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,

@@ -54,9 +54,9 @@ def load_extra_state(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tens
     return state, tensors
 
 
-def save_model_files(output_dir: str, retriever: Any, corrector: Any, uses_peft: bool, args_json: str,
-                     cost: dict[str, int]) -> None:
-    """The published model: retriever (``from_pretrained``-loadable), ``corrector/``, arguments and cost (JSON)."""
+def save_models(output_dir: str | os.PathLike, retriever: Any, corrector: Any, uses_peft: bool) -> None:
+    """The retriever (merged plus adapters with PEFT; ``RetrieverModel.from_pretrained``-loadable) at the root and
+    the corrector in ``corrector/``."""
     os.makedirs(output_dir, exist_ok=True)
     if uses_peft:
         save_peft_retriever(retriever, output_dir)
@@ -65,6 +65,12 @@ def save_model_files(output_dir: str, retriever: Any, corrector: Any, uses_peft:
     if corrector is not None:
         corrector.config.retriever_name_or_path = public_model_id(retriever.config.base_model_name_or_path)
         corrector.save_pretrained(os.path.join(output_dir, "corrector"))
+
+
+def save_model_files(output_dir: str, retriever: Any, corrector: Any, uses_peft: bool, args_json: str,
+                     cost: dict[str, int]) -> None:
+    """The published model: retriever (``from_pretrained``-loadable), ``corrector/``, arguments and cost (JSON)."""
+    save_models(output_dir, retriever, corrector, uses_peft)
     Path(output_dir, "training_args.json").write_text(args_json)
     Path(output_dir, "reembedding_cost.json").write_text(json.dumps(cost, indent=2))
 

@@ -52,7 +52,7 @@ def check_user_optimizer(model: torch.nn.Module, optimizer: torch.optim.Optimize
                               "scheduler, or set corrector_warmup_steps=0")
 
 
-def _is_peft(module: torch.nn.Module | None) -> bool:
+def is_peft(module: torch.nn.Module | None) -> bool:
     try:
         from peft import PeftModel
     except ImportError:  # peft not installed: nothing can be PEFT-wrapped
@@ -63,7 +63,7 @@ def _is_peft(module: torch.nn.Module | None) -> bool:
 def check_peft_by_hand(retriever, peft_config) -> bool:
     """Whether the retriever's towers are PEFT-wrapped by the user (all or none); refuses a second wrapping."""
     towers = [t for t in (retriever.encoder, retriever.query_encoder) if t is not None]
-    wrapped = [_is_peft(t) for t in towers]
+    wrapped = [is_peft(t) for t in towers]
     if not any(wrapped):
         return False
     if not all(wrapped):
@@ -76,4 +76,4 @@ def check_peft_by_hand(retriever, peft_config) -> bool:
     return True
 
 
-__all__ = ["check_peft_by_hand", "check_user_optimizer"]
+__all__ = ["check_peft_by_hand", "check_user_optimizer", "is_peft"]

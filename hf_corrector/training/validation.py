@@ -158,7 +158,7 @@ LIBRARY_SPECS: dict[str, Spec] = {
     "false_negative_margin": _float(0.0, 1.5, low_inclusive=False, optional=True),  # a fraction of the positive's score
     "false_negative_max_score": _float(-1e4, 1e4, optional=True),  # scores of unit vectors are in [-1, 1]
     "candidate_nprobe": _int(1),
-    "eval_batch_size_encode": _int(1),
+    "eval_batch_size_encode": _int(1, optional=True),
     "corrected_view_steps": _int(0),
     "tree_num_clusters": _int(1, optional=True),
     "tree_probe_mass": _float(0.0, 1e6, low_inclusive=False),
