@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from ..utils.arrow_column import ArrowColumn
 from .sharded_store import finish_save, staging_dir, write_shard
 from .sharding import SHARDING_MODES, Collectives, row_range
 from .stale_cache import StaleCache
@@ -88,7 +89,7 @@ class CacheManager:
                  accelerator: Any = None, write_back: bool = False, sharding: str = "replicated"):
         if sharding not in SHARDING_MODES:
             raise ConfigError(f"cache_sharding must be one of {SHARDING_MODES}, got {sharding!r}")
-        self.texts = list(texts)
+        self.texts = texts if isinstance(texts, ArrowColumn) else list(texts)  # a dataset column stays in place
         self.encode_targets = encode_targets
         self.accelerator = accelerator
         self.write_back = write_back
@@ -221,7 +222,7 @@ class CacheManager:
 
     def texts_of(self, rows: Sequence[int] | torch.Tensor) -> list[str]:
         rows = rows.tolist() if isinstance(rows, torch.Tensor) else rows
-        return [self.texts[i] for i in rows]
+        return self.texts.take(rows) if isinstance(self.texts, ArrowColumn) else [self.texts[i] for i in rows]
 
     def prepare_save(self, final_dir: str | os.PathLike) -> None:
         """Before a save into ``final_dir`` (on every process). Sharded: each process writes its own shard into a

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import CacheMismatchError
+from ..utils.arrow_column import ArrowColumn
 from .provenance import SCHEME, TEXTS_KEY, WEIGHTS_KEY, fingerprint_retriever, fingerprint_texts, short
 from .schema import INITIAL_STEP
 
@@ -164,7 +165,8 @@ class CacheHeader(ProvenanceChecks):
 
     def __init__(self, doc_ids: Sequence[str], steps: torch.Tensor, provenance: dict, dim: int,
                  source: str | None = None):
-        self.doc_ids, self.steps, self.provenance = [str(d) for d in doc_ids], steps, dict(provenance)
+        self.doc_ids = doc_ids if isinstance(doc_ids, ArrowColumn) else [str(d) for d in doc_ids]
+        self.steps, self.provenance = steps, dict(provenance)
         self.dim, self.source = int(dim), source
 
     def __len__(self) -> int:

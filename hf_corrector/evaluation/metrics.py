@@ -66,6 +66,11 @@ def evaluate_run(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Map
     return results
 
 
+def _values_at(values: Sequence[str], rows: list[int]) -> list[str]:
+    take = getattr(values, "take", None)  # an ArrowColumn gathers in one call
+    return take(rows) if callable(take) else [values[j] for j in rows]
+
+
 def retrieval_metrics(
     query_embeddings: torch.Tensor,
     corpus_embeddings: torch.Tensor,
@@ -87,7 +92,7 @@ def retrieval_metrics(
 
         scores, idx = local_exact_search(query_embeddings, corpus_embeddings, needed)
     run = {
-        qid: {doc_ids[j]: float(s) for s, j in zip(srow.tolist(), irow.tolist())}
+        qid: dict(zip(_values_at(doc_ids, irow.tolist()), srow.tolist()))
         for qid, srow, irow in zip(query_ids, scores, idx)
     }
     return evaluate_run(run, qrels, metrics)

@@ -15,18 +15,20 @@ import datasets
 from ..data.format import RetrievalData
 from ..data.open_qa import OpenQAData, is_open_qa
 from ..errors import CacheMismatchError, ConfigError
+from ..utils.arrow_column import ArrowColumn, RowIndex
 from .collator import prepare_train_examples
 from .reader_step import prepare_open_qa_examples
 
 
 @dataclass
 class TrainingInputs:
-    """``corpus`` (doc_id, text), ``doc_ids`` in row order, ``doc_index`` (id -> row), ``train_examples`` (one
+    """``corpus`` (doc_id, text), ``doc_ids`` in row order and ``doc_index`` (id -> row), both over the corpus's
+    Arrow column (:mod:`~hf_corrector.utils.arrow_column`), ``train_examples`` (one
     per query-positive pair, see :func:`prepare_train_examples`) and ``eval_queries``."""
 
     corpus: datasets.Dataset
-    doc_ids: list[str]
-    doc_index: dict[str, int]
+    doc_ids: ArrowColumn
+    doc_index: RowIndex
     train_examples: datasets.Dataset | None
     eval_queries: datasets.Dataset | None
 
@@ -48,10 +50,12 @@ def index_inputs(train_dataset: RetrievalData | datasets.Dataset | None,
         raise ConfigError("pass corpus= (doc_id, text) or a RetrievalData train_dataset")
     if len(corpus) == 0:
         raise CacheMismatchError("the corpus is empty")
-    doc_ids = list(corpus["doc_id"])
-    doc_index = {d: i for i, d in enumerate(doc_ids)}
-    if len(doc_index) != len(doc_ids):
-        raise CacheMismatchError("duplicate doc ids in the corpus")
+    doc_ids = ArrowColumn.from_dataset(corpus, "doc_id")  # read in place: no list of N ids in each process
+    doc_index = RowIndex(doc_ids)
+    duplicate = doc_index.duplicate()
+    if duplicate is not None:
+        raise CacheMismatchError(f"duplicate doc ids in the corpus: {duplicate!r} is in rows "
+                                 f"{[i for i, d in enumerate(doc_ids) if d == duplicate][:2]}")
     if train_queries is None:
         examples = None
     elif is_open_qa(train_queries):  # questions with answers, no positives: reader-supervised training

@@ -22,6 +22,7 @@ from ..cache.rank_build import build_rows
 from ..cache.sharded_store import check_part_provenance
 from ..cache.sharding import row_range
 from ..errors import CacheMismatchError, ConfigError
+from ..utils.arrow_column import ArrowColumn
 from ..utils.hub_ids import public_model_id
 from ..models.corrector import CorrectorConfig, CorrectorModel
 from ..models.loading import load_retriever
@@ -72,7 +73,8 @@ def prepare_cache(cache, retriever: RetrieverModel, corpus: datasets.Dataset, ar
     if isinstance(cache, (str, os.PathLike)):
         if rows is not None:  # this process's rows only, of a sharded or a single-file folder (sharded_store.py)
             part = cache_class.load(cache, rows=rows)
-            check_part_provenance(part, cache, list(corpus["doc_id"]), list(corpus["text"]),
+            check_part_provenance(part, cache, ArrowColumn.from_dataset(corpus, "doc_id"),
+                                  ArrowColumn.from_dataset(corpus, "text"),
                                   None if from_checkpoint else retriever,
                                   allow_other_weights=args.cache_from_other_weights, max_length=args.target_max_length)
             if from_checkpoint:
@@ -88,8 +90,8 @@ def prepare_cache(cache, retriever: RetrieverModel, corpus: datasets.Dataset, ar
         logger.info("building the stale cache: encoding %d documents with the starting model", len(corpus))
         return cache_class.build(corpus, retriever, batch_size=args.cache_encode_batch_size, dtype=args.cache_dtype,
                                  device=args.device, max_length=args.target_max_length, shard_dir=args.cache_build_dir)
-    cache.check_provenance(None if from_checkpoint else retriever, doc_ids=list(corpus["doc_id"]),
-                           texts=list(corpus["text"]), allow_other_weights=args.cache_from_other_weights,
+    cache.check_provenance(None if from_checkpoint else retriever, doc_ids=ArrowColumn.from_dataset(corpus, "doc_id"),
+                           texts=ArrowColumn.from_dataset(corpus, "text"), allow_other_weights=args.cache_from_other_weights,
                            max_length=args.target_max_length)
     if from_checkpoint:
         cache.check_model(retriever)  # dimension, pooling, normalisation

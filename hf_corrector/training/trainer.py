@@ -46,6 +46,7 @@ from ..hub.card_data import CardData, dataset_name
 from ..models.corrector import CorrectorModel
 from ..models.reader import Reader
 from ..models.retriever import RetrieverModel
+from ..utils.arrow_column import ArrowColumn
 from ..negatives import NegativeSampler, SamplerContext, TrainingExamples
 from .callbacks import (CacheRefreshCallback, CorrectorFallbackCallback, CorrectorHealth, RetrieverCallbackHandler,
                         SamplerMaintenanceCallback)
@@ -171,7 +172,7 @@ class CorrectorTrainer(EvaluationMixin, CheckpointingMixin, CorrectorHubMixin, T
                                   rows=local_rows(self.accelerator, len(self.corpus), strategy.cache_sharding),
                                   accelerator=self.accelerator)
         self.cache_manager = self.cache_manager_class(self._first_cache if cache is None else cache,
-                                                      list(self.corpus["text"]), self._encode_targets,
+                                                      ArrowColumn.from_dataset(self.corpus, "text"), self._encode_targets,
                                                       self.accelerator, write_back=strategy.cache_write_back,
                                                       sharding=strategy.cache_sharding)
         if cache is not None:

@@ -82,15 +82,15 @@ class EvaluationMixin:
         self.control = self.callback_handler.on_predict(self.args, self.state, self.control, metrics)
         return PredictionOutput(rows.numpy(), None, metrics)
 
-    def corpus_embeddings(self, kind: str, extra: tuple[list[str], list[str]] = ([], []), local: bool = False
-                          ) -> torch.Tensor:
+    def corpus_embeddings(self, kind: str, extra: tuple[list[str], list[str]] = ([], []), local: bool = False,
+                          as_stored: bool = False) -> torch.Tensor:
         """The corpus as ``fresh``, ``stale`` or ``corrected`` rows (see :class:`CorpusEmbeddings`; ``local``: a
-        sharded cache's rows of this process only)."""
-        return CorpusEmbeddings(self.cache_manager, self.sampler.transform.function,
-                                self.args.corrector_chunk_size, local=local)(kind, self.state.global_step, extra)
+        sharded cache's rows of this process only; ``as_stored``: stale rows in the storage dtype, for a search)."""
+        return CorpusEmbeddings(self.cache_manager, self.sampler.transform.function, self.args.corrector_chunk_size,
+                                local=local, as_stored=as_stored)(kind, self.state.global_step, extra)
 
     def retrieval_metrics(self, queries: datasets.Dataset, kinds: list[str], prefix: str = "eval",
                           extra: tuple[list[str], list[str]] = ([], [])) -> dict[str, float]:
         q = self.encode_queries(queries["query"])
         evaluator = RetrievalEvaluator(queries, self.doc_ids + extra[0])
-        return evaluator(q, lambda kind: self.corpus_embeddings(kind, extra, local=True), kinds, prefix=prefix)
+        return evaluator(q, lambda kind: self.corpus_embeddings(kind, extra, local=True, as_stored=True), kinds, prefix=prefix)
