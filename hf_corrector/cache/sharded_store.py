@@ -177,17 +177,16 @@ def load_sharded(path: str | os.PathLike, verify: str = "checksum", rows: tuple[
     start, stop = (0, num_rows) if rows is None else (int(rows[0]), int(rows[1]))
     if not 0 <= start <= stop <= num_rows:
         raise CacheCorruptError(f"{path}: rows {start}:{stop} are outside the cache's {num_rows} rows")
-    parts = []
     # the manifest's checksums were just verified: each shard is read as "rows" (schema and row count)
     shard_verify = "rows" if verify == "checksum" else verify
-    for entry in manifest["shards"]:
-        lo, hi = max(start, entry["start"]), min(stop, entry["stop"])
-        if lo < hi:
-            parts.append(StaleCache.load(path / entry["name"], verify=shard_verify,
-                                         rows=(lo - entry["start"], hi - entry["start"])))
-    if not parts:  # an empty range (a process with no rows)
-        parts.append(StaleCache.load(path / manifest["shards"][0]["name"], verify=shard_verify, rows=(0, 0)))
-    cache = parts[0] if len(parts) == 1 else _concat(parts)
+    pieces = [(entry["name"], (max(start, entry["start"]) - entry["start"], min(stop, entry["stop"]) - entry["start"]))
+              for entry in manifest["shards"] if max(start, entry["start"]) < min(stop, entry["stop"])]
+    if not pieces:  # an empty range (a process with no rows)
+        pieces = [(manifest["shards"][0]["name"], (0, 0))]
+    if len(pieces) == 1:  # zero-copy over the memory-mapped shard
+        cache = StaleCache.load(path / pieces[0][0], verify=shard_verify, rows=pieces[0][1])
+    else:
+        cache = _concat(path, pieces, stop - start, shard_verify)
     if verify == "checksum":
         check_finite(cache.matrix(), f"loaded cache embeddings ({path})")
     cache.source = f"{path}" if rows is None else f"{path} (rows {start}:{stop})"
@@ -196,11 +195,22 @@ def load_sharded(path: str | os.PathLike, verify: str = "checksum", rows: tuple[
     return cache
 
 
-def _concat(parts: list[StaleCache]) -> StaleCache:
-    first = parts[0]
-    return StaleCache([d for p in parts for d in p.doc_ids], torch.cat([p.matrix() for p in parts]),
-                      steps=torch.cat([p.steps for p in parts]).numpy(), provenance=first.provenance,
-                      dtype=first.dtype)
+def _concat(path: Path, pieces: list[tuple[str, tuple[int, int]]], num_rows: int, verify: str) -> StaleCache:
+    """The rows of several shards in one matrix, filled one shard at a time: each shard's mapping is released
+    before the next is opened, so the peak is the result plus one shard (not twice the result)."""
+    doc_ids: list[str] = []
+    steps, out, filled, first = [], None, 0, None
+    for name, rows in pieces:
+        part = StaleCache.load(path / name, verify=verify, rows=rows)
+        if out is None:
+            out = torch.empty(num_rows, part.dim, dtype=part.matrix().dtype)
+            first = {"provenance": part.provenance, "dtype": part.dtype}
+        out[filled : filled + len(part)] = part.matrix()
+        filled += len(part)
+        doc_ids += part.doc_ids
+        steps.append(part.steps.clone())
+        del part  # unmaps the shard
+    return StaleCache(doc_ids, out, steps=torch.cat(steps).numpy(), **first)
 
 
 def check_part_provenance(part: StaleCache, path: str | os.PathLike, doc_ids: list[str], texts: list[str] | None,
