@@ -22,6 +22,13 @@ own max length, and plain ``encode`` uses the document tower.
 :func:`export_sentence_transformers` writes the classic standalone layout (Transformer at the root) for a folder
 that only sentence-transformers has to read. sentence-transformers is not needed to write either, only to load.
 
+Why the files are written here and not by ``SentenceTransformer.save`` (with a ``Router`` for two towers):
+sentence-transformers is an optional extra (``hf-corrector[st]``), not a dependency, and every
+``save_pretrained`` writes this layout, so writing must work without it; and ``SentenceTransformer.save`` puts
+the first ``Transformer`` module's ``config.json`` and weights at the folder's root (``save_in_root``), where the
+retriever's own ``config.json`` must stay. Loading is still sentence-transformers' own code (tested in
+``tests/test_st_export.py``).
+
 Shared towers: one ``Transformer`` module with ``max_seq_length`` = ``target_max_length`` and the per-task lengths
 of sentence-transformers 6 (``query_length`` = ``query_max_length``, ``document_length``), so ``encode_query``
 truncates a long query where :meth:`RetrieverModel.encode_queries` does (with an older sentence-transformers
