@@ -187,3 +187,20 @@ def test_damaged_caches_load_correctly_or_raise_cache_corrupt(saved, info_edits,
         if verify == "checksum" or data_intact:  # verified (or untouched) bytes: exactly the saved cache
             assert torch.equal(matrix, original.matrix()) and loaded.doc_ids == original.doc_ids
             assert torch.equal(loaded.steps, original.steps)
+
+
+def test_an_embedding_column_past_2_31_values_is_written_and_read_back(tmp_path: Path) -> None:
+    """10^7 x 384 holds 3.8e9 values: the Arrow IPC writer refused any array past 2^31 - 1 values unless 64-bit
+    lengths are allowed (the 10^7 phase benchmark failed to save its cache). A fixed-size list of nulls keeps the
+    values array that long at no memory cost."""
+    import pyarrow as pa
+
+    from hf_corrector.cache.folder import write_stream
+
+    rows, dim = (2**31) // 384 + 1, 384
+    column = pa.FixedSizeListArray.from_arrays(pa.nulls(rows * dim), dim)
+    write_stream(pa.table({"embedding": column}), tmp_path / "cache.arrow")
+    with pa.memory_map(str(tmp_path / "cache.arrow")) as source:
+        back = pa.ipc.open_stream(source).read_all()
+    assert back.num_rows == rows and back.column("embedding").num_chunks == 1
+    assert len(back.column("embedding").chunk(0).flatten()) == rows * dim > 2**31

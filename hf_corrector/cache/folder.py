@@ -29,8 +29,12 @@ logger = logging.getLogger(__name__)
 
 
 def write_stream(table: pa.Table, path: Path) -> None:
-    """Write ``table`` as one Arrow IPC stream record batch (memory-mappable, zero-copy to read) and fsync it."""
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+    """Write ``table`` as one Arrow IPC stream record batch (memory-mappable, zero-copy to read) and fsync it.
+
+    64-bit lengths are allowed: the embedding column's values array holds rows x dim numbers, past 2^31 from
+    5.6M rows at d = 384 (the writer refuses such an array by default)."""
+    options = pa.ipc.IpcWriteOptions(allow_64bit=True)
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, table.schema, options=options) as writer:
         writer.write_table(table, max_chunksize=max(1, table.num_rows))
     atomic_io.fsync_file(path)
 

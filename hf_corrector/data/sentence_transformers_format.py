@@ -2,9 +2,14 @@
 
 sentence-transformers reads training columns by position: the first is the anchor (query), the second the
 positive, any further columns are negatives. Columns named ``anchor``, ``positive``, ``negative`` and
-``negative_1``, ``negative_2``, ... are recognised by name; ``label`` / ``score`` columns are not texts and are
-ignored (with a warning). A negative column may also hold a list of texts per row (several hard negatives).
-Named columns can also be given explicitly.
+``negative_1``, ``negative_2``, ... are recognised by name. A negative column may also hold a list of texts per row
+(several hard negatives). Named columns can also be given explicitly.
+
+Labels: a ``label`` / ``labels`` column of 0 / 1 (``mine_hard_negatives(output_format="labeled-pair")``, or
+``"labeled-list"``: a list of texts and a list of labels per row) marks each second-column text a positive (1) or a
+negative (0) of its anchor. A ``score`` column beside pairs with no negative column cannot say which text is a
+positive (``labeled-pair`` with ``output_scores=True``, or similarity data) and is refused; ``scores`` beside
+negative columns (``triplet`` / ``n-tuple`` with ``output_scores=True``) are ignored with a warning.
 
 Texts have no ids in this format, so ids are made from the text: ``doc_id = sha1(text)[:16]`` for every unique
 positive / negative text (the corpus), ``query_id = sha1(anchor)[:16]``. Rows with the same anchor merge into
@@ -63,11 +68,7 @@ def detect_columns(
         if given is not None and given not in columns:
             raise ConfigError(f"column {given!r} is not in the data; columns: {columns}")
     ignored = [c for c in columns if c.lower() in LABEL_COLUMNS and c not in (anchor_column, positive_column)]
-    if ignored:
-        logger.warning(
-            "ignoring non-text column(s) %s (pairs data uses anchor / positive / negative columns)", ignored
-        )
-    free = [c for c in columns if c not in ignored]
+    free = [c for c in columns if c not in ignored]  # load_pairs reads the labels and warns about the rest
     if anchor_column is None:
         taken = {positive_column, *(negative_columns or [])}
         anchor_column = "anchor" if "anchor" in free else next((c for c in free if c not in taken), None)
@@ -128,7 +129,9 @@ def load_pairs(
     rows = open_rows(dataset, split=split, label="pairs" if isinstance(dataset, (list, tuple, Mapping)) else None)
     columns = row_columns(rows)
     anchor_col, pos_col, neg_cols = detect_columns(columns, anchor_column, positive_column, negative_columns)
-    _check_feature_types(rows.dataset, [anchor_col, pos_col, *neg_cols], neg_cols, rows.label)
+    label_col = _label_column(columns, (anchor_col, pos_col, *neg_cols), neg_cols, rows.label)
+    _check_feature_types(rows.dataset, [anchor_col, pos_col, *neg_cols], neg_cols + ([pos_col] if label_col else []),
+                         rows.label)
 
     docs: dict[str, str] = {}
     queries: dict[str, str] = {}
@@ -143,20 +146,21 @@ def load_pairs(
             raise DataFormatError(f"{where}: two different texts share the hash id {did!r}")
         return did
 
-    for where, row in rows.iter([anchor_col, pos_col, *neg_cols]):
+    for where, row in rows.iter([anchor_col, pos_col, *neg_cols, *([label_col] if label_col else [])]):
         if not isinstance(row, Mapping):
             raise DataFormatError(f"{where}: expected an object/dict row, got {_json_type(row)}")
         n_rows += 1
         anchor = _required_text(row, anchor_col, where)
-        positive = _required_text(row, pos_col, where)
         qid = _hash(anchor, f"{where} column {anchor_col!r}")
         old = queries.setdefault(qid, anchor)
         if old != anchor:
             raise DataFormatError(f"{where}: two different anchors share the hash id {qid!r}")
         if qid in positives:
             merged_rows += 1
-        positives.setdefault(qid, {})[doc(positive, f"{where} column {pos_col!r}")] = None
+        pos = positives.setdefault(qid, {})
         negs = negatives.setdefault(qid, {})
+        for text, is_positive, at in _labeled_texts(row, pos_col, label_col, where):
+            (pos if is_positive else negs)[doc(text, at)] = None
         for col in neg_cols:
             value = row.get(col)
             values = value if isinstance(value, list) else [value]  # a column may hold a list of negatives
@@ -212,6 +216,43 @@ def load_pairs(
         len(cds),
     )
     return data
+
+
+def _label_column(columns: Sequence[str], texts: Sequence[str], negatives: Sequence[str], label: str) -> str | None:
+    """The 0 / 1 label column, if any; refuse a ``score`` column that would be the only way to tell a pair's
+    positive from a negative; warn about the label-like columns that are ignored."""
+    spare = [c for c in columns if c.lower() in LABEL_COLUMNS and c not in texts]
+    label_col = next((c for c in spare if c.lower() in ("label", "labels")), None)
+    if label_col is None and not negatives and any(c.lower() == "score" for c in spare):
+        raise DataFormatError(
+            f"{label}: a {[c for c in spare if c.lower() == 'score'][0]!r} column beside (anchor, text) pairs cannot "
+            "say which texts are positives (mine_hard_negatives(output_format='labeled-pair', output_scores=True) "
+            "gives negatives their own rows): mine with output_format='triplet' or 'n-tuple', or 'labeled-pair' "
+            "without output_scores (a 0 / 1 label), or drop the column if every pair is a positive")
+    ignored = [c for c in spare if c != label_col]
+    if ignored:
+        logger.warning("ignoring non-text column(s) %s (pairs data uses anchor / positive / negative columns)",
+                       ignored)
+    return label_col
+
+
+def _labeled_texts(row: Mapping[str, Any], column: str, label_col: str | None, where: str):
+    """``(text, is_positive, location)`` for the second column: one positive, or with a label column each text
+    (one, or a list for ``labeled-list``) a positive (label 1) or a negative (label 0)."""
+    if label_col is None:
+        yield _required_text(row, column, where), True, f"{where} column {column!r}"
+        return
+    texts, labels = row.get(column), row.get(label_col)
+    listed = isinstance(texts, list)
+    if listed != isinstance(labels, list) or (listed and len(texts) != len(labels)):
+        raise DataFormatError(f"{where}: column {label_col!r} must hold one label per text of column {column!r}, "
+                              f"got {_json_type(labels)} for {_json_type(texts)}")
+    for k, (text, value) in enumerate(zip(texts, labels) if listed else [(texts, labels)]):
+        at = f"{where} column {column!r}" + (f"[{k}]" if listed else "")
+        if value is None or isinstance(value, str) or value not in (0, 1):
+            raise DataFormatError(f"{at}: label {value!r} in column {label_col!r} is not 0 or 1 (a negative or a "
+                                  "positive of the anchor)")
+        yield _required_text({column: text}, column, at), bool(value), at
 
 
 def _required_text(row: Mapping[str, Any], column: str, where: str) -> str:

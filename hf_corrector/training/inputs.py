@@ -47,7 +47,10 @@ def index_inputs(train_dataset: RetrievalData | datasets.Dataset | None,
     else:
         train_queries = train_dataset
     if corpus is None:
+        _check_queries(train_queries, "train_dataset")  # a raw sentence-transformers dataset: name its loader first
         raise ConfigError("pass corpus= (doc_id, text) or a RetrievalData train_dataset")
+    _check_columns(corpus, "corpus", CORPUS_COLUMNS,
+                   "load it with hf_corrector.data.load_beir / load_tevatron, or rename its columns")
     if len(corpus) == 0:
         raise CacheMismatchError("the corpus is empty")
     doc_ids = ArrowColumn.from_dataset(corpus, "doc_id")  # read in place: no list of N ids in each process
@@ -56,6 +59,7 @@ def index_inputs(train_dataset: RetrievalData | datasets.Dataset | None,
     if duplicate is not None:
         raise CacheMismatchError(f"duplicate doc ids in the corpus: {duplicate!r} is in rows "
                                  f"{[i for i, d in enumerate(doc_ids) if d == duplicate][:2]}")
+    _check_queries(train_queries, "train_dataset")
     if train_queries is None:
         examples = None
     elif is_open_qa(train_queries):  # questions with answers, no positives: reader-supervised training
@@ -63,4 +67,61 @@ def index_inputs(train_dataset: RetrievalData | datasets.Dataset | None,
     else:
         examples = prepare_train_examples(train_queries, doc_index)
     eval_queries = eval_dataset.queries if isinstance(eval_dataset, (RetrievalData, OpenQAData)) else eval_dataset
+    _check_queries(eval_queries, "eval_dataset")
     return TrainingInputs(corpus, doc_ids, doc_index, examples, eval_queries)
+
+
+QUERY_COLUMNS = ("query_id", "query", "positive_ids")
+CORPUS_COLUMNS = ("doc_id", "text")
+_LOAD_PAIRS = ("hf_corrector.data.load_pairs: `data = load_pairs(dataset)` turns (anchor, positive[, negatives]) "
+               "rows into a RetrievalData whose corpus is their positive and negative texts; pass "
+               "`train_dataset=data`")
+
+_LOAD_PAIRS_EVAL = ("hf_corrector.data.load_pairs, and evaluate its queries over a corpus that holds their passages "
+                    "(load_pairs gives ids made from the texts, so they match a corpus loaded by load_pairs too)")
+
+
+def _check_queries(queries, role: str) -> None:
+    """Refuse, before any work, a query table the trainer cannot read: a DatasetDict (which split?), a raw
+    sentence-transformers dataset (anchor / positive / negative texts, no ids: name the loader to call) or a
+    table missing ``query_id`` / ``query`` / ``positive_ids``. Reader-supervised questions (``answers``) pass."""
+    if queries is None or is_open_qa(queries):
+        return
+    if role == "eval_dataset" and isinstance(queries, dict):  # several eval sets, evaluated per name (as Trainer)
+        for name, one in queries.items():
+            _check_queries(one.queries if isinstance(one, (RetrievalData, OpenQAData)) else one,
+                           f"eval_dataset[{name!r}]")
+        return
+    if isinstance(queries, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        raise ConfigError(f"{role} is a {type(queries).__name__} with the splits {list(queries)}: pass one split "
+                          f"(e.g. {role}=dataset['train']), a RetrievalData, or sentence-transformers data through "
+                          + _LOAD_PAIRS)
+    if not isinstance(queries, datasets.Dataset):
+        raise ConfigError(f"{role} must be a RetrievalData or a datasets.Dataset of queries with the columns "
+                          f"{list(QUERY_COLUMNS)}, got {type(queries).__name__}; lists and dicts of rows load with "
+                          "hf_corrector.data.load_retrieval_data, sentence-transformers rows with " + _LOAD_PAIRS)
+    if "query_id" not in queries.column_names and _looks_like_sentence_transformers(queries):
+        raise ConfigError(f"{role} looks like sentence-transformers training data (columns "
+                          f"{queries.column_names}, texts and no ids); the trainer needs queries with doc ids into "
+                          "a corpus. Convert it with " + (_LOAD_PAIRS if role == "train_dataset" else _LOAD_PAIRS_EVAL))
+    _check_columns(queries, role, QUERY_COLUMNS, "load it with hf_corrector.data.load_beir / load_tevatron / "
+                   "load_pairs, or pass a RetrievalData")
+
+
+def _check_columns(table, role: str, needed: tuple[str, ...], what_to_do: str) -> None:
+    columns = getattr(table, "column_names", None)
+    if columns is None:
+        raise ConfigError(f"{role} must be a datasets.Dataset with the columns {list(needed)}, "
+                          f"got {type(table).__name__}")
+    missing = [c for c in needed if c not in columns]
+    if missing:
+        raise ConfigError(f"{role} lacks the column(s) {missing} (it has {columns}); {what_to_do}")
+
+
+def _looks_like_sentence_transformers(table: datasets.Dataset) -> bool:
+    """At least two string columns (anchor, positive, negatives...) and none of the trainer's id columns."""
+    strings = [name for name, feature in table.features.items()
+               if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")
+               or isinstance(getattr(feature, "feature", None), datasets.Value)
+               and feature.feature.dtype in ("string", "large_string")]
+    return len(strings) >= 2 and "positive_ids" not in table.column_names
