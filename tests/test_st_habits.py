@@ -63,3 +63,54 @@ def test_plain_backbone_folder_is_refused_naming_from_backbone(tmp_path):
     retriever.encoder.save_pretrained(tmp_path / "bert")
     with pytest.raises(ConfigError, match="from_backbone"):
         RetrieverModel.from_pretrained(tmp_path / "bert")
+
+
+def _perturb(module: torch.nn.Module, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_weights_trained_by_sentence_transformers_and_saved_in_place_are_the_ones_loaded(tmp_path, shared):
+    """Training the folder with sentence-transformers and saving it back in place: from_pretrained encodes what
+    SentenceTransformer(folder) encodes. With separate towers the root model.safetensors stays as the retriever
+    wrote it and was loaded instead of the newer modules (silently the untrained towers)."""
+    retriever = tiny_retriever(tmp_path, shared_towers=shared).eval()
+    path = tmp_path / "saved"
+    retriever.save_pretrained(path)
+    model = _st(path)
+    _perturb(model[0], seed=1)  # stands for a sentence-transformers training run
+    model.save(str(path))
+    texts = SHORT + LONG
+    again = RetrieverModel.from_pretrained(path)
+    assert again.config.shared_towers is shared
+    queries = again.encode_queries(texts)
+    assert (queries - retriever.encode_queries(texts)).abs().max() > 1e-3  # the newer weights, not the old ones
+    torch.testing.assert_close(queries, model.encode_query(texts, convert_to_tensor=True).cpu(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(again.encode_targets(texts), model.encode_document(texts, convert_to_tensor=True).cpu(),
+                               atol=1e-5, rtol=0)
+
+
+def test_separate_towers_saved_by_sentence_transformers_alone_load_as_two_towers(tmp_path):
+    retriever = tiny_retriever(tmp_path, shared_towers=False).eval()
+    _perturb(retriever.query_encoder, seed=2)  # towers that differ
+    retriever.save_pretrained(tmp_path / "saved")
+    _st(tmp_path / "saved").save(str(tmp_path / "st-only"))  # a Router folder: no root config.json or weights
+    again = RetrieverModel.from_pretrained(tmp_path / "st-only")
+    assert not again.config.shared_towers and again.query_encoder is not None
+    texts = SHORT + LONG
+    torch.testing.assert_close(again.encode_queries(texts), retriever.encode_queries(texts), atol=1e-5, rtol=0)
+    torch.testing.assert_close(again.encode_targets(texts), retriever.encode_targets(texts), atol=1e-5, rtol=0)
+    with pytest.raises(ConfigError, match="shared_towers=True would drop the query tower"):
+        RetrieverModel.from_backbone(tmp_path / "st-only", shared_towers=True)
+
+
+def test_an_unchanged_saved_retriever_loads_its_own_weights_without_a_warning(tmp_path, caplog):
+    retriever = tiny_retriever(tmp_path, shared_towers=False).eval()
+    retriever.config.softmax_temperature = 0.07
+    retriever.save_pretrained(tmp_path / "saved")
+    with caplog.at_level("WARNING", logger="hf_corrector"):
+        again = RetrieverModel.from_pretrained(tmp_path / "saved")
+    assert "sentence-transformers" not in caplog.text and again.config.softmax_temperature == 0.07

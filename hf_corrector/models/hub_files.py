@@ -154,6 +154,27 @@ def _read_json(path: str | None) -> dict:
         return json.load(fh)
 
 
+def _router_towers(router: dict, file_in, where: str) -> dict:
+    """``query_transformer_path`` / ``document_transformer_path`` (and their ``query_length`` /
+    ``document_length``) of a ``Router`` whose ``query`` and ``document`` routes are one ``Transformer`` each;
+    any other routing has no counterpart in :class:`RetrieverModel` and is refused."""
+    structure, types = router.get("structure") or {}, router.get("types") or {}
+    out: dict[str, Any] = {}
+    for route, key in (("query", "query"), ("document", "document")):
+        modules = structure.get(route) or []
+        kinds = [str(types.get(m, "")).rsplit(".", 1)[-1] for m in modules]
+        if kinds != ["Transformer"]:
+            raise ConfigError(f"{where}: the {route!r} route is {list(zip(modules, kinds))}; RetrieverModel reads a "
+                              "Router whose 'query' and 'document' routes are one Transformer module each")
+        out[f"{key}_transformer_path"] = modules[0]
+        length = _read_json(file_in(modules[0], "sentence_bert_config.json")).get("max_seq_length")
+        if not length:  # sentence-transformers >= 5 keeps it in the tokenizer config
+            length = _read_json(file_in(modules[0], "tokenizer_config.json")).get("model_max_length")
+        if isinstance(length, int) and 0 < length < 100_000:
+            out[f"{key}_length"] = length
+    return out
+
+
 def _pooling_from_st_config(cfg: dict, where: str) -> str:
     mode = cfg.get("pooling_mode")
     if mode is None:
@@ -210,6 +231,9 @@ def read_sentence_transformers_settings(name_or_path: str | os.PathLike, **hub_k
             for key in ("query_length", "document_length"):  # sentence-transformers 6 per-task lengths
                 if bert_cfg.get(key):
                     settings[key] = int(bert_cfg[key])
+        elif kind == "Router":  # asymmetric towers: one Transformer per route
+            settings.update(_router_towers(_read_json(file_in(module_dir, "router_config.json")), file_in,
+                                           f"{name_or_path}/{module_dir or ''}router_config.json"))
         else:
             logger.warning("%s: sentence-transformers module %s (%s) has no counterpart in RetrieverModel; "
                            "embeddings will differ from SentenceTransformer's", name_or_path, kind, module_dir)

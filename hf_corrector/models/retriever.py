@@ -148,7 +148,7 @@ class RetrieverModel(PreTrainedModel):
         pooling: str | None = None,
         normalize: bool | None = None,
         softmax_temperature: float = 0.05,
-        shared_towers: bool = True,
+        shared_towers: bool | None = None,
         query_max_length: int | None = None,
         target_max_length: int | None = None,
         **model_kwargs,
@@ -159,7 +159,9 @@ class RetrieverModel(PreTrainedModel):
         normalisation, max length and ``query`` / ``document`` prompts unless overridden, so the retriever encodes
         like ``SentenceTransformer.encode_query`` / ``encode_document``. Extra keyword arguments go to
         ``AutoModel.from_pretrained`` (e.g. ``num_hidden_layers=2``, ``revision``, ``local_files_only``). A path
-        that looks local and does not exist raises ``FileNotFoundError("no such folder: ...")`` at once.
+        that looks local and does not exist raises ``FileNotFoundError("no such folder: ...")`` at once. A
+        sentence-transformers ``Router`` with one ``Transformer`` per route gives separate towers
+        (``shared_towers`` defaults to True otherwise).
 
         Example:
             >>> retriever = RetrieverModel.from_backbone("sentence-transformers/all-MiniLM-L6-v2")  # doctest: +SKIP
@@ -172,8 +174,16 @@ class RetrieverModel(PreTrainedModel):
                                                ("query_max_length", query_max_length),
                                                ("target_max_length", target_max_length)) if v is not None})
         st = read_sentence_transformers_settings(name_or_path, **hub_kwargs)
-        if st.get("transformer_path") and not hub_kwargs.get("subfolder"):
-            hub_kwargs["subfolder"] = model_kwargs["subfolder"] = st["transformer_path"]
+        routes = st.get("query_transformer_path"), st.get("document_transformer_path")
+        if routes[0]:
+            if shared_towers:
+                raise ConfigError(f"{name_or_path} has separate query and document towers (a sentence-transformers "
+                                  "Router); shared_towers=True would drop the query tower: leave it out or pass False")
+            shared_towers = False
+        transformer_path = routes[1] or st.get("transformer_path")
+        parent = hub_kwargs.get("subfolder") or ""
+        if transformer_path:
+            hub_kwargs["subfolder"] = model_kwargs["subfolder"] = "/".join(p for p in (parent, transformer_path) if p)
         if "num_hidden_layers" in model_kwargs:
             _check_layer_count(name_or_path, model_kwargs["num_hidden_layers"], hub_kwargs)
         pooling = pooling or st.get("pooling", "mean")
@@ -192,14 +202,18 @@ class RetrieverModel(PreTrainedModel):
             pooling=pooling,
             normalize=normalize,
             softmax_temperature=softmax_temperature,
-            shared_towers=shared_towers,
+            shared_towers=shared_towers is not False,
             query_max_length=query_max_length or st.get("query_length") or min(64, max_len),
             target_max_length=target_max_length or st.get("document_length") or max_len,
             query_prefix=st.get("query_prefix", ""),
             target_prefix=st.get("target_prefix", ""),
             base_model_name_or_path=str(name_or_path),
         )
-        model = cls(config, encoder=encoder)
+        query_encoder = None
+        if routes[0]:
+            query_encoder = AutoModel.from_pretrained(
+                name_or_path, **{**model_kwargs, "subfolder": "/".join(p for p in (parent, routes[0]) if p)})
+        model = cls(config, encoder=encoder, query_encoder=query_encoder)
         model.tokenizer = tokenizer
         return model
 
@@ -216,10 +230,22 @@ class RetrieverModel(PreTrainedModel):
             pretrained_model_name_or_path = check_local_folder(pretrained_model_name_or_path, "retriever")
             hub = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
             saved_type = _saved_model_type(pretrained_model_name_or_path, hub)
+            if saved_type is None and model_file(pretrained_model_name_or_path, "modules.json", **hub) is not None:
+                saved_type = "absent"  # no root config.json: a Router layout saved by sentence-transformers alone
             if saved_type not in (None, cls.config_class.model_type):
                 return _load_foreign_folder(cls, pretrained_model_name_or_path, saved_type, hub)
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         model._freeze_unused_heads()  # from_pretrained resets requires_grad: an unfrozen pooler breaks DDP
+        if isinstance(pretrained_model_name_or_path, (str, os.PathLike)) and Path(pretrained_model_name_or_path).is_dir():
+            from .sentence_transformers_export import modules_changed_since_save
+
+            changed = modules_changed_since_save(model, pretrained_model_name_or_path)
+            if changed:  # sentence-transformers saved over the retriever: its modules are the newer weights
+                logger.warning("%s: the sentence-transformers module(s) %s hold other weights than the retriever's "
+                               "model.safetensors (saved over it by sentence-transformers): loading the modules, "
+                               "which SentenceTransformer(folder) encodes with", pretrained_model_name_or_path, changed)
+                return cls.from_backbone(pretrained_model_name_or_path,
+                                         softmax_temperature=model.config.softmax_temperature)
         tok_kwargs = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
         try:
             model.tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **tok_kwargs)
@@ -390,7 +416,7 @@ def _load_foreign_folder(cls: type[RetrieverModel], name_or_path: str, model_typ
     if model_file(name_or_path, "modules.json", **hub_kwargs) is None:
         raise ConfigError(f"{name_or_path} holds a plain {model_type!r} model, not a saved retriever; wrap it with "
                           f"RetrieverModel.from_backbone({str(name_or_path)!r}) (or load_retriever) to train it")
-    logger.warning("%s is a sentence-transformers model whose root config.json is a %r backbone (saved by "
+    logger.warning("%s is a sentence-transformers model (root config.json: %s; saved by "
                    "sentence-transformers, maybe over a retriever): loading it with RetrieverModel.from_backbone "
                    "(pooling, normalisation, lengths and prompts from its modules; softmax_temperature and tower "
                    "sharing take their defaults; a corrector/ folder is loaded separately)", name_or_path, model_type)

@@ -207,6 +207,35 @@ def write_sentence_transformers_files(
     return path
 
 
+def modules_changed_since_save(retriever: RetrieverModel, folder: str | os.PathLike) -> list[str]:
+    """The ``Transformer`` module folders of a saved retriever's sentence-transformers layout whose weights differ
+    from the retriever's towers: written after the retriever was (``SentenceTransformer(folder).save(folder)``
+    after training it with sentence-transformers rewrites the modules and leaves the root weights as they were).
+    Local folders only; ``[]`` when the layout is absent or agrees.
+
+    Example:
+        >>> modules_changed_since_save(RetrieverModel.from_pretrained("out"), "out")  # doctest: +SKIP
+        ['query_0_Transformer', 'document_0_Transformer']
+    """
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    towers = {TRANSFORMER_DIR: "target", "query_0_Transformer": "query", "document_0_Transformer": "target"}
+    changed = []
+    for module, side in towers.items():
+        weights = folder / module / "model.safetensors"
+        if not weights.is_file() or (side == "query" and retriever.query_encoder is None):
+            continue
+        state = retriever.tower(side).state_dict()
+        with safe_open(str(weights), "pt") as saved:
+            if set(saved.keys()) != set(state):  # another layout (a quantised load, say): nothing to compare
+                continue
+            # cast as the load did (torch_dtype=...), so only other values count
+            if any(not saved.get_tensor(k).to(state[k].dtype).equal(state[k].detach().cpu()) for k in state):
+                changed.append(module)
+    return changed
+
+
 def export_sentence_transformers(
     retriever: RetrieverModel,
     path: str | os.PathLike,
@@ -226,4 +255,5 @@ def export_sentence_transformers(
                                              safe_serialization=safe_serialization)
 
 
-__all__ = ["TRANSFORMER_DIR", "export_sentence_transformers", "write_sentence_transformers_files"]
+__all__ = ["TRANSFORMER_DIR", "export_sentence_transformers", "modules_changed_since_save",
+           "write_sentence_transformers_files"]
