@@ -25,6 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from huggingface_hub import hf_hub_download, try_to_load_from_cache
+from transformers import AutoConfig
 from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
 from ..errors import ConfigError
@@ -250,4 +251,18 @@ def read_sentence_transformers_settings(name_or_path: str | os.PathLike, **hub_k
     return settings
 
 
-__all__ = ["check_local_folder", "looks_local", "model_file", "read_sentence_transformers_settings"]
+def check_layer_count(name_or_path: str, value: Any, hub_kwargs: dict) -> None:
+    """``num_hidden_layers`` must be a positive integer no larger than the checkpoint's (more layers would be
+    randomly initialised, silently)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"num_hidden_layers must be a positive integer, got {value!r}")
+    try:
+        available = getattr(AutoConfig.from_pretrained(name_or_path, **hub_kwargs), "num_hidden_layers", None)
+    except (OSError, ValueError):
+        return
+    if isinstance(available, int) and value > available:
+        raise ConfigError(f"num_hidden_layers={value}: {name_or_path} has only {available} layers; the extra ones "
+                          f"would be randomly initialised. Pass at most {available}")
+
+
+__all__ = ["check_layer_count", "check_local_folder", "looks_local", "model_file", "read_sentence_transformers_settings"]

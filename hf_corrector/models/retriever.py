@@ -30,7 +30,8 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedConfig,
 from transformers.utils import ModelOutput
 
 from ..errors import ConfigError
-from .hub_files import HUB_KWARGS, check_local_folder, model_file, read_sentence_transformers_settings
+from .hub_files import (HUB_KWARGS, check_layer_count, check_local_folder, model_file,
+                        read_sentence_transformers_settings)
 from .pooling import POOLING_MODES, check_pooling, pool
 
 logger = logging.getLogger(__name__)
@@ -185,7 +186,7 @@ class RetrieverModel(PreTrainedModel):
         if transformer_path:
             hub_kwargs["subfolder"] = model_kwargs["subfolder"] = "/".join(p for p in (parent, transformer_path) if p)
         if "num_hidden_layers" in model_kwargs:
-            _check_layer_count(name_or_path, model_kwargs["num_hidden_layers"], hub_kwargs)
+            check_layer_count(name_or_path, model_kwargs["num_hidden_layers"], hub_kwargs)
         pooling = pooling or st.get("pooling", "mean")
         normalize = st.get("normalize", False) if normalize is None else normalize
         encoder = AutoModel.from_pretrained(name_or_path, **model_kwargs)
@@ -237,21 +238,27 @@ class RetrieverModel(PreTrainedModel):
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         model._freeze_unused_heads()  # from_pretrained resets requires_grad: an unfrozen pooler breaks DDP
         if isinstance(pretrained_model_name_or_path, (str, os.PathLike)) and Path(pretrained_model_name_or_path).is_dir():
-            from .sentence_transformers_export import modules_changed_since_save
+            from .sentence_transformers_export import newer_modules_or
 
-            changed = modules_changed_since_save(model, pretrained_model_name_or_path)
-            if changed:  # sentence-transformers saved over the retriever: its modules are the newer weights
-                logger.warning("%s: the sentence-transformers module(s) %s hold other weights than the retriever's "
-                               "model.safetensors (saved over it by sentence-transformers): loading the modules, "
-                               "which SentenceTransformer(folder) encodes with", pretrained_model_name_or_path, changed)
-                return cls.from_backbone(pretrained_model_name_or_path,
-                                         softmax_temperature=model.config.softmax_temperature)
+            model = newer_modules_or(model, pretrained_model_name_or_path)  # sentence-transformers saved over it?
         tok_kwargs = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
         try:
             model.tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **tok_kwargs)
         except (OSError, ValueError):
             logger.info("no tokenizer saved with %s", pretrained_model_name_or_path)
         return model
+
+    def push_to_hub(self, repo_id: str, **kwargs) -> Any:
+        """Publish the retriever in one commit, with the sentence-transformers card (transformers' own would say
+        ``library_name: transformers``); arguments as transformers' ``push_to_hub``. See
+        :mod:`hf_corrector.hub.retriever_push`.
+
+        Example:
+            >>> retriever.push_to_hub("me/my-retriever")  # doctest: +SKIP
+        """
+        from ..hub.retriever_push import push_retriever  # the card lives a layer up (tests/test_layering.py)
+
+        return push_retriever(self, repo_id, **kwargs)
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, sentence_transformers: bool = True,
                         **kwargs) -> None:
@@ -421,20 +428,6 @@ def _load_foreign_folder(cls: type[RetrieverModel], name_or_path: str, model_typ
                    "(pooling, normalisation, lengths and prompts from its modules; softmax_temperature and tower "
                    "sharing take their defaults; a corrector/ folder is loaded separately)", name_or_path, model_type)
     return cls.from_backbone(name_or_path, **hub_kwargs)
-
-
-def _check_layer_count(name_or_path: str, value: Any, hub_kwargs: dict) -> None:
-    """``num_hidden_layers`` must be a positive integer no larger than the checkpoint's (more layers would be
-    randomly initialised, silently)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"num_hidden_layers must be a positive integer, got {value!r}")
-    try:
-        available = getattr(AutoConfig.from_pretrained(name_or_path, **hub_kwargs), "num_hidden_layers", None)
-    except (OSError, ValueError):
-        return
-    if isinstance(available, int) and value > available:
-        raise ConfigError(f"num_hidden_layers={value}: {name_or_path} has only {available} layers; the extra ones "
-                          f"would be randomly initialised. Pass at most {available}")
 
 
 def check_encoding_overrides(overrides: dict) -> None:

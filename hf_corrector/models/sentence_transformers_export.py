@@ -236,6 +236,19 @@ def modules_changed_since_save(retriever: RetrieverModel, folder: str | os.PathL
     return changed
 
 
+def newer_modules_or(retriever: RetrieverModel, folder: str | os.PathLike) -> RetrieverModel:
+    """``retriever`` as loaded from ``folder``, or, when its sentence-transformers modules were saved over it
+    (:func:`modules_changed_since_save`), the retriever read from those modules (what ``SentenceTransformer(folder)``
+    encodes with), with a warning; the softmax temperature is kept."""
+    changed = modules_changed_since_save(retriever, folder)
+    if not changed:
+        return retriever
+    logger.warning("%s: the sentence-transformers module(s) %s hold other weights than the retriever's "
+                   "model.safetensors (saved over it by sentence-transformers): loading the modules, which "
+                   "SentenceTransformer(folder) encodes with", folder, changed)
+    return type(retriever).from_backbone(folder, softmax_temperature=retriever.config.softmax_temperature)
+
+
 def export_sentence_transformers(
     retriever: RetrieverModel,
     path: str | os.PathLike,
@@ -256,4 +269,4 @@ def export_sentence_transformers(
 
 
 __all__ = ["TRANSFORMER_DIR", "export_sentence_transformers", "modules_changed_since_save",
-           "write_sentence_transformers_files"]
+           "newer_modules_or", "write_sentence_transformers_files"]
