@@ -237,10 +237,11 @@ class RetrieverModel(PreTrainedModel):
                 return _load_foreign_folder(cls, pretrained_model_name_or_path, saved_type, hub)
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         model._freeze_unused_heads()  # from_pretrained resets requires_grad: an unfrozen pooler breaks DDP
-        if isinstance(pretrained_model_name_or_path, (str, os.PathLike)) and Path(pretrained_model_name_or_path).is_dir():
+        path = pretrained_model_name_or_path
+        if isinstance(path, (str, os.PathLike)) and Path(path).is_dir():
             from .sentence_transformers_export import newer_modules_or
 
-            model = newer_modules_or(model, pretrained_model_name_or_path)  # sentence-transformers saved over it?
+            model = newer_modules_or(model, path)  # sentence-transformers saved over it?
         tok_kwargs = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
         try:
             model.tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **tok_kwargs)
