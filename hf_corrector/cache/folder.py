@@ -136,4 +136,26 @@ def read_folder(path: Path, verify: str) -> tuple[pa.Table, dict]:
     return table, info
 
 
-__all__ = ["check_save_target", "read_folder", "remove_cache_dir", "remove_leftovers", "write_folder", "write_stream"]
+def embedding_span(data_file: Path, table: pa.Table | None = None) -> tuple[int, int]:
+    """``(offset, row_bytes)``: where the embedding values of the single-batch cache file ``data_file`` start in
+    it, and the bytes of one row, so rows can be read with plain file reads (into a buffer of one's own, without
+    the pages of a memory map counting in the process's memory). ``table``: the file's table, already mapped."""
+    with pa.memory_map(str(data_file), "r") as source:
+        base = source.read_buffer()  # the whole mapping; the table's buffers are slices of it (zero-copy)
+        if table is None:
+            table = pa.ipc.open_stream(pa.BufferReader(base)).read_all()
+        column = table.column("embedding")
+        if column.num_chunks != 1:
+            raise CacheCorruptError(f"{data_file}: {column.num_chunks} record batches, expected 1; {DAMAGED}")
+        lists = column.chunk(0)
+        values = lists.values  # the child array (offset 0 in our files); lists.offset is the table's first row
+        width = values.type.bit_width // 8
+        row_bytes = lists.type.list_size * width
+        start = values.buffers()[1].address + (values.offset + lists.offset * lists.type.list_size) * width
+        offset = start - base.address
+    if not 0 <= offset <= data_file.stat().st_size:
+        raise CacheCorruptError(f"{data_file}: the embedding values are not inside the file; {DAMAGED}")
+    return offset, row_bytes
+
+
+__all__ = ["check_save_target", "embedding_span", "read_folder", "remove_cache_dir", "remove_leftovers", "write_folder", "write_stream"]

@@ -36,7 +36,7 @@ import torch
 from ..errors import CacheCorruptError
 from ..atomic_io import fsync_dir, sha256_file, write_text_atomic
 from .card import render_cache_card
-from .folder import check_save_target
+from .folder import check_save_target, embedding_span
 from .hub_io import push_tables
 from .provenance_checks import CacheHeader
 from .schema import CACHE_FILE, FORMAT_VERSION, INFO_FILE, INITIAL_STEP
@@ -196,8 +196,9 @@ def load_sharded(path: str | os.PathLike, verify: str = "checksum", rows: tuple[
 
 
 def _concat(path: Path, pieces: list[tuple[str, tuple[int, int]]], num_rows: int, verify: str) -> StaleCache:
-    """The rows of several shards in one matrix, filled one shard at a time: each shard's mapping is released
-    before the next is opened, so the peak is the result plus one shard (not twice the result)."""
+    """The rows of several shards in one matrix, read shard by shard with plain file reads straight into it: the
+    peak is the result alone (copying from each shard's memory map would add the mapped shard's pages to the
+    process's memory, one shard at a time). Each shard is still opened as a cache (schema, ids, steps)."""
     doc_ids: list[str] = []
     steps, out, filled, first = [], None, 0, None
     for name, rows in pieces:
@@ -205,12 +206,34 @@ def _concat(path: Path, pieces: list[tuple[str, tuple[int, int]]], num_rows: int
         if out is None:
             out = torch.empty(num_rows, part.dim, dtype=part.matrix().dtype)
             first = {"provenance": part.provenance, "dtype": part.dtype}
-        out[filled : filled + len(part)] = part.matrix()
+        _read_rows(path / name / CACHE_FILE, rows, out[filled : filled + len(part)])
+        if len(part) and not all(_same_bytes(out[filled + i], part.matrix()[i]) for i in (0, len(part) - 1)):
+            raise CacheCorruptError(f"{path / name}: rows read from the file differ from its Arrow table; {_DAMAGED}")
         filled += len(part)
         doc_ids += part.doc_ids
         steps.append(part.steps.clone())
         del part  # unmaps the shard
     return StaleCache(doc_ids, out, steps=torch.cat(steps).numpy(), **first)
+
+
+def _same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))  # NaN rows compare too
+
+
+def _read_rows(data_file: Path, rows: tuple[int, int], into: torch.Tensor, chunk_bytes: int = 1 << 26) -> None:
+    """Rows ``rows`` of the embedding values of ``data_file`` into the contiguous ``into``, 64 MB a read."""
+    offset, row_bytes = embedding_span(data_file)
+    target = memoryview(into.view(torch.uint8).numpy().reshape(-1))  # bfloat16 has no numpy type: bytes
+    with open(data_file, "rb") as fh:
+        fh.seek(offset + rows[0] * row_bytes)
+        for lo in range(0, len(target), chunk_bytes):
+            view = target[lo : lo + chunk_bytes]
+            got = fh.readinto(view)
+            while got < len(view):  # a short read: keep reading (never past the file's end, checked below)
+                more = fh.readinto(view[got:])
+                if not more:
+                    raise CacheCorruptError(f"{data_file}: ends inside its embedding values; {_DAMAGED}")
+                got += more
 
 
 def check_part_provenance(part: StaleCache, path: str | os.PathLike, doc_ids: list[str], texts: list[str] | None,
