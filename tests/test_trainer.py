@@ -403,6 +403,10 @@ def test_load_best_model_at_end_by_ndcg(tmp_path, data, greater_is_better):
     best_cache = StaleCache.load(best / "stale_cache")
     assert torch.equal(trainer.cache.matrix(), best_cache.matrix())
     assert torch.equal(trainer.cache.steps, best_cache.steps)
+    # encodings spent stay spent: loading the best checkpoint does not roll the cost back to its older counts
+    spent = logged(trainer, "reembedding_cost")[-1]
+    assert trainer.total_reembedding_cost() >= spent > 0
+    assert logged(trainer, "reembedding_total")[-1] == trainer.total_reembedding_cost()
 
 
 def test_peft_lora_trains_only_adapters_and_corrector(tmp_path, data):

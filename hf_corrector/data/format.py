@@ -58,6 +58,17 @@ def normalize_id(value: Any, where: str, what: str = "id") -> str:
     return text
 
 
+def id_list(value: Any, where: str, what: str) -> list:
+    """``value`` as a list of ids: a string or an integer alone (``positive_ids="12"``) is refused, since iterating
+    it would read ``"12"`` as the ids ``"1"`` and ``"2"``. Raises :class:`DataFormatError` naming ``where``."""
+    if value is None:
+        return []
+    if isinstance(value, (str, bytes, int)) or not isinstance(value, Iterable):
+        raise DataFormatError(f"{where}: {what} must be a list of ids, got {type(value).__name__} {value!r}; "
+                              f"write [{value!r}] for a single id")
+    return list(value)
+
+
 QUERY_FEATURES = datasets.Features(
     {
         "query_id": datasets.Value("string"),
@@ -98,9 +109,10 @@ class RetrievalData:
             {
                 "query_id": normalize_id(q["query_id"], f"{name}: query row {i}", "query_id"),
                 "query": q["query"],
-                "positive_ids": [normalize_id(p, f"{name}: query row {i}", "positive id") for p in q["positive_ids"]],
+                "positive_ids": [normalize_id(p, f"{name}: query row {i}", "positive id")
+                                 for p in id_list(q["positive_ids"], f"{name}: query row {i}", "positive_ids")],
                 "negative_ids": [normalize_id(n, f"{name}: query row {i}", "negative id")
-                                 for n in q.get("negative_ids", []) or []],
+                                 for n in id_list(q.get("negative_ids"), f"{name}: query row {i}", "negative_ids")],
             }
             for i, q in enumerate(queries)
         ]

@@ -8,6 +8,8 @@ Example:
 
 from __future__ import annotations
 
+import logging
+
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -18,6 +20,8 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError
 from ..utils.arrow_column import ArrowColumn
 from .metrics import DEFAULT_METRICS, retrieval_metrics
+
+logger = logging.getLogger(__name__)
 
 
 class RetrievalEvaluator:
@@ -31,6 +35,11 @@ class RetrievalEvaluator:
     def __init__(self, queries: datasets.Dataset, doc_ids: Sequence[str], metrics: Sequence[str] = DEFAULT_METRICS):
         self.query_ids = list(queries["query_id"])
         self.qrels = {qid: {d: 1 for d in pos} for qid, pos in zip(self.query_ids, queries["positive_ids"])}
+        unjudged = [qid for qid, docs in self.qrels.items() if not docs]
+        if unjudged:
+            logger.warning("%d of %d evaluation queries have no positive_ids (e.g. %r): they are left out of every "
+                           "metric's mean, as trec_eval and BEIR leave them out", len(unjudged), len(self.qrels),
+                           unjudged[0])
         self.doc_ids = doc_ids if isinstance(doc_ids, ArrowColumn) else list(doc_ids)
         self.metrics = tuple(metrics)
 

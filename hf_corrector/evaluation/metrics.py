@@ -40,7 +40,9 @@ def evaluate_run(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Map
                  metrics: Sequence[str] = DEFAULT_METRICS) -> dict[str, float]:
     """Mean of ``metrics`` (``ndcg@k``, ``recall@k``, ``mrr@k``, ``map``) over the queries of ``qrels``.
 
-    Queries with no retrieved documents count as zero (trec_eval would drop them; we keep the denominator honest).
+    Queries with no retrieved documents count as zero (trec_eval would drop them; we keep the denominator honest);
+    queries with no relevant document are not judged (left out of the mean, as trec_eval and BEIR leave them out).
+    Ids are compared as strings (pytrec_eval's keys): integer ids evaluate as their decimal text.
     """
     # our name -> (pytrec_eval measure to request, key of its result)
     trec = {"ndcg": ("ndcg_cut.{}", "ndcg_cut_{}"), "recall": ("recall.{}", "recall_{}"), "mrr": ("recip_rank", "recip_rank"),
@@ -52,7 +54,9 @@ def evaluate_run(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Map
             raise ValueError(f"unknown metric {name!r}; use ndcg@k, recall@k, mrr@k or map")
         measure, key = trec[kind]
         wanted[name] = (measure.format(cut), key.format(cut))
-    qrels = {q: {d: int(r) for d, r in docs.items()} for q, docs in qrels.items()}
+    qrels = {str(q): {str(d): int(r) for d, r in docs.items()} for q, docs in qrels.items()}
+    judged = sum(1 for docs in qrels.values() if any(r > 0 for r in docs.values()))
+    run = {str(q): {str(d): float(s) for d, s in docs.items()} for q, docs in run.items()}
     results: dict[str, float] = {}
     for name, (measure, key) in wanted.items():
         kind, _, cut = name.partition("@")
@@ -62,7 +66,7 @@ def evaluate_run(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Map
         evaluator = pytrec_eval.RelevanceEvaluator(qrels, {measure})
         per_query = evaluator.evaluate({q: dict(d) for q, d in this_run.items() if q in qrels})
         total = sum(v[key] for v in per_query.values())
-        results[name] = total / max(len(qrels), 1)
+        results[name] = total / max(judged, 1)
     return results
 
 

@@ -106,6 +106,21 @@ def _check_queries(queries, role: str) -> None:
                           "a corpus. Convert it with " + (_LOAD_PAIRS if role == "train_dataset" else _LOAD_PAIRS_EVAL))
     _check_columns(queries, role, QUERY_COLUMNS, "load it with hf_corrector.data.load_beir / load_tevatron / "
                    "load_pairs, or pass a RetrievalData")
+    for column in ("positive_ids", "negative_ids"):
+        feature = queries.features.get(column)
+        if feature is not None and not isinstance(feature, (list, datasets.Sequence, datasets.LargeList,
+                                                            getattr(datasets, "List", datasets.Sequence))):
+            raise ConfigError(f"{role}: the column {column!r} holds {feature}, not lists of doc ids (a single "
+                              "id string would be read character by character): give each row a "
+                              f"list ({column}=[id, ...]), e.g. dataset.map(lambda row: {{{column!r}: [row[{column!r}]]}}))")
+    seen: dict = {}
+    for row, qid in enumerate(queries["query_id"]):
+        if qid in seen:
+            raise ConfigError(f"{role}: query_id {qid!r} appears in rows {seen[qid]} and {row}; the trainer takes one "
+                              "row per query (in training the other row's positives would be mined as negatives, in "
+                              "evaluation one row's qrels would replace the other's): merge the rows, every positive "
+                              "of the query in one positive_ids list")
+        seen[qid] = row
 
 
 def _check_columns(table, role: str, needed: tuple[str, ...], what_to_do: str) -> None:

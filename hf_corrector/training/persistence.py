@@ -96,8 +96,10 @@ class CheckpointingMixin:
             self.reader_step.load(resume_from_checkpoint)
 
     def _load_best_model(self) -> None:
+        spent = self.cache_manager.cost.as_dict()  # encodings spent stay spent: the best checkpoint's counts are older
         self._load_from_checkpoint(self.state.best_model_checkpoint)
         self._load_extra_state(Path(self.state.best_model_checkpoint))
+        self.cache_manager.cost.load(spent)
 
     def _load_extra_state(self, folder: Path) -> None:
         if (folder / CACHE_DIR).exists():  # written by earlier weights of this run: check the corpus only

@@ -18,6 +18,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ..errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 
@@ -47,4 +49,14 @@ def warn_accumulation_is_not_a_bigger_batch(args: Any) -> bool:
     return True
 
 
-__all__ = ["seed_before_set_up", "warn_accumulation_is_not_a_bigger_batch"]
+def refuse_a_softmax_of_one(args: Any) -> None:
+    """Refuse ``num_negatives=0`` with ``per_device_train_batch_size=1``: each query's softmax would hold its
+    positive alone (in-batch negatives are the micro-batch's own, not gathered across ranks), so the loss is 0 and
+    nothing trains."""
+    if int(getattr(args, "num_negatives", 1)) == 0 and int(args.per_device_train_batch_size) == 1:
+        raise ConfigError("num_negatives=0 with per_device_train_batch_size=1: each query's softmax would hold its "
+                          "positive alone (in-batch negatives come from the same micro-batch), so the loss is 0 and "
+                          "nothing trains; raise per_device_train_batch_size or set num_negatives > 0")
+
+
+__all__ = ["refuse_a_softmax_of_one", "seed_before_set_up", "warn_accumulation_is_not_a_bigger_batch"]

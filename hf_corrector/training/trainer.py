@@ -69,7 +69,7 @@ from .staleness import staleness_metrics
 from .strategy import NegativeStrategy
 from .targets import build_target_batch
 from .trainer_eval import EvaluationMixin
-from .semantics import seed_before_set_up, warn_accumulation_is_not_a_bigger_batch
+from .semantics import refuse_a_softmax_of_one, seed_before_set_up, warn_accumulation_is_not_a_bigger_batch
 from .user_optim import check_peft_by_hand, check_user_optimizer
 from .validation import check_enough_negatives
 
@@ -126,6 +126,7 @@ class CorrectorTrainer(EvaluationMixin, CheckpointingMixin, CorrectorHubMixin, T
         self.strategy = strategy = NegativeStrategy.from_args(args)  # the only reader of the strategy arguments
         seed_before_set_up(args)
         warn_accumulation_is_not_a_bigger_batch(args)
+        refuse_a_softmax_of_one(args)
         retriever = prepare_retriever(model, processing_class, None)
         self.uses_peft = check_peft_by_hand(retriever, peft_config) or peft_config is not None
         retriever = apply_peft(retriever, peft_config) if peft_config is not None else retriever
