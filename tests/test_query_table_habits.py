@@ -104,3 +104,34 @@ def test_a_softmax_of_one_is_refused(tmp_path, data):
     with pytest.raises(ConfigError, match=r"num_negatives=0 with per_device_train_batch_size=1.*nothing trains"):
         _trainer(tmp_path, train.queries, train.corpus, per_device_train_batch_size=1, num_negatives=0)
     _trainer(tmp_path, train.queries, train.corpus, per_device_train_batch_size=2, num_negatives=0)  # still fine
+
+
+def test_a_corpus_title_column_is_named_in_a_warning(tmp_path, data, caplog):
+    """A BEIR corpus read with datasets (doc_id / title / text) trained on the texts alone, without a word, where
+    load_beir joins title and text."""
+    train, _ = data
+    corpus = train.corpus.add_column("title", ["heart study"] * len(train.corpus))
+    with caplog.at_level("WARNING"):
+        _trainer(tmp_path, train.queries, corpus)
+    assert "the corpus has a 'title' column: the trainer encodes its 'text' column only" in caplog.text
+
+
+def test_a_streamed_or_split_corpus_is_refused_naming_what_to_pass(tmp_path, data):
+    """An IterableDataset corpus crashed with "object of type 'IterableDataset' has no len()"."""
+    train, _ = data
+    with pytest.raises(ConfigError, match=r"got IterableDataset: an IterableDataset has no rows.*streaming=True"):
+        _trainer(tmp_path, train.queries, train.corpus.to_iterable_dataset())
+    with pytest.raises(ConfigError, match=r"got DatasetDict: pass one split"):
+        _trainer(tmp_path, train.queries, datasets.DatasetDict({"corpus": train.corpus}))
+
+
+def test_resuming_from_a_saved_model_says_it_is_a_model_not_a_torn_checkpoint(tmp_path):
+    """resume_from_checkpoint=<a save_model folder> said "the save did not finish"; it names what to pass instead."""
+    from hf_corrector.errors import CacheCorruptError
+    from hf_corrector.training.checkpoints import verify_checkpoint
+
+    folder = tmp_path / "final"
+    tiny_retriever(tmp_path).save_pretrained(folder)
+    with pytest.raises(CacheCorruptError, match=r"it holds a model .*not a checkpoint.*model='.*final'.*without "
+                                                r"resume_from_checkpoint"):
+        verify_checkpoint(folder)

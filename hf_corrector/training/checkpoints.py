@@ -87,6 +87,12 @@ def verify_checkpoint(folder: str | os.PathLike) -> Path:
     """Raise :class:`~hf_corrector.errors.CacheCorruptError` naming ``folder`` unless it is a complete checkpoint."""
     problem = checkpoint_problem(folder)
     if problem is not None:
+        path = Path(folder)
+        if (path / "config.json").is_file() and not (path / "trainer_state.json").exists():
+            problem = ("it holds a model (as save_model / save_pretrained write it), not a checkpoint (no "
+                       "trainer_state.json, optimizer or schedule): to train on from it, start a new run with "
+                       f"model={str(path)!r}, corrector={str(path / 'corrector')!r} and cache={str(path / 'stale_cache')!r}"
+                       " (where present), without resume_from_checkpoint")
         raise CacheCorruptError(f"cannot resume from {folder}: it is not a complete checkpoint: {problem}")
     return Path(folder)
 

@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import datasets
@@ -18,6 +19,8 @@ from ..errors import CacheMismatchError, ConfigError
 from ..utils.arrow_column import ArrowColumn, RowIndex
 from .collator import prepare_train_examples
 from .reader_step import prepare_open_qa_examples
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -49,8 +52,17 @@ def index_inputs(train_dataset: RetrievalData | datasets.Dataset | None,
     if corpus is None:
         _check_queries(train_queries, "train_dataset")  # a raw sentence-transformers dataset: name its loader first
         raise ConfigError("pass corpus= (doc_id, text) or a RetrievalData train_dataset")
+    if isinstance(corpus, (datasets.IterableDataset, datasets.DatasetDict, datasets.IterableDatasetDict)):
+        raise ConfigError(f"corpus must be a datasets.Dataset with the columns {list(CORPUS_COLUMNS)}, got "
+                          f"{type(corpus).__name__}: " + ("pass one split, e.g. corpus=dataset['corpus']"
+                          if isinstance(corpus, dict) else "an IterableDataset has no rows to index; load it without "
+                          "streaming=True (a memory-mapped Dataset reads the texts in place)"))
     _check_columns(corpus, "corpus", CORPUS_COLUMNS,
                    "load it with hf_corrector.data.load_beir / load_tevatron, or rename its columns")
+    if "title" in corpus.column_names:
+        logger.warning("the corpus has a 'title' column: the trainer encodes its 'text' column only (load_beir and "
+                       "load_tevatron join title and text into 'text'); to encode the titles, join them first, e.g. "
+                       "corpus.map(lambda row: {'text': (row['title'] + ' ' + row['text']).strip()})")
     if len(corpus) == 0:
         raise CacheMismatchError("the corpus is empty")
     doc_ids = ArrowColumn.from_dataset(corpus, "doc_id")  # read in place: no list of N ids in each process
