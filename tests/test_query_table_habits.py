@@ -135,3 +135,12 @@ def test_resuming_from_a_saved_model_says_it_is_a_model_not_a_torn_checkpoint(tm
     with pytest.raises(CacheCorruptError, match=r"it holds a model .*not a checkpoint.*model='.*final'.*without "
                                                 r"resume_from_checkpoint"):
         verify_checkpoint(folder)
+
+
+@pytest.mark.parametrize("value", [True, "all", "non_padding"])
+def test_counting_input_tokens_is_refused(tmp_path, value):
+    """include_num_input_tokens_seen counted 0 tokens all run (Trainer looks for input_ids), with transformers'
+    advice to add main_input_name to a class the user does not own."""
+    with pytest.raises(ConfigError, match=r"include_num_input_tokens_seen=.*would stay 0"):
+        CorrectorTrainingArguments(str(tmp_path / "out"), include_num_input_tokens_seen=value)
+    CorrectorTrainingArguments(str(tmp_path / "out"), include_num_input_tokens_seen=False)

@@ -223,6 +223,11 @@ CROSS_FIELD_RULES: tuple[Rule, ...] = (
          lambda a: a.dataloader_prefetch_factor is None or a.dataloader_num_workers > 0,
          "dataloader_prefetch_factor={args.dataloader_prefetch_factor} needs dataloader_num_workers > 0 "
          "(got {args.dataloader_num_workers})"),
+    Rule(("include_num_input_tokens_seen",),
+         lambda a: a.include_num_input_tokens_seen in (False, None, "no"),
+         "include_num_input_tokens_seen={args.include_num_input_tokens_seen!r}: CorrectorTrainer's batches hold "
+         "query and document token tensors, not the input_ids Trainer counts, so num_input_tokens_seen would stay 0; "
+         "leave it 'no' (trainer.cost counts the corpus encodings spent)"),
 )
 
 
