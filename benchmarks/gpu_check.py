@@ -27,7 +27,7 @@ the script itself.
 
 Example:
     python benchmarks/gpu_check.py                     # on a GPU machine: writes benchmarks/results/gpu_check.json
-    python benchmarks/gpu_check.py --small --device cpu --output /tmp/gpu_check_small.json
+    python benchmarks/gpu_check.py --small --device cpu --output gpu_check_small.json
 """
 
 from __future__ import annotations

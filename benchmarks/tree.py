@@ -18,7 +18,7 @@ negatives without replacement:
   host memory).
 
 Run:  nohup $PY benchmarks/tree.py > benchmarks/results/tree.log 2>&1 &
-      $PY benchmarks/tree.py --sizes 5000 --grad-size 5000 --grad-k 5 --steps 1 --output /tmp/tree_tiny.json  # seconds
+      $PY benchmarks/tree.py --sizes 5000 --grad-size 5000 --grad-k 5 --steps 1 --output tree_tiny.json  # seconds
 """
 
 from __future__ import annotations

@@ -136,14 +136,13 @@ def read_folder(path: Path, verify: str) -> tuple[pa.Table, dict]:
     return table, info
 
 
-def embedding_span(data_file: Path, table: pa.Table | None = None) -> tuple[int, int]:
+def embedding_span(data_file: Path) -> tuple[int, int]:
     """``(offset, row_bytes)``: where the embedding values of the single-batch cache file ``data_file`` start in
     it, and the bytes of one row, so rows can be read with plain file reads (into a buffer of one's own, without
-    the pages of a memory map counting in the process's memory). ``table``: the file's table, already mapped."""
+    the pages of a memory map counting in the process's memory)."""
     with pa.memory_map(str(data_file), "r") as source:
         base = source.read_buffer()  # the whole mapping; the table's buffers are slices of it (zero-copy)
-        if table is None:
-            table = pa.ipc.open_stream(pa.BufferReader(base)).read_all()
+        table = pa.ipc.open_stream(pa.BufferReader(base)).read_all()
         column = table.column("embedding")
         if column.num_chunks != 1:
             raise CacheCorruptError(f"{data_file}: {column.num_chunks} record batches, expected 1; {DAMAGED}")

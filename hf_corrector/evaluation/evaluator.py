@@ -9,7 +9,6 @@ Example:
 from __future__ import annotations
 
 import logging
-
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
