@@ -155,9 +155,30 @@ class CandidateIndex:
         return torch.from_numpy(require_faiss().serialize_index(self.index).copy())
 
     def deserialize(self, blob: torch.Tensor) -> None:
-        self.index = require_faiss().deserialize_index(blob.numpy().astype(np.uint8))
+        """Read a serialised index of this ``kind`` (ValueError naming both when the blob holds another kind)."""
+        index = require_faiss().deserialize_index(blob.numpy().astype(np.uint8))
+        found = index_kind_of(index)
+        if found != self.kind:
+            raise ValueError(f"it holds a faiss {type(index).__name__} ({found or 'not a kind this library builds'}), "
+                             f"not the {self.kind!r} index it is read as")
+        self.index = index
         self.num_rows = int(self.index.ntotal)
         self._configure()
+
+
+def index_kind_of(index: Any) -> str | None:
+    """Which of :data:`INDEX_KINDS` the faiss object ``index`` is (``None``: another type).
+
+    Example:
+        >>> import faiss
+        >>> index_kind_of(faiss.IndexFlatIP(4))
+        'flat'
+    """
+    faiss = require_faiss()
+    for kind, cls in (("flat", faiss.IndexFlat), ("ivf", faiss.IndexIVF), ("hnsw", faiss.IndexHNSW)):
+        if isinstance(index, cls):
+            return kind
+    return None
 
 
 def _sorted_rows(rows: torch.Tensor) -> torch.Tensor:

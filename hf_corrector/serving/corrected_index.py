@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from ..atomic_io import write_bytes_durably
 from ..cache.card import render_cache_card
-from ..cache.provenance import fingerprint_module, fingerprint_retriever, short
+from ..cache.provenance import fingerprint_module, fingerprint_retriever
 from ..cache.stale_cache import StaleCache
 from ..errors import CacheCorruptError, CacheMismatchError, ConfigError
 from ..negatives.candidates import INDEX_KINDS, CandidateIndex
@@ -52,6 +52,8 @@ from . import hub_io, storage
 from .inputs import (check_bool, check_budget, check_choice, check_positive_int, check_query_embeddings,
                      check_query_texts)
 from .maps import MAP_METHODS, fit_map, serve_matrix
+from .search import search_rows
+from .served_vectors import RETRIEVER_KEY, check_retriever, check_unique_ids, served_as
 from .selection import SELECTIONS, select_rows
 
 logger = logging.getLogger(__name__)
@@ -59,7 +61,6 @@ logger = logging.getLogger(__name__)
 CORRECTED_STEP = -2  # ``step`` of a row served as map(g'(y))
 VECTORS_DIR = storage.VECTORS_DIR
 INDEX_FILE = storage.INDEX_FILE
-RETRIEVER_KEY = "retriever_weights_fingerprint"  # all of the retriever's weights (both towers)
 DEFAULT_METHOD = "corrector_ridge"
 DEFAULT_BUDGET = 0.05
 DEFAULT_SELECTION = "random"
@@ -88,9 +89,10 @@ class CorrectedIndex:
                               f"{type(vectors).__name__}")
         check_choice(index_kind, INDEX_KINDS, "index_kind")
         check_bool(allow_other_retriever, "allow_other_retriever")
+        check_unique_ids(vectors.doc_ids)
         if retriever is not None:
             check_retriever(vectors, retriever, allow_other_retriever)
-        self.vectors = vectors
+        self.vectors = served_as(vectors, index_kind)
         self.retriever = retriever
         self.index_kind = index_kind
         if faiss_index is None:
@@ -130,17 +132,16 @@ class CorrectedIndex:
             >>> scores, ids = index.search(["binary search in a sorted list"], k=3)  # doctest: +SKIP
         """
         k = check_positive_int(k, "k")
-        if isinstance(queries, (torch.Tensor, np.ndarray)):
+        if isinstance(queries, torch.Tensor) or (isinstance(queries, np.ndarray) and queries.dtype.kind not in "UO"):
             q = check_query_embeddings(queries, self.vectors.dim)
         else:
             texts = check_query_texts(queries)
             if not texts:
                 return torch.zeros(0, min(k, len(self))), []
             q = check_query_embeddings(self.encode_queries(texts), self.vectors.dim, "the encoded queries")
-        k = min(k, len(self))
-        scores, idx = self.faiss_index.index.search(np.ascontiguousarray(q.numpy()), k)
-        ids = [[self.doc_ids[j] for j in row if j >= 0] for row in idx.tolist()]
-        return torch.from_numpy(scores), ids
+        scores, rows = search_rows(self.faiss_index.index, self.vectors, q, k)
+        doc_ids = self.doc_ids
+        return scores, [[doc_ids[j] for j in row] for row in rows.tolist()]
 
     # -- building ---------------------------------------------------------------------------------------------------
     @classmethod
@@ -236,9 +237,7 @@ class CorrectedIndex:
                                     f"{list(INDEX_KINDS)}")
         if manifest is not None:
             storage.check_vectors(manifest, vectors, manifest_where, vectors_where)
-            if manifest.get("index_kind", kind) != kind:
-                raise CacheCorruptError(f"{manifest_where}: index_kind {manifest.get('index_kind')!r} but the vectors "
-                                        f"record {kind!r}")
+            kind = manifest["index_kind"]  # the kind index.faiss was saved as (its checksum is in the manifest)
         else:
             logger.warning("%s has no %s (saved by an older hf_corrector): the faiss index is checked against the "
                            "vectors by rows, dimension and a sample search only; save it again to record checksums",
@@ -284,38 +283,6 @@ class CorrectedIndex:
         return cls._with_index(vectors, retriever, index_file if index_file is not None else Path(repo_id) / INDEX_FILE,
                                manifest, f"{repo_id}/{storage.MANIFEST_FILE}", f"{repo_id} (vectors)", verify,
                                allow_other_retriever)
-
-
-def check_retriever(vectors: StaleCache, retriever: Any, allow_other: bool = False) -> None:
-    """Refuse to search ``vectors`` with a retriever other than the one that built them (recorded weights), unless
-    ``allow_other``; dimension, pooling and normalisation must always agree."""
-    where = vectors._where().replace("the stale cache", "the served vectors")
-    dim = getattr(retriever, "embedding_dim", None)
-    if dim is not None and int(dim) != vectors.dim:
-        raise CacheMismatchError(f"{where} have dimension {vectors.dim}, the retriever {dim}")
-    prov = vectors.provenance
-    config = getattr(retriever, "config", None)
-    for key in ("pooling", "normalize"):
-        mine, theirs = prov.get(key), getattr(config, key, None)
-        if mine is not None and theirs is not None and mine != theirs:
-            raise CacheMismatchError(f"{where} were built with {key}={mine!r}, the retriever uses {key}={theirs!r}")
-    recorded = prov.get("serving", {}).get(RETRIEVER_KEY)
-    if recorded is None:
-        if "serving" in prov:
-            logger.warning("%s record no fingerprint of the retriever that built them (older hf_corrector): cannot "
-                           "verify that this retriever is that one", where)
-        return
-    actual = fingerprint_module(retriever)
-    if actual == recorded:
-        return
-    if allow_other:
-        logger.info("%s were built by another retriever (%s) than this one (%s): used on purpose", where,
-                    short(recorded), short(actual))
-        return
-    raise CacheMismatchError(
-        f"{where} were built by another retriever (weights {short(recorded)}) than the one given ({short(actual)}): "
-        f"its queries would be searched against vectors of another encoder. Pass the retriever that was trained "
-        f"with this index, or allow_other_retriever=True if this is on purpose")
 
 
 def build_corrected_index(retriever: Any, corrector: Any, cache: StaleCache, texts: Sequence[str] | None = None,

@@ -13,7 +13,8 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 import numpy as np
@@ -57,7 +58,14 @@ def check_query_texts(queries: Any, name: str = "queries") -> list[str]:
     """A list of query strings (a single string is one query); anything else names the offending item."""
     if isinstance(queries, str):
         return [queries]
-    if isinstance(queries, (bytes, dict)) or not isinstance(queries, Sequence):
+    if isinstance(queries, np.ndarray) and queries.dtype.kind in "UO" and queries.ndim == 1:
+        queries = queries.tolist()  # an array of strings (a pandas column's .values)
+    if isinstance(queries, (Mapping, AbstractSet)) or hasattr(queries, "columns"):
+        # iterating a dict or a DataFrame gives its keys or column names, a set an arbitrary order: never the queries
+        raise ConfigError(f"{name} must be a string or a list of strings, got a {type(queries).__name__} (its "
+                          f"iteration gives keys, column names or an arbitrary order); pass a list, for example "
+                          f"list(d.values()), df['query'].tolist() or sorted(s)")
+    if isinstance(queries, bytes) or not isinstance(queries, Sequence):
         try:
             queries = list(queries)
         except TypeError:
@@ -82,10 +90,15 @@ def check_query_embeddings(queries: torch.Tensor | np.ndarray, dim: int, name: s
     if queries.ndim != 2 or queries.shape[1] != dim:
         hint = " (one query: queries.unsqueeze(0))" if queries.ndim == 1 and queries.shape[0] == dim else ""
         raise ConfigError(f"{name} must be (B, {dim}) embeddings, got shape {tuple(queries.shape)}{hint}")
-    q = queries.detach().float().cpu()
-    bad = ~torch.isfinite(q).all(dim=1)
+    given = queries.detach().cpu()
+    bad = ~torch.isfinite(given).all(dim=1)
     if bool(bad.any()):
         raise ConfigError(f"{name} row {int(bad.nonzero()[0])} holds NaN or inf")
+    q = given.float()
+    bad = ~torch.isfinite(q).all(dim=1)
+    if bool(bad.any()):
+        raise ConfigError(f"{name} row {int(bad.nonzero()[0])} holds values beyond the float32 range (about 3.4e38) "
+                          f"that the faiss index searches with; scale the queries")
     return q
 
 

@@ -4,16 +4,17 @@ Layout (``CorrectedIndex.save(path)``)::
 
     path/vectors/            the served vectors, a StaleCache folder (cache.arrow, cache_info.json, README.md)
     path/index.faiss         the serialised faiss index over them
-    path/serving_manifest.json  what ties the two together: rows, dimension, a fingerprint of the vectors'
-                                content and the SHA-256 of index.faiss
+    path/serving_manifest.json  what ties the two together: rows, dimension, the index kind, a fingerprint of the
+                                vectors' content, the SHA-256 of index.faiss and of the vectors' provenance
 
 A save writes the whole folder under a hidden temporary name next to ``path`` and swaps it in (the swap of
 :func:`hf_corrector.atomic_io.write_folder_atomically`, shared with the cache), so a SIGKILL at any moment leaves the previous
 folder or the new one, never vectors of one save beside the index of another. A target that holds anything a served
-save did not write (an ``index.faiss`` without a manifest, a training ``output_dir``) is refused.
+save did not write (an ``index.faiss`` without a manifest, a user's ``README.md``, a training ``output_dir``) is
+refused; nothing of it is deleted.
 
 A load checks everything it reads: the manifest's fields, the vectors against the manifest (rows, dimension, content
-fingerprint), ``index.faiss`` against its checksum, and the faiss index against the vectors (rows, dimension, and a
+fingerprint, provenance digest), ``index.faiss`` against its checksum and kind, and the faiss index against the vectors (rows, dimension, and a
 sample search whose scores must be the exact inner products). Any mismatch raises :class:`CacheCorruptError` naming
 the file.
 
@@ -39,14 +40,16 @@ from ..atomic_io import remove_leftovers as remove_leftovers_of
 from ..cache.folder import remove_cache_dir, remove_leftovers
 from ..cache.schema import CACHE_FOLDER_FILES
 from ..errors import CacheCorruptError, UnsafeOverwriteError
+from ..negatives.candidates import INDEX_KINDS
 
 logger = logging.getLogger(__name__)
 
 VECTORS_DIR = "vectors"
 INDEX_FILE = "index.faiss"
 MANIFEST_FILE = "serving_manifest.json"
-CARD_FILE = "README.md"
-SERVED_FOLDER_ENTRIES = frozenset({VECTORS_DIR, INDEX_FILE, MANIFEST_FILE, CARD_FILE})
+# what a served save writes at the top of its folder (the card lives in vectors/; a README.md up here is a user's own
+# or a Hub download's, and a save never replaces or deletes it)
+SERVED_FOLDER_ENTRIES = frozenset({VECTORS_DIR, INDEX_FILE, MANIFEST_FILE})
 MANIFEST_VERSION = 1
 SAMPLE_QUERIES = 32
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -68,10 +71,18 @@ def vectors_fingerprint(vectors: Any) -> str:
     return digest.hexdigest()
 
 
+def provenance_digest(provenance: dict) -> str:
+    """SHA-256 of the vectors' provenance as ``cache_info.json`` stores it (canonical JSON): which retriever, map,
+    corrector and budget served them. In the manifest, so an edited or deleted fingerprint there is corruption."""
+    canonical = json.dumps(json.loads(json.dumps(provenance)), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
 def make_manifest(vectors: Any, index_blob: bytes, index_kind: str) -> dict:
     return {"format_version": MANIFEST_VERSION, "num_rows": len(vectors), "embedding_dim": vectors.dim,
             "index_kind": index_kind, "index_file": INDEX_FILE, "index_sha256": hashlib.sha256(index_blob).hexdigest(),
-            "vectors_fingerprint": vectors_fingerprint(vectors)}
+            "vectors_fingerprint": vectors_fingerprint(vectors),
+            "provenance_sha256": provenance_digest(vectors.provenance)}
 
 
 def validate_manifest(manifest: Any, where: str) -> dict:
@@ -86,7 +97,12 @@ def validate_manifest(manifest: Any, where: str) -> dict:
     if manifest["format_version"] > MANIFEST_VERSION:
         raise CacheCorruptError(f"{where}: format_version {manifest['format_version']} is newer than this "
                                 f"hf_corrector reads ({MANIFEST_VERSION}); upgrade hf_corrector")
-    for key in ("index_sha256", "vectors_fingerprint"):
+    if manifest.get("index_kind") not in INDEX_KINDS:
+        raise CacheCorruptError(f"{where}: field 'index_kind' is {manifest.get('index_kind')!r}, not one of "
+                                f"{list(INDEX_KINDS)}; {_DAMAGED}")
+    # provenance_sha256: absent in manifests written before it was recorded (then the provenance is not covered)
+    for key in ("index_sha256", "vectors_fingerprint") + (("provenance_sha256",) if "provenance_sha256" in manifest
+                                                         else ()):
         if not (isinstance(manifest.get(key), str) and _HEX64.match(manifest[key])):
             raise CacheCorruptError(f"{where}: field {key!r} is {manifest.get(key)!r}, not a SHA-256 hex digest; "
                                     f"{_DAMAGED}")
@@ -113,6 +129,10 @@ def check_vectors(manifest: dict, vectors: Any, manifest_where: str, vectors_whe
     if vectors_fingerprint(vectors) != manifest["vectors_fingerprint"]:
         raise CacheCorruptError(f"{vectors_where}: the vectors' content differs from the fingerprint in "
                                 f"{manifest_where} (vectors of another save, or edited); {_DAMAGED}")
+    if "provenance_sha256" in manifest and provenance_digest(vectors.provenance) != manifest["provenance_sha256"]:
+        raise CacheCorruptError(f"{vectors_where}: the provenance in cache_info.json (which retriever, map and "
+                                f"corrector served these vectors) differs from the one {manifest_where} was saved with "
+                                f"(edited, or a field deleted); {_DAMAGED}")
 
 
 def read_index_blob(file: Path, manifest: dict | None, verify: str) -> bytes:
@@ -216,7 +236,7 @@ def remove_served_dir(path: Path) -> bool:
     remove_leftovers(vectors_dir)  # a vectors save killed inside the folder
     if vectors_dir.is_dir() and not vectors_dir.is_symlink():
         remove_cache_dir(vectors_dir)
-    for name in (INDEX_FILE, MANIFEST_FILE, CARD_FILE):
+    for name in (INDEX_FILE, MANIFEST_FILE):
         if (path / name).is_file() and not (path / name).is_symlink():
             os.unlink(path / name)
     try:
