@@ -168,7 +168,7 @@ def test_a_compute_loss_override_as_in_the_trainer_docs_runs_the_same_step(tmp_p
             outputs = model(**inputs)
             loss = outputs["loss"]
             ce = torch.nn.functional.cross_entropy(outputs.logits, outputs.labels)
-            seen.append((ce.item(), self._metrics["task_loss"][-1]))
+            seen.append((ce.item(), self._metrics.last["task_loss"]))
             return (loss, outputs) if return_outputs else loss
 
     kw = {"max_steps": 3, "logging_steps": 1}
@@ -220,3 +220,23 @@ def test_compute_loss_func_and_model_push_to_hub_are_refused_naming_what_to_use(
     trainer = _trainer(tmp_path)
     with pytest.raises(ConfigError, match=r"trainer.push_to_hub\(\)"):
         trainer.model.push_to_hub("me/model")
+
+
+def test_logging_strategy_no_keeps_the_step_metrics_bounded(tmp_path):
+    """With logging_strategy='no' the logging window never closes: its per-step values must not pile up a list per
+    step (the false-negative filter's counts included), and a logged run's means are unchanged."""
+    sizes = {}
+    for steps in (2, 6):
+        trainer = _trainer(tmp_path / str(steps), logging_strategy="no", max_steps=steps,
+                           false_negative_margin=0.9)
+        trainer.train()
+        assert trainer._metrics.count("task_loss") == steps
+        assert trainer.negatives.dropped.count("false_negatives_dropped") == steps
+        sizes[steps] = sum(len(held) for means in (trainer._metrics, trainer.negatives.dropped)
+                           for held in vars(means).values())  # values held: one per metric, not per step
+    assert sizes[2] == sizes[6]
+    logged = _trainer(tmp_path / "logged", logging_steps=2, max_steps=4, false_negative_margin=0.9)
+    logged.train()
+    rows = [row for row in logged.state.log_history if "loss" in row]
+    assert len(rows) == 2 and all(row["false_negatives_dropped"] > 0 for row in rows)
+    assert all(isinstance(row["task_loss"], float) for row in rows) and len(logged._metrics) == 0

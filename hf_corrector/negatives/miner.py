@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import torch
 
 from ..errors import ConfigError
+from ..utils.running_means import RunningMeans
 from .base import NegativeSampler
 from .false_negatives import FalseNegativeFilter
 from .topk import query_generator
@@ -51,7 +52,8 @@ class NegativeMiner:
         self.source = source
         self.false_negatives = false_negatives or FalseNegativeFilter()
         self.seed = seed
-        self.dropped: list[float] = []  # per batch: mean rows dropped per query by the false-negative filter
+        # per batch: mean rows dropped per query by the false-negative filter, summed until the trainer logs them
+        self.dropped = RunningMeans()
 
     @property
     def uses_cache(self) -> bool:
@@ -113,7 +115,8 @@ class NegativeMiner:
             limits = self.false_negatives.limits(pos_scores, batch_size=b)
         selection = self.sampler.sample(queries, blocked, keys, max(max(need), 1), step, limits=limits)
         if self.false_negatives.active:
-            self.dropped.append(float(selection.dropped.float().mean()) if selection.dropped.numel() else 0.0)
+            self.dropped.add("false_negatives_dropped",
+                             float(selection.dropped.float().mean()) if selection.dropped.numel() else 0.0)
         rows = selection.indices.cpu().tolist()
         return torch.as_tensor([p + r[:n] for p, r, n in zip(picked, rows, need)], dtype=torch.long)
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +46,7 @@ from ..models.corrector import CorrectorModel
 from ..models.reader import Reader
 from ..models.retriever import RetrieverModel
 from ..utils.arrow_column import ArrowColumn
+from ..utils.running_means import RunningMeans
 from ..negatives import NegativeSampler, SamplerContext, TrainingExamples
 from .callbacks import (CacheRefreshCallback, CorrectorFallbackCallback, CorrectorHealth, RetrieverCallbackHandler,
                         SamplerMaintenanceCallback)
@@ -166,7 +166,7 @@ class CorrectorTrainer(EvaluationMixin, CheckpointingMixin, CorrectorHubMixin, T
         self._eval_data = eval_dataset
         self.callback_handler = RetrieverCallbackHandler(self.callback_handler.callbacks, self.model, retriever.tokenizer,
                                                          self.optimizer, self.lr_scheduler)  # callbacks see the retriever
-        self._metrics: dict[str, list[float]] = defaultdict(list)
+        self._metrics = RunningMeans()  # per-step values of the logging window (running sums)
 
         if cache is not None:  # given: checked now; otherwise loaded or built at its first use (_first_cache)
             cache = prepare_cache(cache, retriever, self.corpus, args, self.cache_class,
@@ -314,7 +314,7 @@ class CorrectorTrainer(EvaluationMixin, CheckpointingMixin, CorrectorHubMixin, T
             loss, out, logged = self.reader_step.compute_loss(model, inputs, self.choose_negatives(inputs).cpu(),
                                                               self.state.global_step)
             for name, value in logged.items():
-                self._metrics[name].append(value)
+                self._metrics.add(name, value)
             if "staleness_cos_corrected" in logged:
                 self.corrector_health.record(logged["staleness_cos_stale"], logged["staleness_cos_corrected"])
             return (loss, out) if return_outputs else loss
@@ -351,10 +351,10 @@ class CorrectorTrainer(EvaluationMixin, CheckpointingMixin, CorrectorHubMixin, T
 
     def _record_step_metrics(self, losses, q, t, stale_rows, corrected, inverse) -> None:
         for name, value in losses.items():  # after the finiteness checks: a skipped step logs no NaN
-            self._metrics[name].append(float(value.detach()))
+            self._metrics.add(name, float(value.detach()))
         stats = staleness_metrics(q, t, stale_rows, corrected, inverse)
         for name, value in stats.items():
-            self._metrics[name].append(value)
+            self._metrics.add(name, value)
         if "staleness_cos_corrected" in stats:
             self.corrector_health.record(stats["staleness_cos_stale"], stats["staleness_cos_corrected"])
 
@@ -362,18 +362,14 @@ class CorrectorTrainer(EvaluationMixin, CheckpointingMixin, CorrectorHubMixin, T
         try:
             return super().training_step(model, CorrectorBatch(inputs), num_items_in_batch)
         except SkipStep:  # raised before backward: earlier micro-batches of the accumulation window keep theirs
-            self._metrics["skipped_steps"].append(1.0)
+            self._metrics.add("skipped_steps", 1.0)
             return torch.zeros((), device=self.args.device)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the averaged loss components, staleness statistics and the re-embedding cost to Trainer's logs."""
         if "loss" in logs:
-            if self.negatives.dropped:
-                self._metrics["false_negatives_dropped"].extend(self.negatives.dropped)
-                self.negatives.dropped.clear()
-            for name, values in self._metrics.items():
-                logs[name] = round(sum(values) / len(values), 6) if name != "skipped_steps" else len(values)
-            self._metrics.clear()
+            self._metrics.merge(self.negatives.dropped)
+            logs.update(self._metrics.pop(counted=("skipped_steps",)))
             if self.corrector is not None:
                 logs["corrector_fallback"] = float(self.fallback_callback.falling_back)
             logs["reembedding_cost"] = self.total_reembedding_cost()
