@@ -5,6 +5,7 @@ overrides as the Trainer docs write them, and a PEFT-wrapped retriever."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -28,9 +29,9 @@ def _args(tmp_path, **kw):
 
 def _trainer(tmp_path, cls=CorrectorTrainer, model=None, **kw):
     train, test = tiny_data()
-    collator = kw.pop("data_collator", None)
+    collator, model_init = kw.pop("data_collator", None), kw.pop("model_init", None)
     return cls(model=model if model is not None else tiny_retriever(tmp_path), args=_args(tmp_path, **kw),
-               train_dataset=train, eval_dataset=test, data_collator=collator)
+               train_dataset=train, eval_dataset=test, data_collator=collator, model_init=model_init)
 
 
 @pytest.mark.parametrize("which", ["DataCollatorWithPadding", "default_data_collator"])
@@ -240,3 +241,22 @@ def test_logging_strategy_no_keeps_the_step_metrics_bounded(tmp_path):
     rows = [row for row in logged.state.log_history if "loss" in row]
     assert len(rows) == 2 and all(row["false_negatives_dropped"] > 0 for row in rows)
     assert all(isinstance(row["task_loss"], float) for row in rows) and len(logged._metrics) == 0
+
+
+def test_model_init_is_refused_instead_of_replacing_the_retriever(tmp_path):
+    retriever = tiny_retriever(tmp_path)
+    with pytest.raises(ConfigError, match=r"^model_init: .*one CorrectorTrainer per trial"):
+        _trainer(tmp_path, model=retriever, model_init=lambda: retriever)
+
+
+def test_model_objects_of_other_libraries_are_refused_naming_the_folder_to_pass(tmp_path):
+    from sentence_transformers import SentenceTransformer
+    from transformers import BertModel
+
+    retriever = tiny_retriever(tmp_path)
+    retriever.save_pretrained(tmp_path / "saved")
+    with pytest.raises(ConfigError, match="got SentenceTransformer: .*model=" + re.escape(repr(str(tmp_path / "saved")))):
+        _trainer(tmp_path, model=SentenceTransformer(str(tmp_path / "saved")))
+    BertModel(retriever.encoder.config).save_pretrained(tmp_path / "bert")
+    with pytest.raises(ConfigError, match=r"got BertModel: .*RetrieverModel\.from_backbone\('.*bert'\)"):
+        _trainer(tmp_path, model=BertModel.from_pretrained(tmp_path / "bert"))

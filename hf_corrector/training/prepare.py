@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import datasets
 
@@ -121,13 +122,30 @@ def prepare_retriever(model, processing_class, peft_config) -> RetrieverModel:
                           "retriever.query_encoder too with two towers) or pass the plain retriever with "
                           "peft_config=config to CorrectorTrainer")
     if not isinstance(retriever, RetrieverModel):
-        raise ConfigError(f"model must be a RetrieverModel or a path, got {type(retriever).__name__}")
+        raise ConfigError(f"model must be a RetrieverModel or a path, got {type(retriever).__name__}"
+                          f"{_how_to_pass(retriever)}")
     if processing_class is not None:
         retriever.tokenizer = processing_class
     if retriever.tokenizer is None:
         raise ConfigError("the retriever has no tokenizer; pass processing_class=AutoTokenizer.from_pretrained(...)")
     check_tokenizer_fits(retriever)
     return apply_peft(retriever, peft_config) if peft_config is not None else retriever
+
+
+def _how_to_pass(model: Any) -> str:
+    """What to pass instead of a sentence-transformers or plain transformers model object (empty for others)."""
+    if type(model).__name__ == "SentenceTransformer":
+        first = next(iter(model), None) if hasattr(model, "__iter__") else None
+        folder = getattr(getattr(first, "auto_model", None), "name_or_path", None)
+        where = f"model={folder!r}" if folder else "model=<the folder or Hub id it was loaded from>"
+        return (f": pass the folder it was loaded from, {where} (RetrieverModel.from_pretrained reads "
+                f"sentence-transformers folders, pooling and normalisation included); if it was changed in memory, "
+                f"model.save_pretrained(folder) first and pass that folder")
+    folder = getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", None)
+    if folder:
+        return (f": wrap the backbone, model=RetrieverModel.from_backbone({folder!r}) (choose pooling= and "
+                f"normalize=), or pass a retriever folder")
+    return ""
 
 
 def check_tokenizer_fits(retriever: RetrieverModel) -> None:

@@ -119,6 +119,11 @@ class CorrectorTrainer(EvaluationMixin, CheckpointingMixin, CorrectorHubMixin, T
             raise ConfigError("CorrectorTrainer computes retrieval metrics itself (nDCG@10, Recall@10/100, MRR@10 over "
                               "the whole corpus) in evaluate(); compute_metrics / preprocess_logits_for_metrics would "
                               "never be called: drop them, or subclass and override retrieval_metrics()")
+        if model_init is not None:  # Trainer would call it in train() and put its model in place of retriever+corrector
+            raise ConfigError("model_init: CorrectorTrainer builds its model once from model= (the retriever, with "
+                              "the corrector and the stale cache made for it) and cannot re-create it per run or "
+                              "trial; pass model=<a RetrieverModel or a path>, and for a hyperparameter search create "
+                              "one CorrectorTrainer per trial")
         if compute_loss_func is not None:  # Trainer's (outputs, labels, num_items_in_batch): the batches have no labels
             raise ConfigError("compute_loss_func: CorrectorTrainer's loss is the task loss plus the corrector's, over "
                               "targets it chooses itself; subclass and override compute_loss, where outputs = "
@@ -154,7 +159,7 @@ class CorrectorTrainer(EvaluationMixin, CheckpointingMixin, CorrectorHubMixin, T
                                                       reader.model if reader is not None and reader.trainable else None),
                          args=args, data_collator=data_collator,
                          train_dataset=self.train_examples, eval_dataset=self.eval_queries, processing_class=None,
-                         model_init=model_init, compute_metrics=compute_metrics, callbacks=callbacks,
+                         model_init=None, compute_metrics=compute_metrics, callbacks=callbacks,
                          optimizers=optimizers, optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
                          preprocess_logits_for_metrics=preprocess_logits_for_metrics)
         if not had_use_cache:  # a retriever has no KV cache: do not save the setting into its config.json
