@@ -120,6 +120,11 @@ def test_containers_whose_iteration_is_not_the_queries_are_refused(setup, querie
         setup.index.search(queries, k=3)
 
 
+def test_bytes_are_refused_saying_decode(setup):
+    with pytest.raises(ConfigError, match=r"queries is bytes, not a string: decode it"):
+        setup.index.search(b"binary search", k=3)
+
+
 def test_a_series_and_a_string_array_search_like_a_list(setup):
     texts = ["binary search", "sort a list"]
     expected = setup.index.search(texts, k=3)

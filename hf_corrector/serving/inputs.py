@@ -58,6 +58,9 @@ def check_query_texts(queries: Any, name: str = "queries") -> list[str]:
     """A list of query strings (a single string is one query); anything else names the offending item."""
     if isinstance(queries, str):
         return [queries]
+    if isinstance(queries, (bytes, bytearray)):  # its iteration gives ints
+        raise ConfigError(f"{name} is {type(queries).__name__}, not a string: decode it first "
+                          f"({name}.decode('utf-8'))")
     if isinstance(queries, np.ndarray) and queries.dtype.kind in "UO" and queries.ndim == 1:
         queries = queries.tolist()  # an array of strings (a pandas column's .values)
     if isinstance(queries, (Mapping, AbstractSet)) or hasattr(queries, "columns"):
@@ -65,7 +68,7 @@ def check_query_texts(queries: Any, name: str = "queries") -> list[str]:
         raise ConfigError(f"{name} must be a string or a list of strings, got a {type(queries).__name__} (its "
                           f"iteration gives keys, column names or an arbitrary order); pass a list, for example "
                           f"list(d.values()), df['query'].tolist() or sorted(s)")
-    if isinstance(queries, bytes) or not isinstance(queries, Sequence):
+    if not isinstance(queries, Sequence):
         try:
             queries = list(queries)
         except TypeError:
