@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..negatives.topk import select_negatives
+
 logger = logging.getLogger(__name__)
 
 
@@ -46,16 +48,12 @@ def search_rows(index: Any, vectors: Any, queries: torch.Tensor, k: int) -> tupl
     return scores, rows
 
 
-def exact_top_k(vectors: Any, queries: torch.Tensor, k: int, chunk_size: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact inner-product top-``k`` of ``queries`` over ``vectors``, chunk by chunk (memory: B x (chunk + k))."""
-    best_scores = torch.full((queries.shape[0], 0), float("-inf"))
-    best_rows = torch.zeros(queries.shape[0], 0, dtype=torch.long)
-    for start, chunk in vectors.iter_chunks(chunk_size):
-        scores = torch.cat([best_scores, queries.float() @ chunk.T], dim=1)
-        rows = torch.cat([best_rows, torch.arange(start, start + chunk.shape[0]).expand(queries.shape[0], -1)], dim=1)
-        top = scores.topk(min(k, scores.shape[1]), dim=1)
-        best_scores, best_rows = top.values, rows.gather(1, top.indices)
-    return best_scores, best_rows
+def exact_top_k(vectors: Any, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact inner-product top-``k`` (scores, rows) of ``queries`` over ``vectors``: the streaming top-k of negative
+    selection (:func:`hf_corrector.negatives.topk.select_negatives`), chunk by chunk."""
+    matrix = vectors.matrix()
+    exact = select_negatives(queries, lambda start, stop: matrix[start:stop].float(), k, num_rows=len(vectors))
+    return exact.scores, exact.indices
 
 
 __all__ = ["exact_top_k", "search_rows"]
