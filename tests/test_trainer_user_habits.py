@@ -106,8 +106,9 @@ def test_evaluation_uses_the_collators_query_preprocessing(tmp_path, monkeypatch
         expected = retriever.embed(batch["query_input_ids"], batch["query_attention_mask"], "query")
     got = trainer.encode_queries(texts)
     torch.testing.assert_close(got, expected.float(), rtol=1e-5, atol=1e-6)
-    plain = retriever.encode_queries(texts)
+    plain = tiny_retriever(tmp_path).encode_queries(texts)  # the same weights without the collator's settings
     assert (got - plain).abs().max() > 1e-3  # the prefix and the length do change the encodings
+    torch.testing.assert_close(retriever.encode_queries(texts), got)  # its config took them (saved with it)
     calls = _query_encodings(monkeypatch)
     trainer.evaluate()
     assert calls and all(c[1:] == (5, "gene gene ") for c in calls)
@@ -260,3 +261,33 @@ def test_model_objects_of_other_libraries_are_refused_naming_the_folder_to_pass(
     BertModel(retriever.encoder.config).save_pretrained(tmp_path / "bert")
     with pytest.raises(ConfigError, match=r"got BertModel: .*RetrieverModel\.from_backbone\('.*bert'\)"):
         _trainer(tmp_path, model=BertModel.from_pretrained(tmp_path / "bert"))
+
+
+@pytest.mark.parametrize("given", ["args", "collator"])
+def test_the_saved_model_encodes_with_the_lengths_and_prefix_the_run_trained_with(tmp_path, given):
+    """query_max_length / target_max_length of the arguments and a collator's own length and prefix were used in
+    training and evaluate() but not saved: the saved model (and SentenceTransformer on it) encoded otherwise."""
+    from sentence_transformers import SentenceTransformer
+
+    retriever = tiny_retriever(tmp_path)
+    if given == "args":
+        trainer = _trainer(tmp_path, model=retriever, query_max_length=3, target_max_length=5)
+    else:
+        collator = CorrectorDataCollator(retriever.tokenizer, query_max_length=3, query_prefix="gene gene ")
+        trainer = _trainer(tmp_path, model=retriever, data_collator=collator)
+    trainer.train()
+    trainer.save_model(str(tmp_path / "saved"))
+    config = json.loads((tmp_path / "saved" / "config.json").read_text())
+    assert config["query_max_length"] == 3
+    assert config["target_max_length"] == (5 if given == "args" else 32)
+    assert config["query_prefix"] == ("gene gene " if given == "collator" else "")
+    texts = ["cell protein gene cancer virus drug trial brain", "heart lung"]  # the first is longer than 3 tokens
+    trained = trainer.encode_queries(texts)
+    reloaded = RetrieverModel.from_pretrained(tmp_path / "saved")
+    torch.testing.assert_close(reloaded.encode_queries(texts), trained, atol=1e-5, rtol=0)
+    st = SentenceTransformer(str(tmp_path / "saved"))
+    torch.testing.assert_close(st.encode_query(texts, convert_to_tensor=True).cpu(), trained, atol=1e-5, rtol=0)
+    docs = ["cell protein gene cancer virus drug trial brain blood heart"]
+    torch.testing.assert_close(st.encode_document(docs, convert_to_tensor=True).cpu(),
+                               trainer.retriever.encode_targets(docs, max_length=trainer.args.target_max_length),
+                               atol=1e-5, rtol=0)

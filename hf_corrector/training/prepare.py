@@ -132,6 +132,29 @@ def prepare_retriever(model, processing_class, peft_config) -> RetrieverModel:
     return apply_peft(retriever, peft_config) if peft_config is not None else retriever
 
 
+def record_run_preprocessing(retriever: RetrieverModel, args: Any, data_collator: Any = None) -> None:
+    """Write the query / target preprocessing this run trains and evaluates with into ``retriever.config``, so that
+    the saved model (``from_pretrained``, ``SentenceTransformer``, the served index) encodes as training did:
+    ``args.query_max_length`` / ``args.target_max_length`` when set, and a collator's own ``query_max_length`` /
+    ``query_prefix``. Each change is logged.
+
+    Example:
+        >>> record_run_preprocessing(retriever, CorrectorTrainingArguments("out", query_max_length=32))  # doctest: +SKIP
+    """
+    config = retriever.config
+    wanted = {"query_max_length": (args.query_max_length, "query_max_length"),
+              "target_max_length": (args.target_max_length, "target_max_length")}
+    if data_collator is not None:  # a collator of the user's: its settings are what the batches hold
+        for key in ("query_max_length", "query_prefix"):
+            if getattr(data_collator, key, None) is not None:
+                wanted[key] = (getattr(data_collator, key), f"data_collator.{key}")
+    for key, (value, source) in wanted.items():
+        if value is not None and getattr(config, key) != value:
+            logger.info("the retriever's config.%s %r -> %r (%s): the saved model encodes as this run trains",
+                        key, getattr(config, key), value, source)
+            setattr(config, key, value)
+
+
 def _how_to_pass(model: Any) -> str:
     """What to pass instead of a sentence-transformers or plain transformers model object (empty for others)."""
     if type(model).__name__ == "SentenceTransformer":

@@ -63,7 +63,8 @@ from .nonfinite import SkipStep, guard_step_tensor
 from .optim import build_lr_scheduler, build_optimizer
 from .peft_utils import apply_peft
 from .persistence import CheckpointingMixin
-from .prepare import checkpoint_cache, local_rows, means_true, prepare_cache, prepare_corrector, prepare_retriever
+from .prepare import (checkpoint_cache, local_rows, means_true, prepare_cache, prepare_corrector, prepare_retriever,
+                      record_run_preprocessing)
 from .reader_step import ReaderStep, check_reader_data, load_reader
 from .staleness import staleness_metrics
 from .strategy import NegativeStrategy
@@ -149,9 +150,10 @@ class CorrectorTrainer(EvaluationMixin, CheckpointingMixin, CorrectorHubMixin, T
 
         corrector = prepare_corrector(corrector, retriever, args, strategy, self.corrector_class)
         check_collator(data_collator, self.train_examples)  # a standard collator: refused naming ours
+        record_run_preprocessing(retriever, args, data_collator)  # the saved model encodes as this run trains
         if data_collator is None:
             data_collator = self.collator_class(
-                tokenizer=retriever.tokenizer, query_max_length=args.query_max_length or retriever.config.query_max_length,
+                tokenizer=retriever.tokenizer, query_max_length=retriever.config.query_max_length,
                 query_prefix=retriever.config.query_prefix)
         reader = load_reader(args, reader, args.device) if args.reader_loss != "none" else None
         had_use_cache = "use_cache" in vars(retriever.config)  # Trainer sets model.config.use_cache (= ours)
