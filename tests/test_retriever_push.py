@@ -99,3 +99,25 @@ def test_an_existing_card_is_kept(tmp_path):
         assert "PUSHED" in run_with_hub(code, hub.url, tmp_path).stdout
         assert "# my own card" in hub.files("tester/has-card")["README.md"].decode()
         assert "model.safetensors" in hub.files("tester/has-card")
+
+
+def test_no_json_of_a_push_names_the_local_folder_of_the_encoder(tmp_path):
+    """encoder_config._name_or_path in config.json (and 0_Transformer/config.json) named the local folder a retriever
+    was built from; only base_model_name_or_path was scrubbed."""
+    from hf_corrector import RetrieverModel
+    from hf_corrector.hub.retriever_push import local_paths_of, scrub_saved_paths
+    from tests.tiny import tiny_retriever
+
+    local = tmp_path / "secret-place" / "my-bert"
+    tiny = tiny_retriever(tmp_path)
+    tiny.encoder.save_pretrained(local)
+    tiny.tokenizer.save_pretrained(local)
+    retriever = RetrieverModel.from_backbone(str(local))
+    out = tmp_path / "upload"
+    retriever.save_pretrained(out)
+    assert any("secret-place" in p.read_text() for p in out.rglob("*.json"))  # what a plain save holds
+    scrub_saved_paths(out, local_paths_of(retriever))
+    texts = {str(p.relative_to(out)): p.read_text() for p in out.rglob("*.json")}
+    assert texts and not [name for name, text in texts.items() if "secret-place" in text or str(tmp_path) in text]
+    assert json.loads(texts["config.json"])["encoder_config"]["_name_or_path"] == "my-bert"
+    RetrieverModel.from_pretrained(out)  # still loads
