@@ -117,9 +117,8 @@ def model_file(name_or_path: str | os.PathLike, filename: str, **hub_kwargs: Any
     local = Path(name_or_path).expanduser()
     if local.is_dir():
         path = local / subfolder / filename
-        if path.exists() and not path.resolve().is_relative_to(local.resolve()):  # a symlink out of the folder
-            raise ConfigError(f"{path}: a link to {path.resolve()}, outside the model folder {local}; a model's files "
-                              f"are read only from inside its folder (copy the file in instead of linking it)")
+        if path.exists():
+            _check_link(local, path)
         return str(path) if path.is_file() else None
     check_local_folder(name_or_path)
     repo_id = str(name_or_path)
@@ -136,6 +135,44 @@ def model_file(name_or_path: str | os.PathLike, filename: str, **hub_kwargs: Any
         return None
     except EntryNotFoundError:  # the repo has no such file
         return None
+
+
+def _cache_blobs(folder: Path) -> Path | None:
+    """The ``blobs/`` folder of the Hugging Face cache repo that ``folder`` (resolved) is a snapshot of, or is
+    inside of (``.../models--org--name/snapshots/<commit>/...``); ``None`` outside such a cache."""
+    for snapshot in (folder, *folder.parents):
+        repo = snapshot.parent.parent
+        if snapshot.parent.name == "snapshots" and repo.name.startswith(("models--", "datasets--", "spaces--")):
+            return repo / "blobs"
+    return None
+
+
+def _check_link(local: Path, path: Path) -> None:
+    """Refuse a file of the model folder ``local`` that is a link to a file outside it, except a Hugging Face cache
+    snapshot's links into its own repo's ``blobs/`` (how ``snapshot_download`` lays a model out)."""
+    target, root = path.resolve(), local.resolve()
+    if target.is_relative_to(root):
+        return
+    blobs = _cache_blobs(root)
+    if blobs is not None and target.is_relative_to(blobs):
+        return
+    raise ConfigError(f"{path}: a link to {target}, outside the model folder {local}; a model's files are read only "
+                      f"from inside its folder (copy the file in instead of linking it)")
+
+
+def check_folder_links(name_or_path: str | os.PathLike, subfolder: str | None = None) -> None:
+    """For a local model folder: refuse any file directly in it (or in ``subfolder``), the files that
+    ``from_pretrained`` reads (config, weights, tokenizer), that links outside the folder (see :func:`model_file`).
+    A Hub id is left alone."""
+    local = Path(name_or_path).expanduser()
+    if not local.is_dir():
+        return
+    check_inside(str(name_or_path), subfolder or "")
+    folder = local / (subfolder or "")
+    if folder.is_dir():
+        for entry in folder.iterdir():
+            if entry.is_symlink():
+                _check_link(local, entry)
 
 
 def check_inside(name_or_path: str, subfolder: str, filename: str = "") -> None:
@@ -197,8 +234,9 @@ def read_sentence_transformers_settings(name_or_path: str | os.PathLike, **hub_k
     Works the same for a local folder and a Hub repo id (files come through :func:`model_file`). Keys:
     ``pooling`` (``mean | cls | last``), ``normalize``, ``max_seq_length`` (when the model states it),
     ``query_prefix`` / ``target_prefix`` (from the ``query`` / ``document`` prompts) and ``transformer_path``
-    (the folder of the Transformer module when it is not the root). Unsupported modules (``Dense``...) are
-    reported with a warning, because the retriever will encode without them.
+    (the folder of the Transformer module when it is not the root). ``similarity_fn_name="cosine"`` without a
+    ``Normalize`` module gives ``normalize=True`` (and ``normalize_for_cosine``). A module the retriever cannot
+    apply (``Dense``, ``LayerNorm``...) raises :class:`ConfigError`: its embeddings would differ.
 
     Example:
         >>> read_sentence_transformers_settings("sentence-transformers/all-MiniLM-L6-v2")  # doctest: +SKIP
@@ -235,10 +273,17 @@ def read_sentence_transformers_settings(name_or_path: str | os.PathLike, **hub_k
         elif kind == "Router":  # asymmetric towers: one Transformer per route
             settings.update(_router_towers(_read_json(file_in(module_dir, "router_config.json")), file_in,
                                            f"{name_or_path}/{module_dir or ''}router_config.json"))
+        elif kind == "Dropout":  # no effect on embeddings (it drops nothing at inference)
+            logger.info("%s: sentence-transformers Dropout module %s is not applied", name_or_path, module_dir)
         else:
-            logger.warning("%s: sentence-transformers module %s (%s) has no counterpart in RetrieverModel; "
-                           "embeddings will differ from SentenceTransformer's", name_or_path, kind, module_dir)
+            raise ConfigError(f"{name_or_path}: sentence-transformers module {kind} ({module_dir or 'the root'}, "
+                              f"{module.get('type')}) cannot be applied by RetrieverModel (it encodes with "
+                              f"Transformer, Pooling and Normalize only), so its embeddings would differ from "
+                              f"SentenceTransformer's; use a model without the {kind} module, or "
+                              f"sentence-transformers itself")
     st_cfg = _read_json(model_file(name_or_path, "config_sentence_transformers.json", **hub_kwargs))
+    if st_cfg.get("similarity_fn_name") == "cosine" and not settings["normalize"]:
+        settings.update(normalize=True, normalize_for_cosine=True)  # cosine = dot product of normalised vectors
     prompts = st_cfg.get("prompts") or {}
     for names, key in ((_QUERY_PROMPTS, "query_prefix"), (_TARGET_PROMPTS, "target_prefix")):
         for name in names:
@@ -265,4 +310,4 @@ def check_layer_count(name_or_path: str, value: Any, hub_kwargs: dict) -> None:
                           f"would be randomly initialised. Pass at most {available}")
 
 
-__all__ = ["check_layer_count", "check_local_folder", "looks_local", "model_file", "read_sentence_transformers_settings"]
+__all__ = ["check_folder_links", "check_layer_count", "check_local_folder", "looks_local", "model_file", "read_sentence_transformers_settings"]

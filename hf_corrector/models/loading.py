@@ -17,7 +17,8 @@ from transformers import AutoConfig
 
 from ..errors import ConfigError
 from .hub_files import HUB_KWARGS, check_local_folder
-from .retriever import RetrieverConfig, RetrieverModel, check_encoding_overrides
+from .overrides import OVERRIDABLE
+from .retriever import RetrieverConfig, RetrieverModel
 
 logger = logging.getLogger(__name__)
 
@@ -45,32 +46,13 @@ def load_retriever(name_or_path: str | os.PathLike, **kwargs) -> RetrieverModel:
     return RetrieverModel.from_backbone(name_or_path, **kwargs)
 
 
-#: settings of a saved retriever that ``load_retriever`` overrides when given (None = keep the saved value)
-OVERRIDABLE = ("pooling", "normalize", "query_max_length", "target_max_length", "softmax_temperature")
-
-
 def _saved_with_overrides(name_or_path: str, kwargs: dict) -> RetrieverModel:
     """A saved retriever with the given settings applied (logged when they change it), or a :class:`ConfigError`
-    for those a saved retriever cannot take (a layer count, tower sharing): nothing is dropped silently."""
+    for those a saved retriever cannot take (a layer count, tower sharing): nothing is dropped silently. The
+    settings are applied by :meth:`RetrieverModel.from_pretrained` (:mod:`hf_corrector.models.overrides`)."""
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    overrides = {k: kwargs.pop(k) for k in OVERRIDABLE if k in kwargs}
-    hub = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
-    shared = kwargs.pop("shared_towers", None)
-    if "num_hidden_layers" in kwargs:
-        raise ConfigError(f"num_hidden_layers={kwargs['num_hidden_layers']!r}: {name_or_path} is a saved retriever, "
-                          f"loaded with all its trained layers; cut the layers of the backbone before training "
-                          f"(load_retriever(backbone, num_hidden_layers=N)), not of a trained retriever")
+    taken = {k: kwargs.pop(k) for k in (*OVERRIDABLE, *HUB_KWARGS, "shared_towers", "num_hidden_layers") if k in kwargs}
     if kwargs:
         raise ConfigError(f"load_retriever({name_or_path!r}): {sorted(kwargs)} cannot be applied to a saved retriever "
                           f"(it takes {list(OVERRIDABLE)} and {list(HUB_KWARGS)})")
-    model = RetrieverModel.from_pretrained(name_or_path, **hub)
-    if shared is not None and bool(shared) != bool(model.config.shared_towers):
-        raise ConfigError(f"shared_towers={shared}: {name_or_path} was saved with shared_towers="
-                          f"{model.config.shared_towers}, and its towers cannot be split or merged at load")
-    check_encoding_overrides(overrides)
-    for key, value in overrides.items():
-        if getattr(model.config, key) != value:
-            logger.warning("%s: %s=%r overrides the saved %r (embeddings change accordingly)", name_or_path, key,
-                           value, getattr(model.config, key))
-            setattr(model.config, key, value)
-    return model
+    return RetrieverModel.from_pretrained(name_or_path, **taken)

@@ -30,9 +30,11 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedConfig,
 from transformers.utils import ModelOutput
 
 from ..errors import ConfigError
-from .hub_files import (HUB_KWARGS, check_layer_count, check_local_folder, model_file,
+from .hub_files import (HUB_KWARGS, check_folder_links, check_layer_count, check_local_folder, model_file,
                         read_sentence_transformers_settings)
-from .pooling import POOLING_MODES, check_pooling, pool
+from .overrides import (apply_overrides, check_encoding_overrides, check_position_limit, check_temperature,
+                        honour_sentence_transformers_settings, load_foreign_folder, pop_overrides, saved_model_type)
+from .pooling import check_pooling, pool
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +73,7 @@ class RetrieverConfig(PreTrainedConfig):
         **kwargs,
     ):
         check_pooling(pooling)
-        if softmax_temperature <= 0:
-            raise ConfigError(f"softmax_temperature must be > 0, got {softmax_temperature}")
+        check_temperature(softmax_temperature)
         if isinstance(encoder_config, PreTrainedConfig):
             encoder_config = encoder_config.to_dict()
         self.encoder_config = encoder_config or {}
@@ -171,10 +172,15 @@ class RetrieverModel(PreTrainedModel):
         """
         name_or_path = check_local_folder(name_or_path)
         hub_kwargs = {k: model_kwargs[k] for k in HUB_KWARGS if k in model_kwargs}
-        check_encoding_overrides({k: v for k, v in (("pooling", pooling), ("normalize", normalize),
-                                               ("query_max_length", query_max_length),
-                                               ("target_max_length", target_max_length)) if v is not None})
+        lengths = {k: v for k, v in (("query_max_length", query_max_length),
+                                     ("target_max_length", target_max_length)) if v is not None}
+        check_encoding_overrides({**lengths, "softmax_temperature": softmax_temperature,
+                                  **{k: v for k, v in (("pooling", pooling), ("normalize", normalize)) if v is not None}})
         st = read_sentence_transformers_settings(name_or_path, **hub_kwargs)
+        if normalize is None and st.get("normalize_for_cosine"):
+            logger.warning("%s: its similarity_fn_name is 'cosine' with no Normalize module: loading it with "
+                           "normalize=True (cosine = dot product of normalised vectors; pass normalize=False for "
+                           "unnormalised embeddings)", name_or_path)
         routes = st.get("query_transformer_path"), st.get("document_transformer_path")
         if routes[0]:
             if shared_towers:
@@ -187,9 +193,11 @@ class RetrieverModel(PreTrainedModel):
             hub_kwargs["subfolder"] = model_kwargs["subfolder"] = "/".join(p for p in (parent, transformer_path) if p)
         if "num_hidden_layers" in model_kwargs:
             check_layer_count(name_or_path, model_kwargs["num_hidden_layers"], hub_kwargs)
+        check_folder_links(name_or_path, hub_kwargs.get("subfolder"))
         pooling = pooling or st.get("pooling", "mean")
         normalize = st.get("normalize", False) if normalize is None else normalize
         encoder = AutoModel.from_pretrained(name_or_path, **model_kwargs)
+        check_position_limit(encoder.config, lengths, name_or_path)
         tokenizer = None
         try:
             tokenizer = AutoTokenizer.from_pretrained(name_or_path, **hub_kwargs)
@@ -212,8 +220,9 @@ class RetrieverModel(PreTrainedModel):
         )
         query_encoder = None
         if routes[0]:
-            query_encoder = AutoModel.from_pretrained(
-                name_or_path, **{**model_kwargs, "subfolder": "/".join(p for p in (parent, routes[0]) if p)})
+            query_folder = "/".join(p for p in (parent, routes[0]) if p)
+            check_folder_links(name_or_path, query_folder)
+            query_encoder = AutoModel.from_pretrained(name_or_path, **{**model_kwargs, "subfolder": query_folder})
         model = cls(config, encoder=encoder, query_encoder=query_encoder)
         model.tokenizer = tokenizer
         return model
@@ -222,32 +231,38 @@ class RetrieverModel(PreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """Load a saved retriever (and its tokenizer, when saved alongside).
 
-        A path that looks local and does not exist raises ``FileNotFoundError("no such folder: ...")`` at once.
+        ``pooling``, ``normalize``, ``query_max_length``, ``target_max_length`` and ``softmax_temperature`` are
+        applied to the saved config (logged), ``shared_towers`` other than the saved layout and ``num_hidden_layers``
+        are refused, as by :func:`~hf_corrector.load_retriever` (:mod:`hf_corrector.models.overrides`). Settings
+        that sentence-transformers saved over the folder (max lengths, prompts) are honoured, with a warning. A
+        path that looks local and does not exist raises ``FileNotFoundError("no such folder: ...")`` at once.
 
         Example:
-            >>> RetrieverModel.from_pretrained("out/final")  # doctest: +SKIP
+            >>> RetrieverModel.from_pretrained("out/final", normalize=False)  # doctest: +SKIP
         """
-        if isinstance(pretrained_model_name_or_path, (str, os.PathLike)):
-            pretrained_model_name_or_path = check_local_folder(pretrained_model_name_or_path, "retriever")
-            hub = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
-            saved_type = _saved_model_type(pretrained_model_name_or_path, hub)
-            if saved_type is None and model_file(pretrained_model_name_or_path, "modules.json", **hub) is not None:
+        path = pretrained_model_name_or_path
+        overrides, shared = pop_overrides(kwargs, path)
+        hub = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
+        if isinstance(path, (str, os.PathLike)):
+            path = check_local_folder(path, "retriever")
+            check_folder_links(path, hub.get("subfolder"))
+            saved_type = saved_model_type(path, hub)
+            if saved_type is None and model_file(path, "modules.json", **hub) is not None:
                 saved_type = "absent"  # no root config.json: a Router layout saved by sentence-transformers alone
             if saved_type not in (None, cls.config_class.model_type):
-                return _load_foreign_folder(cls, pretrained_model_name_or_path, saved_type, hub)
-        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+                return load_foreign_folder(cls, path, saved_type, hub, overrides, shared)
+        model = super().from_pretrained(path, *args, **kwargs)
         model._freeze_unused_heads()  # from_pretrained resets requires_grad: an unfrozen pooler breaks DDP
-        path = pretrained_model_name_or_path
         if isinstance(path, (str, os.PathLike)) and Path(path).is_dir():
             from .sentence_transformers_export import newer_modules_or
 
             model = newer_modules_or(model, path)  # sentence-transformers saved over it?
-        tok_kwargs = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
+            model = honour_sentence_transformers_settings(model, path, hub)
         try:
-            model.tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **tok_kwargs)
+            model.tokenizer = AutoTokenizer.from_pretrained(path, **hub)
         except (OSError, ValueError):
-            logger.info("no tokenizer saved with %s", pretrained_model_name_or_path)
-        return model
+            logger.info("no tokenizer saved with %s", path)
+        return apply_overrides(model, path, overrides, shared)
 
     def push_to_hub(self, repo_id: str, **kwargs) -> Any:
         """Publish the retriever in one commit, with the sentence-transformers card (transformers' own would say
@@ -405,39 +420,3 @@ class RetrieverModel(PreTrainedModel):
             "normalize": self.config.normalize,
             "target_max_length": self.config.target_max_length,
         }
-
-
-def _saved_model_type(name_or_path: str, hub_kwargs: dict) -> str | None:
-    """``model_type`` of the saved ``config.json`` (``None`` when there is none to read)."""
-    try:
-        cfg, _ = PreTrainedConfig.get_config_dict(name_or_path, **hub_kwargs)
-    except (OSError, ValueError):
-        return None
-    return cfg.get("model_type")
-
-
-def _load_foreign_folder(cls: type[RetrieverModel], name_or_path: str, model_type: str,
-                         hub_kwargs: dict) -> RetrieverModel:
-    """A folder whose root ``config.json`` is not a retriever's: a sentence-transformers model (for instance one
-    that ``SentenceTransformer(...).save`` wrote back over a saved retriever) is read with :meth:`from_backbone`,
-    which takes its pooling, normalisation, lengths and prompts; anything else is refused naming what to call."""
-    if model_file(name_or_path, "modules.json", **hub_kwargs) is None:
-        raise ConfigError(f"{name_or_path} holds a plain {model_type!r} model, not a saved retriever; wrap it with "
-                          f"RetrieverModel.from_backbone({str(name_or_path)!r}) (or load_retriever) to train it")
-    logger.warning("%s is a sentence-transformers model (root config.json: %s; saved by "
-                   "sentence-transformers, maybe over a retriever): loading it with RetrieverModel.from_backbone "
-                   "(pooling, normalisation, lengths and prompts from its modules; softmax_temperature and tower "
-                   "sharing take their defaults; a corrector/ folder is loaded separately)", name_or_path, model_type)
-    return cls.from_backbone(name_or_path, **hub_kwargs)
-
-
-def check_encoding_overrides(overrides: dict) -> None:
-    """Refuse a pooling mode, normalisation flag or maximum length that an encoder cannot take."""
-    if "pooling" in overrides and overrides["pooling"] not in POOLING_MODES:
-        raise ConfigError(f"pooling must be one of {list(POOLING_MODES)}, got {overrides['pooling']!r}")
-    if "normalize" in overrides and not isinstance(overrides["normalize"], bool):
-        raise ConfigError(f"normalize must be True or False, got {overrides['normalize']!r}")
-    for key in ("query_max_length", "target_max_length"):
-        value = overrides.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ConfigError(f"{key} must be a positive integer, got {value!r}")
