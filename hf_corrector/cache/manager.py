@@ -335,15 +335,30 @@ class CacheManager:
         self.cost.step_target_encodings += int(targets.numel())
         if self.write_back:
             lo, hi = self.local_rows
+            written, fresh = last_of_repeats(targets, fresh)  # two processes may encode one row: write it once
             if self.sharded:  # only the rows this process owns
-                mine = (targets >= lo) & (targets < hi)
-                targets_mine, fresh_mine = targets[mine] - lo, fresh.float().cpu()[mine]
+                mine = (written >= lo) & (written < hi)
+                targets_mine, fresh_mine = written[mine] - lo, fresh.float().cpu()[mine]
             else:
-                targets_mine, fresh_mine = targets, fresh.float().cpu()
+                targets_mine, fresh_mine = written, fresh.float().cpu()
             self.cache.update(targets_mine, fresh_mine, step)
             if self._mirror is not None:
                 self._mirror.update(targets_mine, fresh_mine)
         self._notify("on_targets", targets)
+
+
+def last_of_repeats(rows: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rows`` and their ``values`` with each repeated row kept once, at its last occurrence (the highest rank
+    after a gather), so a write-back never names a row twice (:meth:`StaleCache.update` refuses that). Rows without
+    repeats are returned as they are (the same tensors)."""
+    if rows.numel() < 2 or torch.unique(rows).numel() == rows.numel():
+        return rows, values
+    unique, inverse = torch.unique(rows, return_inverse=True)
+    positions = torch.arange(rows.numel(), device=inverse.device)
+    last = torch.full((unique.numel(),), -1, dtype=torch.long, device=inverse.device).scatter_reduce_(
+        0, inverse, positions, reduce="amax")
+    last = last.sort().values  # the gathered order of the rows kept
+    return rows[last], values[last.to(values.device)]
 
 
 class CacheRows:

@@ -54,6 +54,8 @@ from .build import encode_corpus
 from .card import render_cache_card
 from .folder import read_folder, remove_leftovers, write_folder
 from .hub_io import push_tables, read_hub
+from .ids import normalize_ids
+from .input_checks import check_provenance_dim, check_real, check_steps, check_update_rows
 from .provenance_checks import ProvenanceChecks
 from .schema import (DAMAGED, FORMAT_VERSION, INITIAL_STEP, STORAGE_DTYPES, arrow_table, check_dtype, check_row_range,
                      check_verify)
@@ -97,18 +99,22 @@ class StaleCache(ProvenanceChecks):
         check_values: bool = True,
     ):
         check_dtype(dtype)
+        where = f"StaleCache({source})" if source else "StaleCache"
+        ids = normalize_ids(doc_ids, where)  # as the data loaders do; distinct; a plain string refused
         emb, read_only = _as_tensor(embeddings, dtype)
+        check_real(emb, where)
         if emb.ndim != 2:
             raise CacheMismatchError(f"cache embeddings must be 2-D (N, d), got shape {tuple(emb.shape)}")
-        if len(doc_ids) != emb.shape[0]:
-            raise CacheMismatchError(f"{len(doc_ids)} doc ids but {emb.shape[0]} embedding rows")
+        if len(ids) != emb.shape[0]:
+            raise CacheMismatchError(f"{len(ids)} doc ids but {emb.shape[0]} embedding rows")
+        check_provenance_dim(provenance, int(emb.shape[1]), where)
         self.dtype = dtype
-        self.doc_ids = [str(d) for d in doc_ids]
+        self.doc_ids = ids
         storage = emb.detach().to("cpu", STORAGE_DTYPES[dtype][0]).contiguous()
         self._writable = not (read_only and storage.data_ptr() == emb.data_ptr())  # still the read-only buffer
         self._storage = storage
         self.steps = torch.full((len(self.doc_ids),), INITIAL_STEP, dtype=torch.long) if steps is None else (
-            torch.as_tensor(np.asarray(steps), dtype=torch.long).clone()
+            check_steps(steps, len(ids), where)
         )
         self.provenance = dict(provenance or {})
         self.provenance.setdefault("embedding_dim", int(emb.shape[1]))
@@ -190,7 +196,7 @@ class StaleCache(ProvenanceChecks):
     # -- writing back -----------------------------------------------------------------------------------------------
     def update(self, rows: torch.Tensor | Sequence[int], embeddings: torch.Tensor, step: int) -> None:
         """Write fresh embeddings for ``rows`` and mark them with ``step``. Touches only those rows."""
-        rows = torch.as_tensor(rows, dtype=torch.long).cpu()
+        rows = check_update_rows(rows, len(self))  # integers in range, each once
         if embeddings.shape != (rows.numel(), self.dim):
             raise CacheMismatchError(f"update of {rows.numel()} rows needs shape ({rows.numel()}, {self.dim}), "
                                      f"got {tuple(embeddings.shape)}")

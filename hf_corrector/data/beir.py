@@ -32,6 +32,8 @@ from typing import Any
 import datasets
 import pyarrow as pa
 
+from ..cache.ids import json_type as _json_type
+from ..cache.ids import normalize_id
 from ..errors import DataFormatError
 from .format import CORPUS_FEATURES, QUERY_FEATURES, RetrievalData
 
@@ -99,20 +101,6 @@ def iter_text_lines(path: str | os.PathLike[str], label: str | None = None) -> I
         logger.info("%s: skipped %d blank line(s)", label, blank)
 
 
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return type(value).__name__
-
-
 def _check_no_surrogates(value: Any, label: str, lineno: int) -> None:
     """JSON may escape lone UTF-16 surrogates (``"\\ud800"``), which are not valid text; reject them."""
     if isinstance(value, str):
@@ -137,12 +125,9 @@ def _id_field(obj: Mapping[str, Any], key: str, where: str) -> str:
 
 
 def _as_id(value: Any, where: str, what: str) -> str:
-    """``value`` as an id string: a non-empty string or an integer (not a boolean); raises naming ``where``."""
-    from .format import normalize_id
-
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise DataFormatError(f"{where}: {what} must be a string or an integer, got {_json_type(value)}")
-    return normalize_id(value, where, what)  # the same normalisation as the qrels ids and every other loader
+    """``value`` as an id string, by the one normalisation of every loader and the cache
+    (:func:`~hf_corrector.cache.ids.normalize_id`; a wrong type named as JSON names it); raises naming ``where``."""
+    return normalize_id(value, where, what, json_names=True)
 
 
 def _text_field(obj: Mapping[str, Any], key: str, where: str, required: bool = True) -> str:

@@ -19,54 +19,76 @@ Example:
 from __future__ import annotations
 
 import logging
-import re
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import datasets
+import numpy as np
 
+from ..cache.ids import normalize_id
 from ..errors import DataFormatError
 
 logger = logging.getLogger(__name__)
 
-_UNSTORABLE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")  # control characters, lone surrogates
-
-
-def normalize_id(value: Any, where: str, what: str = "id") -> str:
-    """The one id normalisation of corpus ids, query ids and qrels (every loader): a string or an integer (not a
-    bool, not a float: 1.0 and 1 would be different ids), surrounding whitespace stripped (as a qrels TSV reads it),
-    non-empty, and storable (no control characters such as tab or newline, no lone surrogates: they cannot be written
-    to a qrels file or to Arrow). Raises :class:`DataFormatError` naming ``where``.
-
-    Example:
-        >>> normalize_id(" 12 ", "corpus row 0"), normalize_id(7, "row 1")
-        ('12', '7')
-    """
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        hint = " (a float id such as 1.0 would not match the id 1: convert the column to int or str)" \
-            if isinstance(value, float) else ""
-        raise DataFormatError(f"{where}: {what} must be a string or an integer, got {type(value).__name__} "
-                              f"{value!r}{hint}")
-    text = str(value).strip()
-    if not text:
-        raise DataFormatError(f"{where}: {what} is empty")
-    bad = _UNSTORABLE.search(text)
-    if bad:
-        raise DataFormatError(f"{where}: {what} {text!r} holds the character {bad.group()!r} (U+{ord(bad.group()):04X}), "
-                              f"which an id cannot store (qrels files, Arrow); rename the id")
-    return text
+_NEGATIVE_DICT = ("a dict is read as qrels only for positive_ids; give negative_ids as a list of ids")
 
 
 def id_list(value: Any, where: str, what: str) -> list:
-    """``value`` as a list of ids: a string or an integer alone (``positive_ids="12"``) is refused, since iterating
-    it would read ``"12"`` as the ids ``"1"`` and ``"2"``. Raises :class:`DataFormatError` naming ``where``."""
+    """``value`` as a list of ids: a list, tuple or 1-D numpy array (numpy integers are ids as Python ints are). A
+    string or an integer alone (``positive_ids="12"``) is refused, since iterating it would read ``"12"`` as the ids
+    ``"1"`` and ``"2"``; so is a dict (see :func:`qrels_positives`). Raises :class:`DataFormatError` naming
+    ``where``."""
     if value is None:
         return []
-    if isinstance(value, (str, bytes, int)) or not isinstance(value, Iterable):
+    if isinstance(value, Mapping):
+        raise DataFormatError(f"{where}: {what} is a dict; {_NEGATIVE_DICT}")
+    if isinstance(value, np.ndarray) and value.ndim != 1:
+        raise DataFormatError(f"{where}: {what} must be a list of ids, got an array of shape {value.shape}")
+    if isinstance(value, (str, bytes, int, np.integer)) or not isinstance(value, Iterable):
         raise DataFormatError(f"{where}: {what} must be a list of ids, got {type(value).__name__} {value!r}; "
                               f"write [{value!r}] for a single id")
     return list(value)
+
+
+def qrels_positives(value: Mapping, where: str) -> list:
+    """The positives of a BEIR-style qrels dict ``{doc_id: score}``: the ids with ``score > 0``, in the dict's order
+    (as :func:`~hf_corrector.data.beir.load_beir` reads a qrels file). A score that is not a finite number raises
+    :class:`DataFormatError` naming ``where`` and the id."""
+    positives = []
+    for doc_id, score in value.items():
+        if isinstance(score, (bool, np.bool_)) or not isinstance(score, (int, float, np.integer, np.floating)) \
+                or not math.isfinite(score):
+            raise DataFormatError(f"{where}: positive_ids is read as qrels {{doc_id: score}}, and the score of "
+                                  f"doc id {doc_id!r} is {score!r}, not a finite number; give a number (> 0 for a "
+                                  f"positive) or a list of positive ids")
+        if score > 0:
+            positives.append(doc_id)
+    return positives
+
+
+def _ids(value: Any, where: str, what: str, query_id: str) -> list[str]:
+    """The normalised ids of one query's ``positive_ids`` / ``negative_ids``, repeats removed (first kept) with a
+    warning naming the query: a repeated positive would be trained on twice."""
+    raw = qrels_positives(value, where) if what == "positive_ids" and isinstance(value, Mapping) else \
+        id_list(value, where, what)
+    ids = [normalize_id(p, where, what.replace("_ids", " id")) for p in raw]
+    if len(set(ids)) == len(ids):
+        return ids
+    unique = list(dict.fromkeys(ids))
+    logger.warning("%s: query %r names %d repeated %s (after id normalisation), dropped: %s", where, query_id,
+                   len(ids) - len(unique), what, sorted({i for i in ids if ids.count(i) > 1}))
+    return unique
+
+
+def _text(row: Mapping, key: str, where: str) -> Any:
+    """``row[key]`` when it is a string (or null / missing text, which :meth:`RetrievalData.validate` names)."""
+    value = row[key]
+    if value is not None and not isinstance(value, str):
+        raise DataFormatError(f"{where}: {key} must be a string, got {type(value).__name__} {value!r:.60}; "
+                              f"convert it to text (the file loaders refuse it too)")
+    return value
 
 
 QUERY_FEATURES = datasets.Features(
@@ -104,19 +126,25 @@ class RetrievalData:
         name: str = "custom",
         validate: bool = True,
     ) -> RetrievalData:
-        """Build from plain dicts (``negative_ids`` optional), validating ids."""
-        q_rows = [
-            {
-                "query_id": normalize_id(q["query_id"], f"{name}: query row {i}", "query_id"),
-                "query": q["query"],
-                "positive_ids": [normalize_id(p, f"{name}: query row {i}", "positive id")
-                                 for p in id_list(q["positive_ids"], f"{name}: query row {i}", "positive_ids")],
-                "negative_ids": [normalize_id(n, f"{name}: query row {i}", "negative id")
-                                 for n in id_list(q.get("negative_ids"), f"{name}: query row {i}", "negative_ids")],
-            }
-            for i, q in enumerate(queries)
-        ]
-        c_rows = [{"doc_id": normalize_id(d["doc_id"], f"{name}: corpus row {i}", "doc_id"), "text": d["text"]}
+        """Build from plain dicts (``negative_ids`` optional), validating ids.
+
+        Ids are normalised as every loader does (:func:`normalize_id`: strings or integers, numpy integers
+        included; a float is refused). ``positive_ids`` / ``negative_ids`` are lists of ids (a list, a tuple, a 1-D
+        numpy array); ``positive_ids`` may also be a BEIR-style qrels dict ``{doc_id: score}``, read as
+        :func:`load_beir` reads a qrels file: the positives are the ids with ``score > 0`` (in the dict's order; a
+        score of 0 or below is not a positive). Ids repeated within one query's list (also after normalisation:
+        ``[1, "1", " 1"]``) are kept once, with a warning naming the query. ``query`` and ``text`` must be strings:
+        any other value raises :class:`DataFormatError` naming the row, as the file loaders do.
+        """
+        q_rows = []
+        for i, q in enumerate(queries):
+            where = f"{name}: query row {i}"
+            qid = normalize_id(q["query_id"], where, "query_id")
+            q_rows.append({"query_id": qid, "query": _text(q, "query", where),
+                           "positive_ids": _ids(q["positive_ids"], where, "positive_ids", qid),
+                           "negative_ids": _ids(q.get("negative_ids"), where, "negative_ids", qid)})
+        c_rows = [{"doc_id": normalize_id(d["doc_id"], f"{name}: corpus row {i}", "doc_id"),
+                   "text": _text(d, "text", f"{name}: corpus row {i}")}
                   for i, d in enumerate(corpus)]
         qds = datasets.Dataset.from_list(q_rows, features=QUERY_FEATURES) if q_rows else _empty(QUERY_FEATURES)
         cds = datasets.Dataset.from_list(c_rows, features=CORPUS_FEATURES) if c_rows else _empty(CORPUS_FEATURES)
