@@ -291,3 +291,27 @@ def test_the_saved_model_encodes_with_the_lengths_and_prefix_the_run_trained_wit
     torch.testing.assert_close(st.encode_document(docs, convert_to_tensor=True).cpu(),
                                trainer.retriever.encode_targets(docs, max_length=trainer.args.target_max_length),
                                atol=1e-5, rtol=0)
+
+
+def test_load_best_model_at_end_without_a_metric_uses_ndcg(tmp_path):
+    """Trainer's default best-model metric is the eval loss, which evaluate() does not report: the first evaluation
+    failed with KeyError 'eval_loss' after training and checkpointing had started."""
+    trainer = _trainer(tmp_path, max_steps=2, eval_strategy="steps", eval_steps=1, save_strategy="steps",
+                       save_steps=1, load_best_model_at_end=True)
+    assert trainer.args.metric_for_best_model == "ndcg@10" and trainer.args.greater_is_better is True
+    trainer.train()
+    evals = [row["eval_ndcg@10"] for row in trainer.state.log_history if "eval_ndcg@10" in row]
+    assert len(evals) >= 2 and trainer.state.best_metric == max(evals)
+    with pytest.raises(ConfigError, match=r"metric_for_best_model='eval_loss'.*ndcg@10"):
+        _args(tmp_path, metric_for_best_model="eval_loss")
+
+
+def test_resuming_with_another_corrector_names_both(tmp_path):
+    from hf_corrector.errors import CacheMismatchError
+
+    first = _trainer(tmp_path / "a", max_steps=2, save_strategy="steps", save_steps=2)
+    first.train()
+    checkpoint = tmp_path / "a" / "out" / "checkpoint-2"
+    other = _trainer(tmp_path / "b", max_steps=3, correction="linear")
+    with pytest.raises(CacheMismatchError, match=r"checkpoint's corrector is 'mlp'.*this run's is 'linear'"):
+        other.train(resume_from_checkpoint=str(checkpoint))

@@ -37,6 +37,7 @@ from transformers import TrainingArguments
 from ..errors import ConfigError
 from .reader_config import check_reader_arguments
 from .reader_losses import READER_LOSSES
+from .semantics import default_metric_for_best_model
 from .validation import validate_arguments
 
 NEGATIVE_SAMPLING = ("topk", "gumbel")
@@ -336,6 +337,7 @@ class CorrectorTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         validate_arguments(self)  # numbers first: transformers' __post_init__ raises TypeError on logging_steps="10"
+        default_metric_for_best_model(self)  # before Trainer's default (the eval loss, never reported here)
         super().__post_init__()
         if self.eval_batch_size_encode is None:  # Trainer's eval batch size when set; 64 (as before) otherwise
             default = TrainingArguments.__dataclass_fields__["per_device_eval_batch_size"].default

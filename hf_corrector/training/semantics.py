@@ -60,3 +60,19 @@ def refuse_a_softmax_of_one(args: Any) -> None:
 
 
 __all__ = ["refuse_a_softmax_of_one", "seed_before_set_up", "warn_accumulation_is_not_a_bigger_batch"]
+
+
+def default_metric_for_best_model(args: Any) -> None:
+    """Default ``metric_for_best_model`` to ``ndcg@10`` where Trainer would default it to the eval loss
+    (``load_best_model_at_end``, a plateau scheduler): :meth:`CorrectorTrainer.evaluate` reports retrieval metrics
+    and no loss, so Trainer's default failed with KeyError 'eval_loss' at the first evaluation (and so did
+    ``EarlyStoppingCallback``). The loss named explicitly is refused."""
+    metric = args.metric_for_best_model
+    if isinstance(metric, str) and metric.removeprefix("eval_") == "loss":
+        raise ConfigError(f"metric_for_best_model={metric!r}: evaluate() reports no loss, only retrieval metrics "
+                          f"(eval_ndcg@10, eval_recall@10, eval_recall@100, eval_mrr@10); use "
+                          f"metric_for_best_model='ndcg@10'")
+    scheduler = str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type))
+    if metric is None and (args.load_best_model_at_end or scheduler in ("reduce_lr_on_plateau", "greedy")):
+        logger.info("metric_for_best_model: ndcg@10 (evaluate() reports retrieval metrics, no loss)")
+        args.metric_for_best_model = "ndcg@10"

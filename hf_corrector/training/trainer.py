@@ -67,6 +67,7 @@ from .prepare import (checkpoint_cache, local_rows, means_true, prepare_cache, p
                       record_run_preprocessing)
 from .reader_step import ReaderStep, check_reader_data, load_reader
 from .staleness import staleness_metrics
+from .trainer_state import check_checkpoint_corrector
 from .strategy import NegativeStrategy
 from .targets import build_target_batch
 from .trainer_eval import EvaluationMixin
@@ -394,6 +395,7 @@ class CorrectorTrainer(EvaluationMixin, CheckpointingMixin, CorrectorHubMixin, T
         elif resume_from_checkpoint:
             verify_checkpoint(resume_from_checkpoint)  # CacheCorruptError naming the folder if its save did not finish
         if resume_from_checkpoint:  # the checkpoint's cache first: the run's own is then never built
+            check_checkpoint_corrector(Path(resume_from_checkpoint), self.corrector)  # before any state is read
             self._load_extra_state(Path(resume_from_checkpoint))
         self.cache_manager.cache  # noqa: B018 - loaded or built now, on every process, with the starting weights
         result = finish_if_complete(self, resume_from_checkpoint)  # at max_steps already: Trainer would step

@@ -86,7 +86,40 @@ def load_model_weights(folder: Path, retriever: Any, corrector: Any, uses_peft: 
             raise CacheMismatchError(f"{folder}: retriever weights do not match (missing {missing[:3]}, "
                                      f"unexpected {unexpected[:3]})")
     if corrector is not None:
+        check_checkpoint_corrector(folder, corrector)
         corrector.load_state_dict(load_file(str(folder / "corrector" / "model.safetensors")))
+
+
+CORRECTOR_SHAPE = ("architecture", "embedding_dim", "hidden_dim", "num_layers")
+
+
+def check_checkpoint_corrector(folder: Path, corrector: Any) -> None:
+    """Refuse to resume from ``folder`` with a corrector of another shape than the checkpoint's (torch's "Error(s)
+    in loading state_dict" otherwise, naming neither), or with one where the checkpoint has none."""
+    file = folder / "corrector" / "config.json"
+    if not file.is_file():
+        if corrector is not None and (folder / "model.safetensors").is_file():
+            raise CacheMismatchError(f"{folder}: the checkpoint has no corrector/, this run has a corrector "
+                                     f"(correction={corrector.config.architecture!r}); resume with the correction the "
+                                     f"checkpoint was trained with, or start a new output_dir")
+        return
+    try:
+        saved = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # the weights load reports the damage
+    if corrector is None:
+        raise CacheMismatchError(f"{folder}: the checkpoint holds a {saved.get('architecture')!r} corrector, this run "
+                                 f"has none; resume with the correction the checkpoint was trained with, or start a "
+                                 f"new output_dir")
+    mine = {key: getattr(corrector.config, key, None) for key in CORRECTOR_SHAPE}
+    theirs = {key: saved.get(key) for key in CORRECTOR_SHAPE}
+    if mine != theirs:
+        def shape(c: dict) -> str:
+            return (f"{c['architecture']!r} (embedding_dim {c['embedding_dim']}, hidden_dim {c['hidden_dim']}, "
+                    f"num_layers {c['num_layers']})")
+        raise CacheMismatchError(f"{folder / 'corrector'}: the checkpoint's corrector is {shape(theirs)}, this run's "
+                                 f"is {shape(mine)}; resume with the arguments the checkpoint was trained with "
+                                 f"(correction=, corrector_hidden_dim=, ...) or start a new output_dir")
 
 
 def publish_model(output_dir: Path, write: Callable[[str], None]) -> None:
