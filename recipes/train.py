@@ -86,6 +86,7 @@ from transformers import HfArgumentParser  # noqa: E402
 from hf_corrector import CorrectorTrainer, CorrectorTrainingArguments, load_retriever  # noqa: E402
 from hf_corrector.data import load_retrieval_data  # noqa: E402
 from hf_corrector.errors import ConfigError  # noqa: E402
+from hf_corrector.models.hub_files import check_local_folder  # noqa: E402
 from hf_corrector.training.checkpoints import last_complete_checkpoint, verify_checkpoint  # noqa: E402
 from hf_corrector.training.distributed import check_distributed_setup  # noqa: E402
 
@@ -184,6 +185,7 @@ class RecipeArgumentParser(HfArgumentParser):
 
     def __init__(self, dataclass_types, **kwargs):
         kwargs.setdefault("usage", USAGE)
+        kwargs.setdefault("allow_abbrev", False)  # --num_neg 3 was read as --num_negatives: a misspelt flag is an error
         kwargs.setdefault("description", (__doc__ or "").split("Examples:")[0].strip())
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
         super().__init__(dataclass_types, **kwargs)
@@ -271,12 +273,47 @@ def validate_arguments(model_args: ModelArguments, data_args: DataArguments, arg
         raise ConfigError(f"--pooling must be one of {list(POOLINGS)} or null, got {model_args.pooling!r}")
     if data_args.data_format not in DATA_FORMATS:
         raise ConfigError(f"--data_format must be one of {list(DATA_FORMATS)}, got {data_args.data_format!r}")
-    if model_args.use_lora and not [m for m in model_args.lora_target_modules.split(",") if m.strip()]:
+    if model_args.use_lora and not lora_modules(model_args.lora_target_modules):
         raise ConfigError("--lora_target_modules must name at least one module (comma-separated) with --use_lora")
+    for flag, value, what in (("--corrector_name_or_path", model_args.corrector_name_or_path, "corrector"),
+                              ("--cache_path", data_args.cache_path, "stale cache")):
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{flag} must be a folder or a Hub id (or null), got {value!r}")
+        try:  # a local path that does not exist: now, not after the data and the model are loaded
+            check_local_folder(value, what)
+        except FileNotFoundError as err:
+            raise ConfigError(f"{flag}: {err}") from None
     for name in ("data_path", "model_name_or_path"):
         value = getattr(data_args if name == "data_path" else model_args, name)
         if not isinstance(value, str) or not value.strip():
             raise ConfigError(f"--{name} must be a non-empty string, got {value!r}")
+
+
+def lora_modules(value: str | list[str]) -> list[str]:
+    """The LoRA target module names of ``--lora_target_modules``: a comma-separated string (spaces around the
+    names stripped: ``"query, value"``) or a YAML list.
+
+    Example:
+        >>> lora_modules("query, value"), lora_modules(["query", " key"])
+        (['query', 'value'], ['query', 'key'])
+    """
+    names = value.split(",") if isinstance(value, str) else list(value)
+    if not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"--lora_target_modules takes module names, got {value!r}")
+    return [n.strip() for n in names if n.strip()]
+
+
+def check_lora_modules(encoder, names: list[str]) -> None:
+    """Refuse a LoRA target that names no module of ``encoder`` (peft only refuses when none matches at all, so a
+    misspelt second name silently trained LoRA on the first alone)."""
+    modules = [name for name, _ in encoder.named_modules() if name]
+    for target in names:
+        if not any(m == target or m.endswith("." + target) for m in modules):
+            leaves = sorted({m.rsplit(".", 1)[-1] for m in modules if not m.rsplit(".", 1)[-1].isdigit()})
+            raise ConfigError(f"--lora_target_modules: {target!r} names no module of the encoder; its module names "
+                              f"include {leaves[:30]}")
 
 
 def resolve_resume(args: CorrectorTrainingArguments) -> str | None:
@@ -374,8 +411,9 @@ def main(argv: list[str] | None = None) -> dict:
     if model_args.use_lora:
         from peft import LoraConfig
 
-        peft_config = LoraConfig(r=model_args.lora_r, lora_alpha=2 * model_args.lora_r,
-                                 target_modules=model_args.lora_target_modules.split(","))
+        targets = lora_modules(model_args.lora_target_modules)
+        check_lora_modules(retriever.encoder, targets)
+        peft_config = LoraConfig(r=model_args.lora_r, lora_alpha=2 * model_args.lora_r, target_modules=targets)
 
     cache_dir = Path(args.output_dir) / "stale_cache"
     cache = data_args.cache_path
