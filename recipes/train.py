@@ -134,7 +134,7 @@ class DataArguments:
         default=None, metadata={"help": "Corpus for Tevatron's id layout (e.g. Tevatron/wikipedia-nq-corpus)."}
     )
     train_split: str = field(default="train", metadata={"help": "Split to train on."})
-    eval_split: str | None = field(default="test", metadata={"help": "Split to evaluate on (None: no evaluation)."})
+    eval_split: str | None = field(default="test", metadata={"help": "Split to evaluate on (null: no evaluation)."})
     max_eval_queries: int | None = field(default=None, metadata={"help": "Evaluate on at most N queries."})
     cache_path: str | None = field(default=None, metadata={"help": "A saved StaleCache (folder or Hub dataset id)."})
     skip_initial_eval: bool = field(default=False, metadata={"help": "Do not evaluate the starting model."})
@@ -240,10 +240,21 @@ class RecipeArgumentParser(HfArgumentParser):
         used = set()
         for action in self._actions:
             if action.dest in values:
-                action.default = values[action.dest]
+                action.default = _yaml_boolean(action, values[action.dest])
                 action.required = False
                 used.add(action.dest)
         return [key for key in values if key not in used]
+
+
+def _yaml_boolean(action: argparse.Action, value):
+    """A YAML value for a boolean flag read as the command line reads it: ``1`` / ``0`` are True / False (argparse
+    converts only string defaults, so ``normalize: 1`` stayed an int and was refused late); other non-booleans are
+    refused naming the flag."""
+    if getattr(action.type, "__name__", "") != "string_to_bool" or value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise ConfigError(f"{action.dest}: {value!r} is not a boolean; write true or false")
 
 
 def parse_arguments(argv: list[str] | None = None):
@@ -285,6 +296,14 @@ def validate_arguments(model_args: ModelArguments, data_args: DataArguments, arg
             check_local_folder(value, what)
         except FileNotFoundError as err:
             raise ConfigError(f"{flag}: {err}") from None
+    if not data_args.eval_split and data_args.max_eval_queries is not None:
+        raise ConfigError(f"--max_eval_queries {data_args.max_eval_queries} with --eval_split null: there is no "
+                          f"evaluation to cap; set --eval_split or drop --max_eval_queries")
+    if isinstance(data_args.eval_split, str) and data_args.eval_split.strip().lower() == "none":
+        raise ConfigError(f"--eval_split {data_args.eval_split!r}: for no evaluation write null (YAML's spelling, on "
+                          f"the command line too); a split named {data_args.eval_split!r} is not read")
+    if data_args.data_path == "stdlib" and data_args.eval_split not in (None, "", "test"):
+        raise ConfigError(f"--eval_split {data_args.eval_split!r}: the stdlib data has a 'test' split only (or null)")
     for name in ("data_path", "model_name_or_path"):
         value = getattr(data_args if name == "data_path" else model_args, name)
         if not isinstance(value, str) or not value.strip():

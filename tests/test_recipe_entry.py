@@ -55,7 +55,8 @@ def test_null_on_the_command_line_is_none_as_in_yaml(recipe, tmp_path):
     _, data_args, _ = recipe.parse_arguments(["--config", str(config), *_flags(tmp_path)])
     assert data_args.eval_split is None and data_args.serve_reencode_budget is None
     # values that are not null are parsed as before
-    model_args, data_args, _ = recipe.parse_arguments(_flags(tmp_path, "--eval_split", "dev", "--normalize",
+    model_args, data_args, _ = recipe.parse_arguments(_flags(tmp_path, "--data_path", "data/train.jsonl",
+                                                             "--eval_split", "dev", "--normalize",
                                                              "false", "--serve_reencode_budget", "0.1"))
     assert data_args.eval_split == "dev" and model_args.normalize is False and data_args.serve_reencode_budget == 0.1
     _, _, args = recipe.parse_arguments(_flags(tmp_path))  # "none" keeps its meaning where it has one

@@ -51,3 +51,26 @@ def test_a_missing_local_path_is_refused_before_any_work(recipe, tmp_path, monke
         recipe.main(_flags(tmp_path, flag, str(tmp_path / "missing")))
     with pytest.raises(ConfigError, match=rf"^{flag} must be a folder or a Hub id"):
         recipe.main(_flags(tmp_path, flag, " "))
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--eval_split", "null", "--max_eval_queries", "3"], "no evaluation to cap"),
+    (["--eval_split", "None"], "for no evaluation write null"),
+    (["--data_path", "stdlib", "--eval_split", "dev"], "'test' split only"),
+], ids=["cap-without-eval", "None-string", "stdlib-split"])
+def test_eval_flags_that_were_silently_ignored_are_refused(recipe, tmp_path, monkeypatch, flags, match):
+    monkeypatch.setattr(recipe, "load_data", lambda *a, **k: pytest.fail("data loaded before the flags were checked"))
+    with pytest.raises(ConfigError, match=match):
+        recipe.main(_flags(tmp_path, *flags))
+
+
+def test_yaml_booleans_read_as_on_the_command_line(recipe, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("normalize: 1\nskip_initial_eval: 0\n")
+    model_args, data_args, _ = recipe.parse_arguments(["--config", str(config), *_flags(tmp_path)])
+    assert model_args.normalize is True and data_args.skip_initial_eval is False
+    cli, cli_data, _ = recipe.parse_arguments(_flags(tmp_path, "--normalize", "1", "--skip_initial_eval", "0"))
+    assert (cli.normalize, cli_data.skip_initial_eval) == (True, False)
+    config.write_text("use_lora: 2\n")
+    with pytest.raises(ConfigError, match=r"use_lora: 2 is not a boolean"):
+        recipe.parse_arguments(["--config", str(config), *_flags(tmp_path)])
