@@ -5,7 +5,6 @@ provenance dimension and complex values (each refused naming the argument, the r
 from __future__ import annotations
 
 import json
-import logging
 import sys
 
 import numpy as np
@@ -19,6 +18,7 @@ from hf_corrector.cache.stale_cache import StaleCache
 from hf_corrector.data import load_beir
 from hf_corrector.data.format import RetrievalData, normalize_id
 from hf_corrector.errors import ConfigError, DataFormatError
+from tests.log_capture import warnings_of
 
 CORPUS = [{"doc_id": "1", "text": "one"}, {"doc_id": "2", "text": "two"}, {"doc_id": "3", "text": "three"}]
 
@@ -40,11 +40,12 @@ def test_a_qrels_dict_with_a_bad_score_is_refused_naming_the_id():
         _one(positive_ids=["1"], negative_ids={"2": 1})
 
 
-def test_repeated_ids_are_kept_once_with_a_warning_naming_the_query(caplog):
-    with caplog.at_level(logging.WARNING):
+def test_repeated_ids_are_kept_once_with_a_warning_naming_the_query():
+    with warnings_of("hf_corrector.data.format") as found:
         data = _one(positive_ids=[1, "1", " 1", "2"], negative_ids=[3, "3"])
+    text = "\n".join(found)
     assert data.queries["positive_ids"][0] == ["1", "2"] and data.queries["negative_ids"][0] == ["3"]
-    assert "query 'q'" in caplog.text and "positive_ids" in caplog.text and "negative_ids" in caplog.text
+    assert "query 'q'" in text and "positive_ids" in text and "negative_ids" in text
 
 
 @pytest.mark.parametrize("key, value", [("query", 5), ("query", ["a"]), ("text", 7)])

@@ -5,7 +5,6 @@ sentence-transformers are honoured; Hugging Face cache snapshots load while link
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 from hf_corrector import RetrieverModel, load_retriever
 from hf_corrector.errors import ConfigError
 from hf_corrector.models.sentence_transformers_export import export_sentence_transformers
+from tests.log_capture import warnings_of
 from tests.tiny import tiny_retriever
 
 LONG = ["cell protein gene cancer virus drug trial brain blood heart lung liver immune dose risk mouse human growth"]
@@ -102,20 +102,19 @@ def _st_folder(tmp_path: Path, normalize: bool) -> tuple[Path, RetrieverModel]:
     return export_sentence_transformers(model, tmp_path / "st"), model
 
 
-def test_cosine_similarity_without_a_normalize_module_loads_normalised(tmp_path, caplog):
+def test_cosine_similarity_without_a_normalize_module_loads_normalised(tmp_path):
     folder, model = _st_folder(tmp_path, normalize=False)
     st_cfg = json.loads((folder / "config_sentence_transformers.json").read_text())
     assert st_cfg["similarity_fn_name"] == "dot"
     (folder / "config_sentence_transformers.json").write_text(json.dumps({**st_cfg, "similarity_fn_name": "cosine"}))
-    with caplog.at_level(logging.WARNING):
+    with warnings_of("hf_corrector.models.retriever") as found:
         loaded = load_retriever(folder)
     assert loaded.config.normalize is True
-    assert "similarity_fn_name is 'cosine'" in caplog.text
+    assert any("similarity_fn_name is 'cosine'" in m for m in found), found
     assert torch.allclose(loaded.encode_targets(TEXTS).norm(dim=1), torch.ones(2), atol=1e-5)
-    caplog.clear()
-    with caplog.at_level(logging.WARNING):
+    with warnings_of("hf_corrector.models.retriever") as found:
         assert load_retriever(folder, normalize=False).config.normalize is False  # explicit: as asked, no warning
-    assert "similarity_fn_name" not in caplog.text
+    assert not any("similarity_fn_name" in m for m in found), found
 
 
 def test_a_dense_module_is_refused_naming_it_and_the_folder(tmp_path):

@@ -4,8 +4,6 @@ one. Each was silently wrong: ids read character by character, known positives m
 metrics lowered, or a run that trains nothing."""
 from __future__ import annotations
 
-import contextlib
-import logging
 
 import datasets
 import pytest
@@ -14,6 +12,7 @@ from hf_corrector import ConfigError, CorrectorTrainer, CorrectorTrainingArgumen
 from hf_corrector.errors import DataFormatError
 from hf_corrector.evaluation.metrics import evaluate_run
 
+from .log_capture import warnings_of as _warnings_of
 from .tiny import TINY_TRAINING_DEFAULTS, tiny_data, tiny_retriever
 
 
@@ -29,22 +28,6 @@ def _trainer(tmp_path, train_dataset, corpus, eval_dataset=None, **overrides):
                             eval_dataset=eval_dataset)
 
 
-@contextlib.contextmanager
-def _warnings_of(name: str):
-    """The warnings logged by the logger ``name``, as a list of messages, whatever earlier tests did to logging
-    (a dictConfig elsewhere in the suite can disable existing loggers or raise their level)."""
-    found: list[str] = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = lambda record: found.append(record.getMessage())
-    log = logging.getLogger(name)
-    saved = (log.disabled, log.level)
-    log.disabled, log.level = False, logging.WARNING
-    log.addHandler(handler)
-    try:
-        yield found
-    finally:
-        log.removeHandler(handler)
-        log.disabled, log.level = saved
 
 
 def _rows(train: RetrievalData) -> list[dict]:

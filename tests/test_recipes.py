@@ -152,7 +152,8 @@ def test_yaml_null_dicts_env_and_config_equals(tmp_path: Path, monkeypatch) -> N
     assert args.learning_rate == 3e-4 and args.num_negatives == 5 and args.output_dir == str(tmp_path / "from-file")
     assert __import__("os").environ["HFC_RECIPE_TEST_VAR"] == "42"
 
-    _, data_args, args = recipe.parse_arguments(["--config", str(config), "--eval_split", "dev", "--output_dir",
+    _, data_args, args = recipe.parse_arguments(["--config", str(config), "--data_path", "data/train.jsonl", "--eval_split", "dev",
+                                                 "--output_dir",
                                                  str(tmp_path / "cli"), "--lr_scheduler_kwargs", '{"min_lr": 2e-6}'])
     assert data_args.eval_split == "dev" and args.output_dir == str(tmp_path / "cli")
     assert args.lr_scheduler_kwargs == {"min_lr": 2e-6}

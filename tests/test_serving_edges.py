@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import types
 
 import numpy as np
@@ -18,6 +17,7 @@ import torch
 from hf_corrector import CorrectorConfig, CorrectorModel, StaleCache
 from hf_corrector.errors import CacheCorruptError, ConfigError, UnsafeOverwriteError
 from hf_corrector.serving import CorrectedIndex, build_corrected_index
+from tests.log_capture import warnings_of
 from tests.tiny import tiny_data, tiny_retriever
 
 
@@ -32,21 +32,6 @@ def setup(tmp_path_factory):
     texts = list(train.corpus["text"])
     index = build_corrected_index(retriever, corrector, cache, texts, reencode_budget=0.1, show_progress_bar=False)
     return types.SimpleNamespace(out=out, retriever=retriever, index=index, texts=texts)
-
-
-class _Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.messages: list[str] = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-
-def _warnings_of(name: str):
-    logger, handler = logging.getLogger(name), _Records()
-    logger.addHandler(handler)
-    return logger, handler
 
 
 def _rewrite_checksum(path):
@@ -89,17 +74,14 @@ def test_k_equal_to_the_corpus_size_returns_every_row_for_every_query(setup, kin
         served.faiss_index.index.nprobe = 1  # one of the 3 lists: about 40 of the 120 rows reachable
     n = len(served)
     q = setup.index.vectors.matrix()[:6].float()
-    logger, records = _warnings_of("hf_corrector.serving.search")
-    try:
+    with warnings_of("hf_corrector.serving.search") as records:
         scores, ids = served.search(q, k=n)
-    finally:
-        logger.removeHandler(records)
     assert scores.shape == (6, n) and all(len(row) == n and len(set(row)) == n for row in ids)
     exact_scores, exact_rows = (q @ setup.index.vectors.matrix().float().T).topk(n, dim=1)
     assert torch.allclose(scores, exact_scores, atol=1e-4)
     assert bool((scores[:, :-1] >= scores[:, 1:] - 1e-6).all())  # best first
     if kind == "ivf":
-        assert any("fewer than k=120" in m for m in records.messages), records.messages
+        assert any("fewer than k=120" in m for m in records), records
         assert [row[0] for row in ids] == [setup.index.doc_ids[j] for j in exact_rows[:, 0].tolist()]
 
 

@@ -53,7 +53,7 @@ from .inputs import (check_bool, check_budget, check_choice, check_positive_int,
                      check_query_texts)
 from .maps import MAP_METHODS, fit_map, serve_matrix
 from .search import search_rows
-from .served_vectors import RETRIEVER_KEY, check_retriever, check_unique_ids, served_as
+from .served_vectors import RETRIEVER_KEY, check_retriever, served_as
 from .selection import SELECTIONS, select_rows
 
 logger = logging.getLogger(__name__)
@@ -89,7 +89,6 @@ class CorrectedIndex:
                               f"{type(vectors).__name__}")
         check_choice(index_kind, INDEX_KINDS, "index_kind")
         check_bool(allow_other_retriever, "allow_other_retriever")
-        check_unique_ids(vectors.doc_ids)
         if retriever is not None:
             check_retriever(vectors, retriever, allow_other_retriever)
         self.vectors = served_as(vectors, index_kind)

@@ -1,24 +1,22 @@
-"""Checks and records of the served vectors themselves: which retriever built them (refusing another), unique doc
-ids, and which faiss index kind serves them.
+"""Checks and records of the served vectors themselves: which retriever built them (refusing another) and which
+faiss index kind serves them (their doc ids are unique: :class:`~hf_corrector.StaleCache` refuses repeats).
 
 Example:
     >>> import torch
     >>> from hf_corrector import StaleCache
-    >>> check_unique_ids(["a", "b", "a"])
-    Traceback (most recent call last):
-    ...
-    hf_corrector.errors.ConfigError: the served vectors hold doc id 'a' twice (rows 0 and 2): give each corpus row its own id
+    >>> vectors = StaleCache(["a", "b"], torch.eye(2), provenance={"serving": {"index_kind": "flat"}})
+    >>> served_as(vectors, "hnsw").provenance["serving"]
+    {'index_kind': 'hnsw'}
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 from ..cache.provenance import fingerprint_module, short
 from ..cache.stale_cache import StaleCache
-from ..errors import CacheMismatchError, ConfigError
+from ..errors import CacheMismatchError
 
 logger = logging.getLogger(__name__)
 
@@ -57,19 +55,6 @@ def check_retriever(vectors: StaleCache, retriever: Any, allow_other: bool = Fal
         f"with this index, or allow_other_retriever=True if this is on purpose")
 
 
-def check_unique_ids(doc_ids: Sequence[str]) -> None:
-    """Refuse served vectors whose doc ids repeat: a search would return the same document twice (or another's
-    vector under its id)."""
-    if len(set(doc_ids)) == len(doc_ids):
-        return
-    first: dict[str, int] = {}
-    for row, doc_id in enumerate(doc_ids):
-        if doc_id in first:
-            raise ConfigError(f"the served vectors hold doc id {doc_id!r} twice (rows {first[doc_id]} and {row}): "
-                              f"give each corpus row its own id")
-        first[doc_id] = row
-
-
 def served_as(vectors: StaleCache, index_kind: str) -> StaleCache:
     """``vectors`` recording ``index_kind`` in ``provenance["serving"]`` (the same storage, not a copy), so that a
     save, a card and :attr:`CorrectedIndex.serving_info` say which index serves them."""
@@ -81,4 +66,4 @@ def served_as(vectors: StaleCache, index_kind: str) -> StaleCache:
                       dtype=vectors.dtype, source=vectors.source, check_values=False)
 
 
-__all__ = ["RETRIEVER_KEY", "check_retriever", "check_unique_ids", "served_as"]
+__all__ = ["RETRIEVER_KEY", "check_retriever", "served_as"]
