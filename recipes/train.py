@@ -114,14 +114,10 @@ class ModelArguments:
     num_hidden_layers: int | None = field(
         default=None, metadata={"help": "Cut the backbone to its first N layers at load (a weaker start)."}
     )
-    corrector_name_or_path: str | None = field(
-        default=None, metadata={"help": "Start from a published corrector (needs a trained one: correction mlp or "
-                                        "linear with num_negatives > 0)."})
+    corrector_name_or_path: str | None = field(default=None, metadata={"help": "Start from a published corrector."})
     use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters on the encoders instead of all weights."})
-    lora_r: int = field(default=8, metadata={"help": "LoRA rank (with --use_lora true)."})
-    lora_target_modules: str = field(
-        default="query,value", metadata={"help": "Comma-separated LoRA target modules, or a YAML list (with --use_lora "
-                                                 "true; each must name a module of the encoder)."})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_target_modules: str = field(default="query,value", metadata={"help": "Comma-separated LoRA target modules."})
 
 
 @dataclass
@@ -138,22 +134,17 @@ class DataArguments:
         default=None, metadata={"help": "Corpus for Tevatron's id layout (e.g. Tevatron/wikipedia-nq-corpus)."}
     )
     train_split: str = field(default="train", metadata={"help": "Split to train on."})
-    eval_split: str | None = field(default="test", metadata={"help": "Split to evaluate on (null or None: no evaluation)."})
+    eval_split: str | None = field(default="test", metadata={"help": "Split to evaluate on (null: no evaluation)."})
     max_eval_queries: int | None = field(default=None, metadata={"help": "Evaluate on at most N queries."})
     cache_path: str | None = field(default=None, metadata={"help": "A saved StaleCache (folder or Hub dataset id)."})
     skip_initial_eval: bool = field(default=False, metadata={"help": "Do not evaluate the starting model."})
     serve_reencode_budget: float | None = field(
         default=0.05, metadata={"help": "After training, build the deployable corrected index (hf_corrector.serving) "
                                         "re-encoding this fraction of the corpus, evaluate it and save it to "
-                                        "output_dir/served_index (null or None: skip). Needs a trained corrector: "
-                                        "set explicitly with --correction none (or nystrom, or num_negatives 0) "
-                                        "it is refused; the default is skipped with a warning."})
+                                        "output_dir/served_index (None: skip; needs a corrector)."})
 
 
 NULL_VALUES = ("null", "Null", "NULL", "~")  # YAML's null spellings ("none" keeps its meaning: --report_to none)
-#: the recipe's own flags (ModelArguments, DataArguments) also read None / none as null: none of them has a value
-#: "none", and their help says "None: ..." (--eval_split None was read as a split named 'None')
-RECIPE_NULL_VALUES = NULL_VALUES + ("None", "none", "NONE")
 USAGE = "python recipes/train.py [--config FILE.yaml] [--FLAG VALUE ...]   (or: accelerate launch recipes/train.py ...)"
 
 
@@ -168,11 +159,11 @@ def _optional_fields(dtype: type) -> set[str]:
     return out
 
 
-def _null_or(convert, nulls: tuple[str, ...] = NULL_VALUES):
+def _null_or(convert):
     """An argparse ``type`` that reads ``null`` (as YAML does) as None and anything else with ``convert``."""
 
     def parse(value):
-        if isinstance(value, str) and value.strip() in nulls:
+        if isinstance(value, str) and value in NULL_VALUES:
             return None
         return convert(value) if convert is not None else value
 
@@ -199,12 +190,9 @@ class RecipeArgumentParser(HfArgumentParser):
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
         super().__init__(dataclass_types, **kwargs)
         optional = set().union(*(_optional_fields(d) for d in self.dataclass_types))
-        recipe = set().union(*(_optional_fields(d) for d in self.dataclass_types
-                               if d in (ModelArguments, DataArguments)))
         for action in self._actions:
-            if action.dest in optional and action.nargs in (None, "?"):  # `--eval_split null` is None, as in YAML
-                action.type = _null_or(action.type, RECIPE_NULL_VALUES if action.dest in recipe else NULL_VALUES)
-        self.explicit: frozenset[str] = frozenset()  # the dests the last parse was given (command line or YAML)
+            if action.dest in optional and action.nargs in (None, "?"):
+                action.type = _null_or(action.type)  # `--eval_split null` is None, as `eval_split: null` is
         self._group_flags()
 
     def _group_flags(self) -> None:
@@ -235,7 +223,6 @@ class RecipeArgumentParser(HfArgumentParser):
     def parse_args_and_config(self, args: list[str] | None = None) -> tuple:
         args = list(sys.argv[1:] if args is None else args)
         config_file = _config_path(args)
-        config = {}
         if config_file is not None:
             i = next(i for i, a in enumerate(args) if a == "--config" or a.startswith("--config="))
             del args[i : i + (2 if args[i] == "--config" else 1)]
@@ -246,9 +233,6 @@ class RecipeArgumentParser(HfArgumentParser):
             if unknown:
                 raise ValueError(f"{config_file}: unknown argument(s) {', '.join(sorted(unknown))}; see "
                                  f"`python recipes/train.py --help`")
-        options = {option: action.dest for action in self._actions for option in action.option_strings}
-        given = {options[a.split("=", 1)[0]] for a in args if a.startswith("--") and a.split("=", 1)[0] in options}
-        self.explicit = frozenset(given | set(config))  # what the user asked for, to refuse what would be ignored
         return self.parse_args_into_dataclasses(args=args, look_for_args_file=False)
 
     def set_defaults_with_config(self, **values) -> list[str]:
@@ -278,22 +262,13 @@ def parse_arguments(argv: list[str] | None = None):
     check every value (:func:`validate_arguments`) before anything is loaded or trained."""
     parser = RecipeArgumentParser((ModelArguments, DataArguments, CorrectorTrainingArguments))
     model_args, data_args, args = parser.parse_args_and_config(argv)
-    validate_arguments(model_args, data_args, args, explicit=parser.explicit)
+    validate_arguments(model_args, data_args, args)
     return model_args, data_args, args
 
 
-def trains_corrector(args: CorrectorTrainingArguments) -> bool:
-    """Whether the run trains a corrector network (what a served index and ``--corrector_name_or_path`` need)."""
-    return bool(args.uses_corrector and args.mines_negatives)
-
-
-def validate_arguments(model_args: ModelArguments, data_args: DataArguments, args: CorrectorTrainingArguments,
-                       explicit: frozenset[str] | set[str] = frozenset()) -> None:
+def validate_arguments(model_args: ModelArguments, data_args: DataArguments, args: CorrectorTrainingArguments) -> None:
     """Every recipe flag checked at once (:class:`ConfigError` naming the flag), so no run is lost to a value that
-    is only read after training (the serving budget, the evaluation size), and no flag the user gave is ignored.
-
-    ``explicit``: the flags given on the command line or in the YAML file (a default that does not apply is skipped
-    with a log line; the same value given explicitly is refused)."""
+    is only read after training (the serving budget, the evaluation size)."""
     from hf_corrector.data import _FORMATS as DATA_FORMATS
     from hf_corrector.models.pooling import POOLING_MODES as POOLINGS
     from hf_corrector.serving.inputs import check_budget, check_positive_int
@@ -311,22 +286,6 @@ def validate_arguments(model_args: ModelArguments, data_args: DataArguments, arg
         raise ConfigError(f"--data_format must be one of {list(DATA_FORMATS)}, got {data_args.data_format!r}")
     if model_args.use_lora and not lora_modules(model_args.lora_target_modules):
         raise ConfigError("--lora_target_modules must name at least one module (comma-separated) with --use_lora")
-    if not model_args.use_lora:
-        for name in ("lora_r", "lora_target_modules"):
-            if name in explicit:
-                raise ConfigError(f"--{name} is only read with --use_lora true (without it every weight trains and "
-                                  f"--{name} would be ignored): add --use_lora true or drop --{name}")
-    no_corrector = (f"--correction {args.correction} trains no corrector" if not args.uses_corrector else
-                    "--num_negatives 0 (in-batch negatives only) trains no corrector")
-    if not trains_corrector(args):
-        if data_args.serve_reencode_budget is not None and "serve_reencode_budget" in explicit:
-            raise ConfigError(f"--serve_reencode_budget {data_args.serve_reencode_budget}: the served index corrects "
-                              f"the cache with the trained corrector, and {no_corrector}; use --correction mlp (or "
-                              f"linear) with --num_negatives > 0, or drop --serve_reencode_budget (null: no index)")
-        if model_args.corrector_name_or_path is not None:
-            raise ConfigError(f"--corrector_name_or_path {model_args.corrector_name_or_path!r}: {no_corrector}, so the "
-                              f"corrector would be loaded and dropped; use --correction mlp (or linear) with "
-                              f"--num_negatives > 0, or drop --corrector_name_or_path")
     for flag, value, what in (("--corrector_name_or_path", model_args.corrector_name_or_path, "corrector"),
                               ("--cache_path", data_args.cache_path, "stale cache")):
         if value is None:
@@ -337,35 +296,18 @@ def validate_arguments(model_args: ModelArguments, data_args: DataArguments, arg
             check_local_folder(value, what)
         except FileNotFoundError as err:
             raise ConfigError(f"{flag}: {err}") from None
-    for flag, value in (("--train_split", data_args.train_split), ("--eval_split", data_args.eval_split),
-                        ("--corpus_path", data_args.corpus_path)):
-        if flag == "--eval_split" and value == "":
-            continue  # '' is no evaluation, as null is (kept: earlier runs wrote it)
-        if value is not None and (not isinstance(value, str) or not value.strip()):
-            raise ConfigError(f"{flag} must be a non-empty name, got {value!r}"
-                              + ("; for no evaluation write null" if flag == "--eval_split" else ""))
     if not data_args.eval_split and data_args.max_eval_queries is not None:
         raise ConfigError(f"--max_eval_queries {data_args.max_eval_queries} with --eval_split null: there is no "
                           f"evaluation to cap; set --eval_split or drop --max_eval_queries")
-    if data_args.data_path == "stdlib":
-        if data_args.eval_split not in (None, "", "test"):
-            raise ConfigError(f"--eval_split {data_args.eval_split!r}: the stdlib data has a 'test' split only "
-                              f"(or null: no evaluation)")
-        for flag, value, default in (("--train_split", data_args.train_split, "train"),
-                                     ("--data_format", data_args.data_format, "auto"),
-                                     ("--corpus_path", data_args.corpus_path, None)):
-            if value != default:
-                raise ConfigError(f"{flag} {value!r} is not read with --data_path stdlib (the embedded data has its own "
-                                  f"'train' split and corpus): drop {flag}, or give a --data_path it applies to")
+    if isinstance(data_args.eval_split, str) and data_args.eval_split.strip().lower() == "none":
+        raise ConfigError(f"--eval_split {data_args.eval_split!r}: for no evaluation write null (YAML's spelling, on "
+                          f"the command line too); a split named {data_args.eval_split!r} is not read")
+    if data_args.data_path == "stdlib" and data_args.eval_split not in (None, "", "test"):
+        raise ConfigError(f"--eval_split {data_args.eval_split!r}: the stdlib data has a 'test' split only (or null)")
     for name in ("data_path", "model_name_or_path"):
         value = getattr(data_args if name == "data_path" else model_args, name)
         if not isinstance(value, str) or not value.strip():
             raise ConfigError(f"--{name} must be a non-empty string, got {value!r}")
-    if not model_args.model_name_or_path.startswith("demo:"):
-        try:  # a local path that does not exist: now, not after the data is loaded
-            check_local_folder(model_args.model_name_or_path, "model")
-        except FileNotFoundError as err:
-            raise ConfigError(f"--model_name_or_path: {err}") from None
 
 
 def lora_modules(value: str | list[str]) -> list[str]:
@@ -519,10 +461,6 @@ def main(argv: list[str] | None = None) -> dict:
         kinds = ["fresh", "stale"] + (["corrected"] if trainer.corrector is not None else [])
         results["after training"] = trainer.retrieval_metrics(eval_data.queries, kinds)
     served = None
-    if data_args.serve_reencode_budget is not None and trainer.corrector is None:
-        logger.warning("no served index: --correction %s with --num_negatives %d trained no corrector (the served "
-                       "index needs one; --serve_reencode_budget null silences this)", args.correction,
-                       args.num_negatives)
     if data_args.serve_reencode_budget is not None and trainer.corrector is not None:
         from hf_corrector.evaluation.evaluator import RetrievalEvaluator
         from hf_corrector.serving import CorrectedIndex
